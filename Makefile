@@ -1,0 +1,76 @@
+# t3backupd developer entry points. Each target does its own setup.
+#
+# The venv must be readable by every user: workers run `python -m t3backupd.worker`
+# after dropping to the user's uid. As root it therefore lives under /opt (not in a
+# checkout that may sit under /root, mode 0700) and the package is installed into it,
+# not linked editable. It is built from Debian's /usr/bin/python3, never pyenv's.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+BASE_PYTHON ?= /usr/bin/python3
+UID_NOW := $(shell id -u)
+ifeq ($(UID_NOW),0)
+VENV ?= /opt/t3backupd-dev/venv
+else
+VENV ?= $(CURDIR)/.venv
+endif
+PY := $(VENV)/bin/python
+APT_PACKAGES := python3-venv sqlite3 prometheus util-linux procps passwd
+DEMO_DIR ?= /var/tmp/t3backupd-demo
+
+.PHONY: help apt venv install test lint typecheck unit demo demo-clean bench
+
+help:
+	@echo "make demo   - sandbox with a live T3-shaped database, daemon in the foreground"
+	@echo "make test   - ruff, mypy --strict, pytest (as root: real users, real daemon)"
+	@echo "make bench  - benchmarks (prints a Markdown table, writes bench/results.json)"
+
+apt:
+ifeq ($(UID_NOW),0)
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq; \
+	  apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+else
+	@for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "install ok installed" \
+	    || echo "note: Debian package $$p is missing (run make as root to install it)"; \
+	done
+endif
+
+$(VENV)/.deps: pyproject.toml | apt
+	$(BASE_PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q '.[test]'
+	chmod -R a+rX $(dir $(VENV)) 2>/dev/null || true
+	touch $@
+
+venv: $(VENV)/.deps
+
+# Reinstalled on every run (not editable, see above); takes a few seconds.
+install: venv
+	$(PY) -m pip install -q --no-deps --no-build-isolation --force-reinstall .
+	chmod -R a+rX $(VENV)
+
+lint: install
+	$(VENV)/bin/ruff check t3backupd tests bench
+	$(VENV)/bin/ruff format --check t3backupd tests bench
+
+typecheck: install
+	$(VENV)/bin/mypy --strict t3backupd
+
+test: lint typecheck
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: install
+	$(PY) -m t3backupd.demo --dir $(DEMO_DIR)
+
+demo-clean: install
+	$(PY) -m t3backupd.demo --dir $(DEMO_DIR) --clean
+
+bench: install
+	$(PY) bench/run.py --json bench/results.json $(BENCH_ARGS)

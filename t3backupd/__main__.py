@@ -1,0 +1,7 @@
+"""`python -m t3backupd` is the same as the `t3backupd` console script."""
+
+from __future__ import annotations
+
+from t3backupd.cli import main
+
+raise SystemExit(main())

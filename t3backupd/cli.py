@@ -1,0 +1,232 @@
+"""Command line: `t3backupd [-c CONFIG] COMMAND ...` (also `python -m t3backupd`).
+
+Every error a user can cause is one line on stderr and an exit code; anything else is
+a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from t3backupd import __version__
+from t3backupd.backup_pass import run_pass, run_user_job
+from t3backupd.config import Config, load_config, resolve_config_path
+from t3backupd.cron import CronError
+from t3backupd.errors import ConfigError, T3BackupError, UsageError
+from t3backupd.log import configure_logging, get_logger
+from t3backupd.naming import is_valid_label
+from t3backupd.protocol import JobSpec, Report, SnapshotInfo
+from t3backupd.scheduler import next_run_times, trigger_for
+from t3backupd.spawn import running_as_root
+from t3backupd.usermap import Problem, User, load_users
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]  # one line, exit 2
+        sys.stderr.write(f"t3backupd: {message} (see --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="t3backupd", description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument(
+        "-c",
+        "--config",
+        help="config file (default: $T3BACKUPD_CONFIG or /etc/t3backupd/config.toml)",
+    )
+    parser.add_argument("--version", action="version", version=f"t3backupd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    snapshot = commands.add_parser("snapshot", help="take one snapshot pass now")
+    snapshot.add_argument("--user", action="append", default=[], help="only this user (repeatable)")
+    snapshot.add_argument("--label", help="label the snapshot (never pruned automatically)")
+
+    listing = commands.add_parser("list", help="list snapshots per user")
+    listing.add_argument("--user", action="append", default=[])
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+
+    commands.add_parser("check-config", help="validate config and usermap, show next runs")
+    return parser
+
+
+def load_context(args: argparse.Namespace) -> tuple[Config, list[User], list[Problem]]:
+    """Config + resolved users. Raises ConfigError. Logs each skipped usermap line."""
+    config = load_config(resolve_config_path(args.config))
+    configure_logging(config.log.format, config.log.level)
+    log = get_logger()
+    own_uid = None if running_as_root() else os.geteuid()
+    try:
+        users, problems = load_users(config.usermap, config.min_uid, own_uid)
+    except OSError as error:
+        log.error("usermap unreadable", usermap=config.usermap, error=error.strerror)
+        return config, [], []
+    for problem in problems:
+        log.warning(
+            "usermap entry skipped",
+            usermap=config.usermap,
+            line=problem.line,
+            name=problem.name,
+            reason=problem.reason,
+        )
+    return config, users, problems
+
+
+def select_users(users: Sequence[User], wanted: Sequence[str], usermap: str) -> list[User]:
+    """Users named by --user (all when none). Raises UsageError for a name not served."""
+    if not wanted:
+        return list(users)
+    by_name = {user.name: user for user in users}
+    unknown = [name for name in wanted if name not in by_name]
+    if unknown:
+        raise UsageError(f"user {unknown[0]!r} is not a served user in {usermap}")
+    return [by_name[name] for name in dict.fromkeys(wanted)]
+
+
+def command_snapshot(args: argparse.Namespace) -> int:
+    if args.label is not None and not is_valid_label(args.label):
+        raise UsageError(f"invalid label {args.label!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+    config, users, _ = load_context(args)
+    selected = select_users(users, args.user, config.usermap)
+    if not selected:
+        print(f"no users to back up in {config.usermap}")
+        return EXIT_OK
+    results = run_pass(config, selected, label=args.label)
+    for result in results:
+        report = result.report
+        if report.ok and report.snapshot is not None:
+            print(
+                f"{result.user.name}: ok {report.snapshot.name} ({report.snapshot.bytes} bytes, "
+                f"{result.duration_s:.1f}s)"
+            )
+        elif report.status == "skipped":
+            print(f"{result.user.name}: skipped ({report.message})")
+        else:
+            print(f"{result.user.name}: FAILED {report.reason}: {report.message}")
+    return EXIT_FAILED if any(result.report.status == "failed" for result in results) else EXIT_OK
+
+
+def inventory_of(config: Config, user: User) -> Report:
+    """The user's snapshots, listed by a worker running as the user."""
+    if not os.path.lexists(os.path.join(config.dest, user.name)):
+        return Report(action="inventory", status="ok")
+
+    def spec(dest_dir: str) -> JobSpec:
+        return JobSpec(action="inventory", user=user.name, dest_dir=dest_dir, timeout_seconds=60.0)
+
+    return run_user_job(config, user, spec, None)
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def _age(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _snapshot_json(info: SnapshotInfo) -> dict[str, object]:
+    return {
+        "name": info.name,
+        "time": datetime.fromtimestamp(info.time, UTC).isoformat(),
+        "timestamp": info.time,
+        "bytes": info.bytes,
+        "label": info.label,
+        "has_checksum": info.has_checksum,
+    }
+
+
+def command_list(args: argparse.Namespace) -> int:
+    config, users, _ = load_context(args)
+    selected = select_users(users, args.user, config.usermap)
+    now = time.time()
+    documents = []
+    status = EXIT_OK
+    for user in selected:
+        report = inventory_of(config, user)
+        if not report.ok:
+            status = EXIT_FAILED
+        documents.append((user, report))
+    if args.json:
+        payload = {
+            "users": [
+                {
+                    "user": user.name,
+                    "error": None if report.ok else f"{report.reason}: {report.message}",
+                    "snapshots": [_snapshot_json(info) for info in reversed(report.snapshots)],
+                }
+                for user, report in documents
+            ]
+        }
+        print(json.dumps(payload, indent=2))
+        return status
+    for user, report in documents:
+        if not report.ok:
+            print(f"{user.name}: cannot list: {report.reason}: {report.message}")
+            continue
+        if not report.snapshots:
+            print(f"{user.name}: no snapshots")
+            continue
+        print(f"{user.name}: {len(report.snapshots)} snapshot(s)")
+        for info in reversed(report.snapshots):
+            when = datetime.fromtimestamp(info.time, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+            checksum = "" if info.has_checksum else "  (no checksum)"
+            label = f"  [{info.label}]" if info.label else ""
+            print(
+                f"  {info.name:<52} {when}  {_age(now - info.time):>6} ago  "
+                f"{_human_size(info.bytes):>10}{label}{checksum}"
+            )
+    return status
+
+
+def command_check_config(args: argparse.Namespace) -> int:
+    config, users, problems = load_context(args)
+    print(f"config {config.path}: ok")
+    print(f"usermap {config.usermap}: {len(users)} user(s) served, {len(problems)} skipped")
+    for user in users:
+        print(f"  {user.name} (uid {user.uid}): {config.source_for(user.name, user.home)}")
+    for problem in problems:
+        print(f"  skipped {problem}")
+    try:
+        runs = next_run_times(trigger_for(config.schedule), datetime.now(UTC), 3)
+    except CronError as error:  # validated already; kept for a clear line if not
+        raise ConfigError(config.path, [f"schedule.cron: {error}"]) from None
+    print(f"schedule '{config.schedule.cron}' ({config.schedule.timezone}), next runs:")
+    for run in runs:
+        print(f"  {run.isoformat()}")
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "snapshot": command_snapshot,
+    "list": command_list,
+    "check-config": command_check_config,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except T3BackupError as error:
+        sys.stderr.write(f"t3backupd: {error}\n")
+        return error.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("t3backupd: interrupted\n")
+        return 130

@@ -1,0 +1,72 @@
+"""Which snapshots to delete: a pure decision, no disk access.
+
+Policy (documented in the README):
+- labelled snapshots are never pruned automatically;
+- the newest `keep` unlabelled snapshots are kept;
+- `keep_daily`/`keep_weekly`/`keep_monthly` (restic style) additionally keep the newest
+  unlabelled snapshot of each of the newest N days / ISO weeks / months that have one
+  (calendar periods in UTC);
+- names in `protect` (the snapshot just published) are never pruned;
+- order is by the timestamp parsed from the name, never by mtime or string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from t3backupd.naming import SnapshotName
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How many unlabelled snapshots to keep per user."""
+
+    keep: int = 14
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+
+
+def _newest_per_period(
+    ordered: Sequence[SnapshotName], count: int, period: Callable[[datetime], Hashable]
+) -> set[str]:
+    """Names of the newest snapshot in each of the `count` newest periods."""
+    kept: set[str] = set()
+    seen: set[Hashable] = set()
+    for snapshot in ordered:
+        if len(seen) >= count:
+            break
+        key = period(snapshot.time)
+        if key not in seen:
+            seen.add(key)
+            kept.add(snapshot.filename)
+    return kept
+
+
+def select_expired(
+    snapshots: Iterable[SnapshotName],
+    policy: RetentionPolicy,
+    protect: Iterable[str] = (),
+) -> list[SnapshotName]:
+    """Return the snapshots the policy lets go, oldest first.
+
+    `snapshots` are parsed names of one user's directory (non-matching files never
+    reach this function, so they are never touched).
+    """
+    candidates = sorted(
+        (snapshot for snapshot in snapshots if snapshot.label is None),
+        key=lambda snapshot: (snapshot.time, snapshot.filename),
+        reverse=True,
+    )
+    kept = {snapshot.filename for snapshot in candidates[: policy.keep]}
+    kept |= set(protect)
+    if candidates:
+        # The newest unlabelled snapshot is always kept, whatever the policy says.
+        kept.add(candidates[0].filename)
+    kept |= _newest_per_period(candidates, policy.keep_daily, lambda t: t.date())
+    kept |= _newest_per_period(candidates, policy.keep_weekly, lambda t: t.isocalendar()[:2])
+    kept |= _newest_per_period(candidates, policy.keep_monthly, lambda t: (t.year, t.month))
+    expired = [snapshot for snapshot in candidates if snapshot.filename not in kept]
+    return sorted(expired, key=lambda snapshot: (snapshot.time, snapshot.filename))

@@ -1,0 +1,348 @@
+"""User-side snapshot operations. Runs only inside the worker, as the owning user.
+
+Every path here is under the user's home or the user's backup directory, so the code
+never runs as root. Each function does one step; `worker.py` sequences them.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import secrets
+import sqlite3
+import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+from t3backupd.naming import (
+    CHECKSUM_SUFFIX,
+    LOCK_NAME,
+    TEMP_PREFIX,
+    TEMP_SUFFIX,
+    SnapshotName,
+    format_name,
+    is_temp_name,
+    parse_name,
+)
+from t3backupd.protocol import SnapshotInfo
+
+HASH_CHUNK = 1 << 20
+# The source is mapped read-only: fewer syscalls and copies for the one-pass backup.
+SOURCE_MMAP_BYTES = 1 << 34
+
+
+class StepFailed(Exception):
+    """A snapshot step failed for a reason the report names (timeout, permission ...)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class TempFiles:
+    """Temp paths this process created, so a SIGTERM handler can remove them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._paths: set[str] = set()
+
+    def add(self, path: str) -> None:
+        with self._lock:
+            self._paths.add(path)
+
+    def discard(self, path: str) -> None:
+        with self._lock:
+            self._paths.discard(path)
+
+    def remove_all(self) -> None:
+        with self._lock:
+            paths = list(self._paths)
+        for path in paths:
+            for suffix in ("", "-journal", "-wal", "-shm"):
+                with suppress(FileNotFoundError):
+                    os.unlink(path + suffix)
+
+
+def classify_sqlite_error(error: sqlite3.Error) -> str:
+    """Map an SQLite error to a failure reason."""
+    code = getattr(error, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary == sqlite3.SQLITE_FULL:
+        return "disk_space"
+    if primary in (sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH, sqlite3.SQLITE_READONLY):
+        return "permission"
+    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_INTERRUPT):
+        return "timeout"
+    return "sqlite_error"
+
+
+def classify_os_error(error: OSError) -> str:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk_space"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.ELOOP, errno.EROFS):
+        return "permission"
+    return "sqlite_error"
+
+
+@contextmanager
+def user_dir_lock(dest_dir: str) -> Iterator[None]:
+    """Hold the per-user lock (`<dest>/<user>/.lock`) for the duration.
+
+    Raises StepFailed("busy") if another worker holds it.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(os.path.join(dest_dir, LOCK_NAME), flags, 0o600)
+    except OSError as error:
+        raise StepFailed(classify_os_error(error), f"cannot open lock: {error}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StepFailed("busy", "another worker holds this user's lock") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(dest_dir: str) -> list[str]:
+    """Remove in-progress files left by a crashed worker (caller holds the lock)."""
+    removed = []
+    with os.scandir(dest_dir) as entries:
+        for entry in entries:
+            if is_temp_name(entry.name) or entry.name.startswith(TEMP_PREFIX):
+                try:
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
+def source_size(source: str) -> int:
+    """Bytes of the database and its WAL.
+
+    Raises StepFailed for a source that is not a non-empty regular file, or FileNotFoundError.
+    """
+    try:
+        info = os.stat(source)
+    except PermissionError as error:
+        raise StepFailed("permission", f"cannot read source: {error.strerror}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise StepFailed("sqlite_error", "source is a directory, not a database")
+    if not stat.S_ISREG(info.st_mode):
+        raise StepFailed("sqlite_error", "source is not a regular file")
+    if info.st_size == 0:
+        raise StepFailed("sqlite_error", "source is an empty (0-byte) file")
+    try:
+        wal = os.stat(source + "-wal").st_size
+    except OSError:
+        wal = 0
+    return info.st_size + wal
+
+
+def check_free_space(dest_dir: str, needed: int, min_free_bytes: int) -> None:
+    """Raises StepFailed("disk_space") if a copy of `needed` bytes would leave too little."""
+    info = os.statvfs(dest_dir)
+    free = info.f_bavail * info.f_frsize
+    if free - needed < min_free_bytes:
+        raise StepFailed(
+            "disk_space",
+            f"{free} bytes free; a {needed}-byte copy would leave less than "
+            f"min_free_bytes={min_free_bytes}",
+        )
+
+
+def create_temp(dest_dir: str) -> str:
+    """Create an empty, hidden, 0600 temp file (O_EXCL) in `dest_dir`; return its path."""
+    path = os.path.join(dest_dir, f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.close(fd)
+    return path
+
+
+def _source_uri(source: str) -> str:
+    # Read-only: we never write, and a read-only connection never checkpoints on close.
+    return f"file:{quote(source)}?mode=ro"
+
+
+def open_source(source: str, timeout: float) -> sqlite3.Connection:
+    connection = sqlite3.connect(
+        _source_uri(source), uri=True, timeout=timeout, isolation_level=None
+    )
+    connection.execute(f"PRAGMA mmap_size={SOURCE_MMAP_BYTES}")
+    return connection
+
+
+def copy_database(
+    source: str, target: str, method: str, timeout: float, connections: list[sqlite3.Connection]
+) -> None:
+    """Copy `source` into the empty file `target` in one consistent read transaction.
+
+    `connections` receives the open connections so a signal handler can interrupt them.
+    Raises sqlite3.Error on failure.
+    """
+    src = open_source(source, timeout)
+    connections.append(src)
+    try:
+        if method == "vacuum":
+            src.execute("VACUUM INTO ?", (target,))
+            return
+        dst = sqlite3.connect(target, isolation_level=None)
+        connections.append(dst)
+        try:
+            # pages=-1: one step under one read lock, so it never restarts on app writes.
+            src.backup(dst, pages=-1)
+            # The copy keeps WAL mode in its header; a snapshot is a single self-contained
+            # file, so switch it to rollback journal (no -wal/-shm beside snapshots).
+            dst.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
+def fsync_path(path: str, directory: bool = False) -> None:
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def integrity_problems(path: str, mode: str) -> list[str]:
+    """Run quick_check ("quick") or integrity_check ("full") on a snapshot file, plus a
+    schema sanity check. Returns the problems found (empty = good).
+
+    Opened read-only and immutable: the file is ours and not being written.
+    """
+    uri = f"file:{quote(path)}?mode=ro&immutable=1"
+    try:
+        connection = sqlite3.connect(uri, uri=True, isolation_level=None)
+        try:
+            tables = connection.execute(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"
+            ).fetchone()[0]
+            problems = [] if tables else ["database has no tables"]
+            if mode != "none":
+                pragma = "quick_check" if mode == "quick" else "integrity_check"
+                rows = connection.execute(f"PRAGMA {pragma}(20)").fetchall()
+                problems += [str(row[0]) for row in rows if row[0] != "ok"]
+            return problems
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        return [str(error)]
+
+
+def verify_and_hash(path: str, mode: str) -> tuple[list[str], str]:
+    """Integrity check and sha256 of `path`, run in parallel (both release the GIL)."""
+    result: dict[str, str] = {}
+
+    def hash_it() -> None:
+        result["digest"] = sha256_file(path)
+
+    hasher = threading.Thread(target=hash_it, name="sha256")
+    hasher.start()
+    problems = integrity_problems(path, mode)
+    hasher.join()
+    return problems, result["digest"]
+
+
+def publish(dest_dir: str, temp: str, when: datetime, label: str | None, digest: str) -> str:
+    """Give the verified `temp` its snapshot name and write `NAME.sha256` beside it.
+
+    Never replaces an existing snapshot: `link()` fails on an existing name, and two
+    passes within one second take the next free second. Returns the published name.
+    """
+    for offset in range(3600):
+        name = format_name(when + timedelta(seconds=offset), label)
+        final = os.path.join(dest_dir, name)
+        try:
+            os.link(temp, final)
+        except FileExistsError:
+            continue
+        checksum_temp = create_temp(dest_dir)
+        with open(checksum_temp, "w", encoding="ascii") as handle:
+            handle.write(f"{digest}  {name}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(checksum_temp, final + CHECKSUM_SUFFIX)
+        os.unlink(temp)
+        fsync_path(dest_dir, directory=True)
+        return name
+    raise StepFailed("sqlite_error", "no free snapshot name within an hour of now")
+
+
+def scan(dest_dir: str) -> list[tuple[SnapshotName, os.stat_result]]:
+    """Snapshot-named entries of `dest_dir` with their lstat (links are never followed)."""
+    found = []
+    with os.scandir(dest_dir) as entries:
+        for entry in entries:
+            parsed = parse_name(entry.name)
+            if parsed is not None:
+                found.append((parsed, entry.stat(follow_symlinks=False)))
+    found.sort(key=lambda item: (item[0].time, item[0].filename))
+    return found
+
+
+def inventory(dest_dir: str) -> list[SnapshotInfo]:
+    """Regular snapshot files in `dest_dir`, oldest first."""
+    names = set(os.listdir(dest_dir))
+    return [
+        SnapshotInfo(
+            name=parsed.filename,
+            time=parsed.time.timestamp(),
+            bytes=info.st_size,
+            label=parsed.label,
+            has_checksum=parsed.checksum_filename in names,
+        )
+        for parsed, info in scan(dest_dir)
+        if stat.S_ISREG(info.st_mode)
+    ]
+
+
+def prune(dest_dir: str, expired: list[SnapshotName]) -> list[str]:
+    """Delete expired snapshots and their checksums. unlink() never follows a link."""
+    removed = []
+    for snapshot in expired:
+        for name in (snapshot.filename, snapshot.checksum_filename):
+            try:
+                os.unlink(os.path.join(dest_dir, name))
+            except FileNotFoundError:
+                continue
+            except IsADirectoryError:
+                break  # a directory named like a snapshot is not ours to delete
+        removed.append(snapshot.filename)
+    if removed:
+        fsync_path(dest_dir, directory=True)
+    return removed
+
+
+def read_checksum(dest_dir: str, name: str) -> str | None:
+    """The hex digest recorded for `name`, or None if no (valid) checksum file exists."""
+    path = Path(dest_dir, name + CHECKSUM_SUFFIX)
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    parts = text.split()
+    if len(parts) != 2 or parts[1].lstrip("*") != name or len(parts[0]) != 64:
+        return None
+    return parts[0].lower()
