@@ -14,7 +14,7 @@ else
 VENV ?= $(CURDIR)/.venv
 endif
 PY := $(VENV)/bin/python
-APT_PACKAGES := python3-venv sqlite3 prometheus util-linux procps passwd
+APT_PACKAGES := python3-venv sqlite3 prometheus util-linux procps passwd systemd
 DEMO_DIR ?= /var/tmp/t3backupd-demo
 
 .PHONY: help apt venv install test lint typecheck unit demo demo-clean bench
@@ -24,6 +24,7 @@ help:
 	@echo "make test   - ruff, mypy --strict, pytest (as root: real users, real daemon)"
 	@echo "make bench  - benchmarks (prints a Markdown table, writes bench/results.json)"
 
+# Tools only: a temporary policy-rc.d keeps package services (prometheus) from starting.
 apt:
 ifeq ($(UID_NOW),0)
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -33,7 +34,12 @@ ifeq ($(UID_NOW),0)
 	  echo "installing:$$missing"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -qq; \
-	  apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  policy=/usr/sbin/policy-rc.d; made_policy=""; \
+	  if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy; chmod 755 $$policy; made_policy=1; fi; \
+	  status=0; apt-get install -y -qq --no-install-recommends $$missing >/dev/null || status=$$?; \
+	  if [ -n "$$made_policy" ]; then rm -f $$policy; fi; \
+	  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi; \
+	  exit $$status; \
 	fi
 else
 	@for p in $(APT_PACKAGES); do \
@@ -52,7 +58,7 @@ $(VENV)/.deps: pyproject.toml | apt
 venv: $(VENV)/.deps
 
 # Reinstalled on every run (not editable, see above); takes a few seconds.
-install: venv
+install: apt venv
 	$(PY) -m pip install -q --no-deps --no-build-isolation --force-reinstall .
 	chmod -R a+rX $(VENV)
 

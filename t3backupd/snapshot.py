@@ -112,6 +112,13 @@ def user_dir_lock(dest_dir: str) -> Iterator[None]:
         os.close(fd)
 
 
+def secure_user_dir(dest_dir: str) -> None:
+    """Keep the user's backup directory at 0700 (we own it; the root parent does not
+    change the mode of a directory it does not own)."""
+    if stat.S_IMODE(os.stat(dest_dir).st_mode) != 0o700:
+        os.chmod(dest_dir, 0o700)
+
+
 def remove_stale_temps(dest_dir: str) -> list[str]:
     """Remove in-progress files left by a crashed worker (caller holds the lock)."""
     removed = []
@@ -141,6 +148,13 @@ def source_size(source: str) -> int:
         raise StepFailed("sqlite_error", "source is not a regular file")
     if info.st_size == 0:
         raise StepFailed("sqlite_error", "source is an empty (0-byte) file")
+    # stat() works on files we may not read (a link to /etc/shadow); SQLite would then
+    # say only "unable to open database file". Name the real reason. (Done before SQLite
+    # opens the file: closing an fd drops every POSIX lock this process holds on it.)
+    try:
+        os.close(os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+    except PermissionError as error:
+        raise StepFailed("permission", f"cannot read source: {error.strerror}") from None
     try:
         wal = os.stat(source + "-wal").st_size
     except OSError:

@@ -40,10 +40,13 @@ def ensure_dest_root(dest: str) -> None:
     Raises DirectoryRefused if it is a symlink, not a directory, not owned by us, or
     writable by others (anyone who can write there could plant links for us to follow).
     """
-    try:
-        os.makedirs(dest, mode=0o755, exist_ok=True)
-    except OSError as error:
-        raise DirectoryRefused(f"cannot create {dest}: {error.strerror}") from None
+    if not os.path.lexists(dest):
+        try:
+            os.makedirs(dest, mode=0o755, exist_ok=True)
+            # makedirs honours the umask (the unit sets 0077): make the mode exact.
+            os.chmod(dest, 0o755)  # noqa: S103  (DESIGN: <dest> is 0755, users traverse it)
+        except OSError as error:
+            raise DirectoryRefused(f"cannot create {dest}: {error.strerror}") from None
     info = os.lstat(dest)
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise DirectoryRefused(f"{dest} is not a directory (or is a symlink)")
@@ -80,10 +83,13 @@ def prepare_user_dir(dest: str, user: User) -> str:
                 raise DirectoryRefused(
                     f"{dest}/{user.name} is owned by uid {info.st_uid}, not {user.name}"
                 )
-            if running_as_root() and (info.st_uid, info.st_gid) != (user.uid, user.gid):
-                os.fchown(fd, user.uid, user.gid)
-            if stat.S_IMODE(info.st_mode) != 0o700:
+            if info.st_uid == os.geteuid():
+                # Ours (just made, or left by a crash before chown): mode first, while we
+                # still own it, then hand it over. A user-owned directory's mode is set
+                # by its worker (its owner), so the daemon needs no CAP_FOWNER.
                 os.fchmod(fd, 0o700)
+                if running_as_root():
+                    os.fchown(fd, user.uid, user.gid)
         finally:
             os.close(fd)
     finally:

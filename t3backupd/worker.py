@@ -45,6 +45,7 @@ def snapshot_job(job: Job) -> Report:
     spec = job.spec
     when = datetime.now(UTC)
     with ops.user_dir_lock(spec.dest_dir):
+        ops.secure_user_dir(spec.dest_dir)
         ops.remove_stale_temps(spec.dest_dir)
         try:
             source_bytes = ops.source_size(spec.source)
