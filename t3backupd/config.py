@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import string
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -149,7 +150,15 @@ def _table(root: _Section, name: str) -> Mapping[str, Any]:
 
 
 def _check_source_template(template: str) -> str | None:
+    allowed = "bad placeholder; only {home} and {user} are allowed"
     try:
+        # Only bare {home} / {user}: str.format would otherwise also accept attribute
+        # access, indexing, conversions and format specs ("{home.x}" raises AttributeError).
+        for _, field_name, format_spec, conversion in string.Formatter().parse(template):
+            if field_name is not None and (
+                field_name not in ("home", "user") or format_spec or conversion
+            ):
+                return f"{allowed} (found {{{field_name}}})"
         sample = template.format(user="u", home="/home/u")
     except (KeyError, IndexError, ValueError) as error:
         return f"bad placeholder ({error}); only {{home}} and {{user}} are allowed"

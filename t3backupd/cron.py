@@ -62,7 +62,8 @@ def _value(text: str, spec: _FieldSpec) -> int:
     lowered = text.lower()
     if lowered in spec.names:
         return spec.names.index(lowered) + spec.name_offset
-    if not text.isdigit():
+    # isascii: str.isdigit() accepts "²" and other digits int() rejects or reads oddly.
+    if not (text.isascii() and text.isdigit()):
         raise CronError(f"{spec.name}: {text!r} is not a number or name")
     number = int(text)
     if not spec.low <= number <= spec.high:
@@ -81,7 +82,7 @@ def expand_field(text: str, spec: _FieldSpec) -> set[int] | None:
         base, slash, step_text = part.partition("/")
         step = 1
         if slash:
-            if not step_text.isdigit() or int(step_text) < 1:
+            if not (step_text.isascii() and step_text.isdigit()) or int(step_text) < 1:
                 raise CronError(f"{spec.name}: bad step {step_text!r}")
             step = int(step_text)
         if base == "*":

@@ -55,7 +55,9 @@ def parse_usermap(text: str) -> tuple[list[UsermapEntry], list[Problem]]:
     entries: list[UsermapEntry] = []
     problems: list[Problem] = []
     seen: set[str] = set()
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split("\n"), not splitlines(): awk (and editors) count only newlines, while
+    # splitlines() also breaks at \f, \x1c, \x85, \u2028..., shifting line numbers.
+    for number, line in enumerate(text.split("\n"), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue

@@ -1,0 +1,227 @@
+"""Which snapshots retention lets go (t3backupd.retention): properties over generated
+directories mixing current, labelled and legacy (local-time) names."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from t3backupd.naming import SnapshotName, format_name, parse_name
+from t3backupd.retention import RetentionPolicy, select_expired
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def parse(filename: str) -> SnapshotName:
+    parsed = parse_name(filename, local_tz=BERLIN)
+    assert parsed is not None, filename
+    return parsed
+
+
+@st.composite
+def snapshot_names(draw: st.DrawFn) -> SnapshotName:
+    when = draw(
+        st.datetimes(min_value=datetime(2025, 1, 1), max_value=datetime(2027, 12, 31))
+    ).replace(microsecond=0)
+    kind = draw(st.sampled_from(["current", "current", "labelled", "legacy"]))
+    if kind == "legacy":
+        return parse(f"state-{when:%Y%m%d-%H%M%S}.sqlite")
+    label = draw(st.sampled_from(["pre-upgrade", "pre-restore", "manual.1"]))
+    return parse(format_name(when.replace(tzinfo=UTC), label if kind == "labelled" else None))
+
+
+directories = st.lists(
+    snapshot_names(),
+    max_size=40,
+    unique_by=(lambda snapshot: snapshot.filename, lambda snapshot: snapshot.time),
+)
+# Clustered in a few days so that keep_daily has several snapshots per day to choose from.
+clustered_directories = st.lists(
+    st.builds(
+        lambda day, second, legacy: (
+            parse(
+                f"state-{datetime(2026, 3, 1) + timedelta(days=day, seconds=second):%Y%m%d-%H%M%S}"
+                ".sqlite"
+            )
+            if legacy
+            else parse(
+                format_name(datetime(2026, 3, 1, tzinfo=UTC) + timedelta(days=day, seconds=second))
+            )
+        ),
+        st.integers(0, 9),
+        st.integers(0, 86_399),
+        st.booleans(),
+    ),
+    max_size=40,
+    unique_by=(lambda snapshot: snapshot.filename, lambda snapshot: snapshot.time),
+)
+
+
+def kept_after(
+    snapshots: list[SnapshotName], policy: RetentionPolicy, protect: Iterable[str] = ()
+) -> set[str]:
+    expired = select_expired(snapshots, policy, protect)
+    return {snapshot.filename for snapshot in snapshots} - {
+        snapshot.filename for snapshot in expired
+    }
+
+
+def newest_unlabelled(snapshots: list[SnapshotName], count: int) -> set[str]:
+    unlabelled = sorted(
+        (snapshot for snapshot in snapshots if snapshot.label is None),
+        key=lambda snapshot: snapshot.time,
+        reverse=True,
+    )
+    return {snapshot.filename for snapshot in unlabelled[:count]}
+
+
+# --- properties -----------------------------------------------------------------------
+
+
+@given(snapshots=directories, keep=st.integers(0, 20), daily=st.integers(0, 5))
+def test_labelled_snapshots_are_never_pruned(
+    snapshots: list[SnapshotName], keep: int, daily: int
+) -> None:
+    expired = select_expired(snapshots, RetentionPolicy(keep=keep, keep_daily=daily))
+    assert all(snapshot.label is None for snapshot in expired)
+
+
+@given(snapshots=directories, keep=st.integers(0, 20))
+def test_newest_unlabelled_snapshot_is_never_pruned_whatever_keep_says(
+    snapshots: list[SnapshotName], keep: int
+) -> None:
+    kept = kept_after(snapshots, RetentionPolicy(keep=keep))
+    assert newest_unlabelled(snapshots, 1) <= kept
+
+
+@given(snapshots=directories, keep=st.integers(0, 5), data=st.data())
+def test_protected_names_are_never_pruned(
+    snapshots: list[SnapshotName], keep: int, data: st.DataObject
+) -> None:
+    protect = (
+        data.draw(st.sets(st.sampled_from([s.filename for s in snapshots]))) if snapshots else set()
+    )
+    kept = kept_after(snapshots, RetentionPolicy(keep=keep), protect)
+    assert protect <= kept
+
+
+@given(snapshots=directories, keep=st.integers(1, 20))
+def test_exactly_the_newest_keep_unlabelled_are_kept_by_parsed_time(
+    snapshots: list[SnapshotName], keep: int
+) -> None:
+    kept = kept_after(snapshots, RetentionPolicy(keep=keep))
+    unlabelled = {snapshot.filename for snapshot in snapshots if snapshot.label is None}
+    assert kept & unlabelled == newest_unlabelled(snapshots, keep)
+    assert len(kept & unlabelled) == min(keep, len(unlabelled))
+
+
+@given(snapshots=directories, keep=st.integers(0, 20), daily=st.integers(0, 5))
+def test_result_is_a_subset_of_the_input_oldest_first_without_duplicates(
+    snapshots: list[SnapshotName], keep: int, daily: int
+) -> None:
+    expired = select_expired(snapshots, RetentionPolicy(keep=keep, keep_daily=daily))
+    assert set(expired) <= set(snapshots)
+    assert len({snapshot.filename for snapshot in expired}) == len(expired)
+    times = [snapshot.time for snapshot in expired]
+    assert times == sorted(times)
+
+
+@given(snapshots=directories, keep=st.integers(1, 20))
+def test_input_order_does_not_matter(snapshots: list[SnapshotName], keep: int) -> None:
+    policy = RetentionPolicy(keep=keep)
+    assert select_expired(snapshots, policy) == select_expired(list(reversed(snapshots)), policy)
+
+
+@given(snapshots=clustered_directories, keep=st.integers(1, 5), days=st.integers(1, 12))
+def test_keep_daily_keeps_the_newest_of_each_of_the_newest_n_days_on_top_of_keep(
+    snapshots: list[SnapshotName], keep: int, days: int
+) -> None:
+    newest_per_day: dict[date, SnapshotName] = {}
+    for snapshot in snapshots:
+        day = snapshot.time.date()  # calendar days in UTC
+        if day not in newest_per_day or snapshot.time > newest_per_day[day].time:
+            newest_per_day[day] = snapshot
+    newest_days = sorted(newest_per_day, reverse=True)[:days]
+    expected = newest_unlabelled(snapshots, keep) | {
+        newest_per_day[day].filename for day in newest_days
+    }
+    assert kept_after(snapshots, RetentionPolicy(keep=keep, keep_daily=days)) == expected
+
+
+# --- examples -------------------------------------------------------------------------
+
+
+def test_order_is_by_parsed_time_not_by_string() -> None:
+    # Legacy names are local time (Berlin, CET = UTC+1); "-" sorts before "T".
+    legacy = parse("state-20260101-030000.sqlite")  # 02:00 UTC: the newer one
+    current = parse("state-20260101T013000Z.sqlite")  # 01:30 UTC
+    assert legacy.filename < current.filename
+    assert legacy.time > current.time
+    assert select_expired([current, legacy], RetentionPolicy(keep=1)) == [current]
+
+
+def test_legacy_names_are_pruned_like_any_other() -> None:
+    snapshots = [parse(f"state-202601{day:02d}-033000.sqlite") for day in range(1, 6)]
+    expired = select_expired(snapshots, RetentionPolicy(keep=2))
+    assert [snapshot.filename for snapshot in expired] == [
+        "state-20260101-033000.sqlite",
+        "state-20260102-033000.sqlite",
+        "state-20260103-033000.sqlite",
+    ]
+
+
+def test_fourteen_nightly_snapshots_plus_one_prunes_the_oldest() -> None:
+    start = datetime(2026, 1, 1, 3, 30, tzinfo=UTC)
+    snapshots = [parse(format_name(start + timedelta(days=day))) for day in range(15)]
+    assert select_expired(snapshots, RetentionPolicy()) == [snapshots[0]]
+
+
+def test_labelled_snapshots_do_not_count_towards_keep() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    labelled = [parse(format_name(start + timedelta(hours=hour), "pre-upgrade")) for hour in (5, 6)]
+    plain = [parse(format_name(start + timedelta(hours=hour))) for hour in range(4)]
+    expired = select_expired(labelled + plain, RetentionPolicy(keep=2))
+    assert expired == plain[:2]
+
+
+def test_just_published_snapshot_is_protected_even_if_it_sorts_old() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    snapshots = [parse(format_name(start + timedelta(days=day))) for day in range(5)]
+    expired = select_expired(snapshots, RetentionPolicy(keep=1), protect=[snapshots[0].filename])
+    assert expired == snapshots[1:4]
+
+
+def test_keep_weekly_keeps_newest_of_each_iso_week() -> None:
+    # 2026-01-05 is a Monday. Two snapshots in each of three ISO weeks.
+    monday = datetime(2026, 1, 5, 3, 0, tzinfo=UTC)
+    snapshots = [
+        parse(format_name(monday + timedelta(weeks=week, days=day)))
+        for week in range(3)
+        for day in (0, 6)
+    ]
+    kept = kept_after(snapshots, RetentionPolicy(keep=1, keep_weekly=2))
+    assert kept == {snapshots[5].filename, snapshots[3].filename}
+
+
+def test_keep_monthly_keeps_newest_of_each_month() -> None:
+    snapshots = [
+        parse(format_name(datetime(2026, month, day, tzinfo=UTC)))
+        for month in (1, 2, 3)
+        for day in (1, 20)
+    ]
+    kept = kept_after(snapshots, RetentionPolicy(keep=1, keep_monthly=3))
+    assert kept == {snapshots[1].filename, snapshots[3].filename, snapshots[5].filename}
+
+
+def test_empty_directory_expires_nothing() -> None:
+    assert select_expired([], RetentionPolicy()) == []
+
+
+def test_default_policy_matches_the_legacy_script() -> None:
+    assert RetentionPolicy() == RetentionPolicy(
+        keep=14, keep_daily=0, keep_weekly=0, keep_monthly=0
+    )
