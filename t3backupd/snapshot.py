@@ -27,7 +27,6 @@ from t3backupd.naming import (
     TEMP_SUFFIX,
     SnapshotName,
     format_name,
-    is_temp_name,
     parse_name,
 )
 from t3backupd.protocol import SnapshotInfo
@@ -124,7 +123,8 @@ def remove_stale_temps(dest_dir: str) -> list[str]:
     removed = []
     with os.scandir(dest_dir) as entries:
         for entry in entries:
-            if is_temp_name(entry.name) or entry.name.startswith(TEMP_PREFIX):
+            # A directory with a temp-like name is not ours (we only make files): leave it.
+            if entry.name.startswith(TEMP_PREFIX) and not entry.is_dir(follow_symlinks=False):
                 try:
                     os.unlink(entry.path)
                     removed.append(entry.name)

@@ -171,9 +171,51 @@ def write_config(
 def t3backupd(config: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the real CLI (as the test's own user, root in CI)."""
     return subprocess.run(
-        [PYTHON, "-m", "t3backupd", "-c", str(config), *args],
+        [PYTHON, "-I", "-m", "t3backupd", "-c", str(config), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         env={**os.environ, "T3BACKUPD_CONFIG": ""},
     )
+
+
+def spawn_as(user: User, command: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+    """Start a long-running command as `user` (plain Popen when not root), text pipes."""
+    return subprocess.Popen(
+        command,
+        user=user.uid if IS_ROOT else None,
+        group=user.gid if IS_ROOT else None,
+        extra_groups=[] if IS_ROOT else None,
+        cwd="/",
+        env={"HOME": user.home, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        text=True,
+        **kwargs,
+    )
+
+
+def sha256sum_check(user: User, directory: Path, name: str) -> subprocess.CompletedProcess[str]:
+    """Run the real `sha256sum -c NAME.sha256` as `user` inside `directory` (no check)."""
+    script = 'cd "$1" && exec sha256sum --strict -c -- "$2"'
+    return run_as(user, ["sh", "-c", script, "sh", str(directory), name + ".sha256"], check=False)
+
+
+def snapshot_files(directory: Path) -> list[str]:
+    """Names in `directory` that look like snapshots (`state-*.sqlite`), sorted."""
+    return sorted(
+        entry.name
+        for entry in directory.iterdir()
+        if entry.name.startswith("state-") and entry.name.endswith(".sqlite")
+    )
+
+
+def log_events(stderr: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a CLI run's stderr, parsed (other lines are ignored)."""
+    events = []
+    for line in stderr.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return events
