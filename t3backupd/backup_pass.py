@@ -7,6 +7,8 @@ never stops the others.
 
 from __future__ import annotations
 
+import contextvars
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -79,15 +81,9 @@ def snapshot_user(
     started = time.time()
     clock = time.monotonic()
     with structlog.contextvars.bound_contextvars(user=user.name):
-        if tracker is not None and tracker.stopping.is_set():
-            report = failed("snapshot", "timeout", "not started: daemon is stopping")
-        else:
-            report = run_user_job(
-                config,
-                user,
-                lambda dest_dir: snapshot_spec(config, user, dest_dir, label),
-                tracker,
-            )
+        report = run_user_job(
+            config, user, lambda dest_dir: snapshot_spec(config, user, dest_dir, label), tracker
+        )
         duration = time.monotonic() - clock
         fields = {
             "status": report.status,
@@ -105,6 +101,17 @@ def snapshot_user(
     return UserResult(user, report, started, duration)
 
 
+def inventory_of(config: Config, user: User) -> Report:
+    """The user's snapshots, listed by a worker running as the user (none if no dir)."""
+    if not os.path.lexists(os.path.join(config.dest, user.name)):
+        return Report(action="inventory", status="ok")
+
+    def spec(dest_dir: str) -> JobSpec:
+        return JobSpec(action="inventory", user=user.name, dest_dir=dest_dir, timeout_seconds=60.0)
+
+    return run_user_job(config, user, spec, None)
+
+
 def run_pass(
     config: Config,
     users: Sequence[User],
@@ -112,9 +119,15 @@ def run_pass(
     tracker: ProcessTracker | None = None,
     on_result: Callable[[UserResult], None] | None = None,
 ) -> list[UserResult]:
-    """Snapshot every user, `config.snapshot.concurrency` at a time, in usermap order."""
+    """Snapshot every user, `config.snapshot.concurrency` at a time, in usermap order.
 
-    def one(user: User) -> UserResult:
+    Once `tracker.stopping` is set, users not yet started are left out of the result
+    (not attempted, not counted).
+    """
+
+    def one(user: User) -> UserResult | None:
+        if tracker is not None and tracker.stopping.is_set():
+            return None
         result = snapshot_user(config, user, label, tracker)
         if on_result is not None:
             on_result(result)
@@ -123,4 +136,8 @@ def run_pass(
     with ThreadPoolExecutor(
         max_workers=config.snapshot.concurrency, thread_name_prefix="snapshot"
     ) as pool:
-        return list(pool.map(one, users))
+        # Each user's job runs in a copy of the caller's context, so the pass's bound
+        # log context (pass id, trigger) reaches every per-user event.
+        futures = [pool.submit(contextvars.copy_context().run, one, user) for user in users]
+        results = [future.result() for future in futures]
+    return [result for result in results if result is not None]

@@ -15,16 +15,18 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from t3backupd import __version__
-from t3backupd.backup_pass import run_pass, run_user_job
+from t3backupd.backup_pass import inventory_of, run_pass
 from t3backupd.config import Config, load_config, resolve_config_path
 from t3backupd.cron import CronError
 from t3backupd.errors import ConfigError, T3BackupError, UsageError
 from t3backupd.log import configure_logging, get_logger
 from t3backupd.naming import is_valid_label
-from t3backupd.protocol import JobSpec, Report, SnapshotInfo
+from t3backupd.protocol import SnapshotInfo
+from t3backupd.restore import parse_snapshot_request, restore_in_place, restore_to
 from t3backupd.scheduler import next_run_times, trigger_for
 from t3backupd.spawn import running_as_root
 from t3backupd.usermap import Problem, User, load_users
+from t3backupd.verify import verify_failures, verify_user
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -54,6 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="machine-readable output")
 
     commands.add_parser("check-config", help="validate config and usermap, show next runs")
+    commands.add_parser("run", help="run the daemon in the foreground (for systemd)")
+
+    verify = commands.add_parser("verify", help="checksum + integrity check of snapshots")
+    verify.add_argument("--user", action="append", default=[], help="only this user (repeatable)")
+    verify.add_argument("--latest", action="store_true", help="only each user's newest snapshot")
+    verify.add_argument("--quick", action="store_true", help="quick_check, not integrity_check")
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
+
+    restore = commands.add_parser("restore", help="restore a snapshot, as the user")
+    restore.add_argument("--user", required=True)
+    restore.add_argument(
+        "--snapshot", default="latest", help="a snapshot file name, 'latest' or a LABEL"
+    )
+    where = restore.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to", metavar="PATH", help="write a restored copy to a new file")
+    where.add_argument("--in-place", action="store_true", help="restore into the live database")
+    restore.add_argument(
+        "--force", action="store_true", help="in place even while a process has it open"
+    )
     return parser
 
 
@@ -111,17 +132,6 @@ def command_snapshot(args: argparse.Namespace) -> int:
         else:
             print(f"{result.user.name}: FAILED {report.reason}: {report.message}")
     return EXIT_FAILED if any(result.report.status == "failed" for result in results) else EXIT_OK
-
-
-def inventory_of(config: Config, user: User) -> Report:
-    """The user's snapshots, listed by a worker running as the user."""
-    if not os.path.lexists(os.path.join(config.dest, user.name)):
-        return Report(action="inventory", status="ok")
-
-    def spec(dest_dir: str) -> JobSpec:
-        return JobSpec(action="inventory", user=user.name, dest_dir=dest_dir, timeout_seconds=60.0)
-
-    return run_user_job(config, user, spec, None)
 
 
 def _human_size(size: int) -> str:
@@ -213,7 +223,106 @@ def command_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+VERIFY_WORDS = {
+    "ok": "ok",
+    "checksum_mismatch": "CHECKSUM MISMATCH",
+    "integrity_error": "INTEGRITY ERRORS",
+    "missing_checksum": "MISSING CHECKSUM",
+    "unreadable": "UNREADABLE",
+}
+
+
+def command_verify(args: argparse.Namespace) -> int:
+    config, users, _ = load_context(args)
+    selected = select_users(users, args.user, config.usermap)
+    reports = [(user, verify_user(config, user, args.latest, args.quick)) for user in selected]
+    checked = sum(len(report.verified) for _, report in reports)
+    bad = sum(verify_failures(report) for _, report in reports)
+    errors = sum(1 for _, report in reports if not report.ok)
+    if args.json:
+        payload = {
+            "ok": bad == 0,
+            "check": "quick_check" if args.quick else "integrity_check",
+            "summary": {"users": len(reports), "snapshots": checked, "bad": bad},
+            "users": [
+                {
+                    "user": user.name,
+                    "error": None if report.ok else f"{report.reason}: {report.message}",
+                    "snapshots": [
+                        {"name": result.name, "outcome": result.outcome, "detail": result.detail}
+                        for result in report.verified
+                    ],
+                }
+                for user, report in reports
+            ],
+        }
+        print(json.dumps(payload, indent=2))
+        return EXIT_FAILED if bad else EXIT_OK
+    for user, report in reports:
+        if not report.ok:
+            print(f"{user.name}: cannot verify: {report.reason}: {report.message}")
+            continue
+        if not report.verified:
+            print(f"{user.name}: no snapshots")
+        for result in report.verified:
+            detail = f"  ({result.detail})" if result.detail else ""
+            print(f"{user.name}: {result.name}  {VERIFY_WORDS[result.outcome]}{detail}")
+    failed_users = f", {errors} user(s) could not be verified" if errors else ""
+    print(
+        f"verified {checked} snapshot(s) of {len(reports)} user(s): "
+        f"{checked - bad + errors} ok, {bad - errors} bad{failed_users}"
+    )
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+def command_restore(args: argparse.Namespace) -> int:
+    parse_snapshot_request(args.snapshot)  # one clear line before anything runs
+    if args.force and not args.in_place:
+        raise UsageError("--force applies only to --in-place")
+    config, users, _ = load_context(args)
+    user = select_users(users, [args.user], config.usermap)[0]
+    if args.to is not None:
+        # Relative to the caller's cwd, not normalised: '..' keeps the kernel's meaning.
+        target = args.to if os.path.isabs(args.to) else os.path.join(os.getcwd(), args.to)
+        report = restore_to(config, user, args.snapshot, target)
+        if not report.ok:
+            sys.stderr.write(f"t3backupd: restore refused ({report.reason}): {report.message}\n")
+            return EXIT_FAILED
+        print(f"{user.name}: restored {report.extra.get('restored_from')}: {report.message}")
+        return EXIT_OK
+    result = restore_in_place(config, user, args.snapshot, force=args.force)
+    report = result.report
+    if result.pre_restore is not None:
+        print(f"{user.name}: pre-restore snapshot {result.pre_restore} taken")
+    if not report.ok:
+        sys.stderr.write(f"t3backupd: restore refused ({report.reason}): {report.message}\n")
+        if result.undo is not None:
+            sys.stderr.write(
+                f"t3backupd: {result.pre_restore} holds the state before this attempt; "
+                f"to go back to it: {result.undo}\n"
+            )
+        return EXIT_FAILED
+    for verified in report.verified:
+        print(f"{user.name}: verified {verified.name}: {VERIFY_WORDS[verified.outcome]}")
+    print(f"{user.name}: {report.message}")
+    if result.undo is not None:
+        print(f"to undo: {result.undo}")
+    else:
+        print("no database existed before the restore: nothing to undo")
+    return EXIT_OK
+
+
+def command_run(args: argparse.Namespace) -> int:
+    # Imported here: only the daemon needs APScheduler and the HTTP server.
+    from t3backupd import daemon
+
+    return daemon.run(resolve_config_path(args.config))
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": command_run,
+    "verify": command_verify,
+    "restore": command_restore,
     "snapshot": command_snapshot,
     "list": command_list,
     "check-config": command_check_config,

@@ -35,8 +35,12 @@ class SnapshotName:
 
 
 def is_valid_label(label: str) -> bool:
-    """True if `label` may be used in a snapshot name."""
-    return LABEL_PATTERN.fullmatch(label) is not None and label not in {".", ".."}
+    """True if `label` may be used in a snapshot name.
+
+    Beyond DESIGN's `[A-Za-z0-9._-]{1,64}`: no `..` anywhere and not `.`, so a label can
+    always be named on the command line (`restore --snapshot LABEL` refuses `..`).
+    """
+    return LABEL_PATTERN.fullmatch(label) is not None and label != "." and ".." not in label
 
 
 def format_name(when: datetime, label: str | None = None) -> str:

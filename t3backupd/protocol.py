@@ -30,8 +30,13 @@ FAILURE_REASONS = (
     "busy",
 )
 SKIP_REASONS = ("no_source",)
+# Restore-only failures (never snapshot metrics labels): no such snapshot, --to target
+# exists, database held open by a process of the user.
+RESTORE_FAILURE_REASONS = ("not_found", "exists", "in_use")
 VERIFY_OUTCOMES = ("ok", "checksum_mismatch", "integrity_error", "missing_checksum", "unreadable")
 MAX_INT = 1 << 62
+# Test-only kill points of a snapshot job (see JobSpec.fault).
+FAULT_POINTS = ("after_copy", "during_verify", "after_publish")
 
 
 class ReportError(ValueError):
@@ -40,7 +45,15 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What one worker does. Serialised as JSON on the worker's stdin."""
+    """What one worker does. Serialised as JSON on the worker's stdin.
+
+    `fault` is a fault-injection boundary for tests only: when set to one of
+    FAULT_POINTS, a snapshot job SIGKILLs its own process at that point, as a crash
+    or the OOM killer would ("after_copy": temp written, before fsync and verify;
+    "during_verify": integrity check and hash done, before publish; "after_publish":
+    renamed and checksummed, before prune). The parent never sets it and no config key
+    reaches it; tests run the worker directly with a spec that does.
+    """
 
     action: str
     user: str
@@ -60,6 +73,9 @@ class JobSpec:
     latest_only: bool = False
     target: str = ""
     force: bool = False
+    in_place: bool = False  # restore into `source` (the live database), not `target`
+    check_only: bool = False  # restore: choose + verify + open-process check, write nothing
+    fault: str | None = None  # tests only: kill point, one of FAULT_POINTS
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -70,7 +86,10 @@ class JobSpec:
         data = json.loads(raw)
         if not isinstance(data, dict):
             raise ValueError("job spec must be a JSON object")
-        return cls(**data)
+        spec = cls(**data)
+        if spec.fault is not None and spec.fault not in FAULT_POINTS:
+            raise ValueError(f"job spec: unknown fault point {spec.fault!r}")
+        return spec
 
 
 @dataclass(frozen=True)
@@ -185,10 +204,14 @@ def parse_report(raw: bytes, expected_action: str) -> Report:
         raise ReportError(f"expected one report line, got {len(lines)}")
     try:
         data = json.loads(lines[0])
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ReportError(f"not JSON: {error}") from None
+    except (ValueError, RecursionError) as error:
+        # ValueError covers JSONDecodeError, UnicodeDecodeError and integers past
+        # Python's digit limit; RecursionError comes from deeply nested arrays.
+        raise ReportError(f"not JSON: {str(error)[:200]}") from None
     data = _object(data, "report", {field_name for field_name in Report.__dataclass_fields__})
-    if data.get("protocol") != PROTOCOL_VERSION:
+    protocol = data.get("protocol")
+    # type() check: `true` and `1.0` compare equal to 1 in Python.
+    if type(protocol) is not int or protocol != PROTOCOL_VERSION:
         raise ReportError("wrong protocol version")
     action = data.get("action")
     if action != expected_action:
@@ -199,7 +222,8 @@ def parse_report(raw: bytes, expected_action: str) -> Report:
     reason = data.get("reason")
     if status == "ok" and reason is not None:
         raise ReportError("reason: must be null when ok")
-    if status == "failed" and reason not in FAILURE_REASONS:
+    allowed_failures = FAILURE_REASONS + (RESTORE_FAILURE_REASONS if action == "restore" else ())
+    if status == "failed" and reason not in allowed_failures:
         raise ReportError("reason: not a known failure reason")
     if status == "skipped" and reason not in SKIP_REASONS:
         raise ReportError("reason: not a known skip reason")
@@ -230,6 +254,8 @@ def parse_report(raw: bytes, expected_action: str) -> Report:
         )
     extra_raw = _object(data.get("extra", {}), "extra", {"restored_from", "undo", "target"})
     extra = {key: _clean_text(value, f"extra.{key}", 4096) for key, value in extra_raw.items()}
+    if "restored_from" in extra and parse_name(extra["restored_from"]) is None:
+        raise ReportError("extra.restored_from: not a snapshot name")
     snapshot_raw = data.get("snapshot")
     return Report(
         action=action,

@@ -40,10 +40,18 @@ class Job:
         return time.monotonic() - self.started
 
 
+def _fault_point(spec: JobSpec, point: str) -> None:
+    """Die here, as a crash would, if the (test-only) spec asks for it: no cleanup, no
+    report. See JobSpec.fault."""
+    if spec.fault == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def snapshot_job(job: Job) -> Report:
     """Lock, clean up, copy, verify, publish, prune — one user's snapshot."""
     spec = job.spec
     when = datetime.now(UTC)
+    ops.lower_priority()
     with ops.user_dir_lock(spec.dest_dir):
         ops.secure_user_dir(spec.dest_dir)
         ops.remove_stale_temps(spec.dest_dir)
@@ -62,11 +70,13 @@ def snapshot_job(job: Job) -> Report:
         job.temps.add(temp)
         try:
             ops.copy_database(spec.source, temp, spec.method, spec.timeout_seconds, job.connections)
-            ops.fsync_path(temp)
-            problems, digest = ops.verify_and_hash(temp, spec.verify)
+            _fault_point(spec, "after_copy")
+            problems, digest = ops.seal_and_verify(temp, spec.verify)
+            _fault_point(spec, "during_verify")
             if problems:
                 raise ops.StepFailed("verify_failed", "; ".join(problems[:5]))
             name = ops.publish(spec.dest_dir, temp, when, spec.label, digest)
+            _fault_point(spec, "after_publish")
         finally:
             job.temps.remove_all()
         expired = select_expired(
@@ -94,9 +104,24 @@ def inventory_job(job: Job) -> Report:
     )
 
 
+def verify_action(job: Job) -> Report:
+    # Imported on use: a snapshot worker (the common case) starts faster without them.
+    from t3backupd.verify import verify_job
+
+    return verify_job(job)
+
+
+def restore_action(job: Job) -> Report:
+    from t3backupd.restore import restore_job
+
+    return restore_job(job)
+
+
 JOBS: dict[str, Callable[[Job], Report]] = {
     "snapshot": snapshot_job,
     "inventory": inventory_job,
+    "verify": verify_action,
+    "restore": restore_action,
 }
 
 

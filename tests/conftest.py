@@ -7,10 +7,15 @@ except in CI, where `.ci/run` sets T3BACKUPD_NO_SKIP=1 and every skip becomes a 
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 
 import pytest
 from support import NO_SKIP
+from support.daemon import Site, make_site
+from support.system import make_sandbox, user_factory
+
+from t3backupd.usermap import User
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -23,3 +28,24 @@ def pytest_runtest_makereport(
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped in CI (T3BACKUPD_NO_SKIP=1): {reason}"
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Path]:
+    """A fresh root-owned 0755 directory under /var/tmp (reachable by test users)."""
+    with make_sandbox() as path:
+        yield path
+
+
+@pytest.fixture
+def make_user() -> Iterator[Callable[[], User]]:
+    """Factory of real OS users (useradd), removed with their homes afterwards."""
+    with user_factory() as factory:
+        yield factory
+
+
+@pytest.fixture
+def site(sandbox: Path) -> Iterator[Site]:
+    """A sandbox for the real daemon: config, usermap, dest, users (see support.daemon)."""
+    with make_site(sandbox) as value:
+        yield value

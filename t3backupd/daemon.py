@@ -1,0 +1,529 @@
+"""`t3backupd run`: the long-lived service (systemd `Type=notify`), kept thin.
+
+Who does what:
+- the main thread owns signals, sd_notify, the watchdog and reloads (`Daemon.serve`);
+- APScheduler's thread fires passes, which `backup_pass.run_pass` runs (one at a time);
+- `metrics.Metrics` records, prometheus-client's thread serves `/metrics`.
+
+Signal handlers only queue the signal number; the main loop handles it. The served
+config + users are one immutable `Served` value: a reload builds and validates a new
+one and swaps it in, and a pass keeps the value it started with.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, EVENT_JOB_SUBMITTED
+from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CollectorRegistry
+
+from t3backupd.backup_pass import UserResult, inventory_of, run_pass
+from t3backupd.config import Config, MetricsConfig, load_config
+from t3backupd.errors import ConfigError
+from t3backupd.log import configure_logging, get_logger
+from t3backupd.metrics import Metrics, MetricsServer, serve
+from t3backupd.notify import Notifier, monotonic_usec, status_line, watchdog_interval
+from t3backupd.scheduler import (
+    build_trigger,
+    clock_jumped,
+    schedule_key,
+    should_catch_up,
+    trigger_for,
+)
+from t3backupd.spawn import ProcessTracker, running_as_root
+from t3backupd.usermap import Problem, User, load_users
+from t3backupd.verify import run_verify_pass
+
+JOB_ID = "pass"
+VERIFY_JOB_ID = "verify"
+STOP_GRACE_SECONDS = 30.0  # for running workers to clean up and report after SIGTERM
+IDLE_TICK_SECONDS = 30.0  # main-loop wake-up without a watchdog (clock-jump check)
+INVENTORY_CONCURRENCY = 8
+REFRESH = "refresh"  # queued (besides signal numbers) when STATUS / next run may change
+HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+
+
+@dataclass(frozen=True)
+class Served:
+    """A validated config and the users its usermap resolves to. Never mutated."""
+
+    config: Config
+    users: tuple[User, ...]
+    problems: tuple[Problem, ...]
+
+
+def load_served(path: Path) -> Served:
+    """Read config and usermap. Raises ConfigError if either is invalid or unreadable."""
+    config = load_config(path)
+    own_uid = None if running_as_root() else os.geteuid()
+    try:
+        users, problems = load_users(config.usermap, config.min_uid, own_uid)
+    except OSError as error:
+        raise ConfigError(config.usermap, [f"usermap unreadable: {error.strerror}"]) from None
+    return Served(config, tuple(users), tuple(problems))
+
+
+def describe_changes(old: Served, new: Served) -> list[str]:
+    """What a reload changed, in words for STATUS= and the log (pure)."""
+    changes: list[str] = []
+    old_names = {user.name for user in old.users}
+    new_names = {user.name for user in new.users}
+    if added := sorted(new_names - old_names):
+        changes.append("users added: " + ", ".join(added))
+    if removed := sorted(old_names - new_names):
+        changes.append("users removed: " + ", ".join(removed))
+    if schedule_key(old.config.schedule) != schedule_key(new.config.schedule):
+        schedule = new.config.schedule
+        changes.append(f"schedule now '{schedule.cron}' ({schedule.timezone})")
+    if old.config.metrics != new.config.metrics:
+        changes.append(f"metrics now at '{new.config.metrics.listen}'")
+    other = [
+        name
+        for name in (
+            "usermap",
+            "dest",
+            "source",
+            "min_uid",
+            "snapshot",
+            "retention",
+            "log",
+            "verify",
+        )
+        if getattr(old.config, name) != getattr(new.config, name)
+    ]
+    if old.config.schedule.catch_up != new.config.schedule.catch_up or (
+        old.config.schedule.misfire_grace_seconds != new.config.schedule.misfire_grace_seconds
+    ):
+        other.append("schedule options")
+    if other:
+        changes.append("changed: " + ", ".join(other))
+    return changes or ["no changes"]
+
+
+def summarize_pass(results: Sequence[UserResult]) -> str:
+    """One line about a finished pass, e.g. "3 ok, 1 failed (alice: timeout)"."""
+    counts = {"ok": 0, "failed": 0, "skipped": 0}
+    failed: list[str] = []
+    for result in results:
+        counts[result.report.status] = counts.get(result.report.status, 0) + 1
+        if result.report.status == "failed":
+            failed.append(f"{result.user.name}: {result.report.reason}")
+    text = ", ".join(f"{count} {status}" for status, count in counts.items() if count)
+    if failed:
+        text += " (" + "; ".join(failed[:5]) + ("; ..." if len(failed) > 5 else "") + ")"
+    return text or "no users"
+
+
+def _format_time(moment: datetime | None) -> str:
+    return "none scheduled" if moment is None else moment.isoformat(timespec="seconds")
+
+
+class Daemon:
+    """One running service. Build it, call `serve()`; it returns the exit status."""
+
+    def __init__(self, config_path: Path, served: Served, notifier: Notifier) -> None:
+        self._config_path = config_path
+        self._served = served
+        self._notifier = notifier
+        self._log = get_logger()
+        self._events: queue.SimpleQueue[int | str] = queue.SimpleQueue()
+        self._tracker = ProcessTracker()
+        self._pass_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._registry = CollectorRegistry()
+        self._metrics = Metrics(self._registry)
+        self._server: MetricsServer | None = None
+        self._scheduler = BackgroundScheduler(
+            timezone=UTC,
+            executors={"default": SchedulerExecutor(max_workers=2)},
+        )
+        self._previous_result = "none yet"
+        self._manual_requests = 0
+        self._watchdog = watchdog_interval(os.environ, os.getpid())
+        self._next_ping = 0.0
+        self._clock_offset = time.time() - time.monotonic()
+        self._scheduler_dead_logged = False
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def serve(self) -> int:
+        """Start, run until SIGTERM/SIGINT, stop. Raises ConfigError if the metrics
+        endpoint cannot be served at start (nothing else has started then)."""
+        self._install_signal_handlers()
+        served = self._served
+        self._log_problems(served)
+        self._metrics.set_users(user.name for user in served.users)
+        newest = self._restore_from_disk(served.config, served.users)
+        self._metrics.config_loaded(True, time.time())
+        self._server = self._start_server(served.config.metrics)
+        self._start_scheduler(served.config)
+        self._log.info(
+            "daemon started",
+            config=str(self._config_path),
+            users=len(served.users),
+            metrics=served.config.metrics.listen or None,
+            next_run=_format_time(self._next_run_time()),
+            watchdog_s=self._watchdog,
+        )
+        if served.config.schedule.catch_up and should_catch_up(
+            trigger_for(served.config.schedule), datetime.now(UTC), newest
+        ):
+            self._log.info("catching up: the last scheduled pass was missed")
+            self._request_pass("catch-up")
+        self._notifier.send("READY=1", status_line(self._status()))
+        self._ping_watchdog()
+        self._loop()
+        return self._shutdown()
+
+    def _install_signal_handlers(self) -> None:
+        def record(signum: int, frame: FrameType | None) -> None:
+            # No work here: SimpleQueue.put is safe to call from a signal handler.
+            self._events.put(signum)
+
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, record)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                event = self._events.get(timeout=self._tick_seconds())
+            except queue.Empty:
+                event = None
+            if event in (signal.SIGTERM, signal.SIGINT):
+                self._log.info("stop requested", signal=signal.Signals(event).name)
+                return
+            if event == signal.SIGHUP:
+                self._reload()
+            elif event == signal.SIGUSR1:
+                self._request_pass("manual")
+            elif event == REFRESH:
+                self._refresh()
+            self._check_clock()
+            self._ping_watchdog()
+
+    def _shutdown(self) -> int:
+        """No new passes, SIGTERM to running workers, wait a bounded grace. 0 if clean."""
+        self._notifier.send("STOPPING=1", status_line("stopping"))
+        self._stopping.set()
+        self._scheduler.shutdown(wait=False)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        stopped = False
+        while time.monotonic() < deadline:
+            # Repeated: a worker being spawned while we signal the others is caught next time.
+            self._tracker.terminate_all()
+            if self._pass_lock.acquire(timeout=0.2):
+                self._pass_lock.release()
+                stopped = True
+                break
+        if self._server is not None:
+            self._server.stop()
+        self._notifier.close()
+        if not stopped:
+            self._log.error(
+                "workers did not stop in time; exiting anyway",
+                grace_s=STOP_GRACE_SECONDS,
+                running=self._tracker.running(),
+            )
+            # The pass threads cannot be joined; leave without waiting for them.
+            os._exit(1)
+        self._log.info("daemon stopped")
+        return 0
+
+    # --- passes --------------------------------------------------------------------
+
+    def _start_scheduler(self, config: Config) -> None:
+        self._scheduler.add_listener(
+            self._on_scheduler_event,
+            EVENT_JOB_SUBMITTED | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES,
+        )
+        self._scheduler.add_job(
+            self._run_pass,
+            trigger_for(config.schedule),
+            args=["schedule"],
+            id=JOB_ID,
+            name="backup pass",
+            misfire_grace_time=config.schedule.misfire_grace_seconds,
+            coalesce=True,
+            max_instances=1,
+        )
+        self._schedule_verify(config)
+        self._scheduler.start()
+        self._metrics.set_next_run(self._next_run_timestamp())
+
+    def _schedule_verify(self, config: Config) -> None:
+        """The optional `[verify] cron` job: (re)placed, or removed when the cron is ""."""
+        if self._scheduler.get_job(VERIFY_JOB_ID) is not None:
+            self._scheduler.remove_job(VERIFY_JOB_ID)
+        if not config.verify.cron:
+            return
+        self._scheduler.add_job(
+            self._run_verify,
+            build_trigger(config.verify.cron, config.schedule.timezone),
+            id=VERIFY_JOB_ID,
+            name="verify pass",
+            misfire_grace_time=config.schedule.misfire_grace_seconds,
+            coalesce=True,
+            max_instances=1,
+        )
+
+    def _run_verify(self) -> None:
+        """Scheduled verification of every stored snapshot (shares the pass lock: never
+        at the same time as a snapshot pass, so the two do not compete for the disk)."""
+        if not self._pass_lock.acquire(blocking=False):
+            self._log.info("verify pass not started: a pass is running")
+            return
+        try:
+            if self._stopping.is_set():
+                return
+            served = self._served
+            with structlog.contextvars.bound_contextvars(pass_id=uuid.uuid4().hex[:8]):
+                results = run_verify_pass(
+                    served.config,
+                    served.users,
+                    tracker=self._tracker,
+                    on_result=lambda result: self._metrics.record_verify(
+                        result.user.name, result.failures, result.finished
+                    ),
+                )
+                bad = sum(result.failures for result in results)
+                (self._log.warning if bad else self._log.info)(
+                    "verify pass finished", users=len(results), bad_snapshots=bad
+                )
+        except Exception:
+            self._log.exception("verify pass crashed")
+        finally:
+            self._pass_lock.release()
+
+    def _on_scheduler_event(self, event: Any) -> None:
+        # Scheduler thread: only wake the main loop (it refreshes next run and STATUS).
+        self._events.put(REFRESH)
+
+    def _request_pass(self, trigger: str) -> None:
+        """Start a pass now on the scheduler's executor, unless one is running."""
+        if self._pass_lock.locked():
+            self._log.info("pass not started: one is already running", trigger=trigger)
+            return
+        self._manual_requests += 1
+        self._scheduler.add_job(
+            self._run_pass,
+            args=[trigger],
+            id=f"{trigger}-{self._manual_requests}",
+            name=f"{trigger} pass",
+            misfire_grace_time=None,
+        )
+
+    def _run_pass(self, trigger: str) -> None:
+        """One pass over the users served when it starts (runs in a scheduler thread)."""
+        if not self._pass_lock.acquire(blocking=False):
+            self._log.info("pass not started: one is already running", trigger=trigger)
+            return
+        try:
+            if self._stopping.is_set():
+                return
+            served = self._served  # this pass keeps this config, whatever a reload does
+            with structlog.contextvars.bound_contextvars(
+                pass_id=uuid.uuid4().hex[:8], trigger=trigger
+            ):
+                self._log.info("pass started", users=len(served.users))
+                clock = time.monotonic()
+                results = run_pass(
+                    served.config,
+                    served.users,
+                    tracker=self._tracker,
+                    on_result=self._metrics.record_result,
+                )
+                summary = summarize_pass(results)
+                failed = sum(result.report.status == "failed" for result in results)
+                (self._log.warning if failed else self._log.info)(
+                    "pass finished", result=summary, duration_s=round(time.monotonic() - clock, 3)
+                )
+            self._previous_result = (
+                f"{summary} at {datetime.now(UTC).isoformat(timespec='seconds')}"
+            )
+        except Exception:
+            # A bug, not a user's failure (those are reports): keep serving, but loudly.
+            self._log.exception("pass crashed", trigger=trigger)
+            self._previous_result = "crashed (see log)"
+        finally:
+            self._pass_lock.release()
+            self._events.put(REFRESH)
+
+    # --- reload --------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read config and usermap; swap them in, or keep the old ones."""
+        self._notifier.send(
+            "RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}", status_line("reloading")
+        )
+        old = self._served
+        try:
+            new = load_served(self._config_path)
+            trigger = trigger_for(new.config.schedule)
+            self._replace_server(old.config.metrics, new.config.metrics)
+        except ConfigError as error:
+            self._metrics.config_loaded(False, time.time())
+            self._log.error("reload refused; previous config still in use", error=str(error))
+            self._notifier.send(
+                "READY=1", status_line(f"reload refused, previous config kept: {error}")
+            )
+            return
+        if old.config.log != new.config.log:
+            configure_logging(new.config.log.format, new.config.log.level)
+        self._log_problems(new)
+        if schedule_key(old.config.schedule) != schedule_key(new.config.schedule):
+            self._scheduler.reschedule_job(JOB_ID, trigger=trigger)
+        if old.config.schedule.misfire_grace_seconds != new.config.schedule.misfire_grace_seconds:
+            self._scheduler.modify_job(
+                JOB_ID, misfire_grace_time=new.config.schedule.misfire_grace_seconds
+            )
+        if (old.config.verify, old.config.schedule.timezone) != (
+            new.config.verify,
+            new.config.schedule.timezone,
+        ):
+            self._schedule_verify(new.config)
+        added, _ = self._metrics.set_users(user.name for user in new.users)
+        self._served = new
+        self._restore_from_disk(new.config, [user for user in new.users if user.name in added])
+        self._metrics.config_loaded(True, time.time())
+        self._metrics.set_next_run(self._next_run_timestamp())
+        changes = "; ".join(describe_changes(old, new))
+        self._log.info("reloaded", changes=changes, users=len(new.users))
+        self._notifier.send("READY=1", status_line(f"reloaded ({changes}); {self._status()}"))
+
+    def _replace_server(self, old: MetricsConfig, new: MetricsConfig) -> None:
+        """Restart the endpoint if its settings changed, or to pick up a renewed TLS
+        certificate. Raises ConfigError (old endpoint back in place) if it cannot start."""
+        if old == new and not new.tls_cert:
+            return
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        try:
+            self._server = self._start_server(new)
+        except ConfigError:
+            # Put the old endpoint back: its port was released a moment ago.
+            self._server = self._start_server(old)
+            raise
+
+    def _start_server(self, settings: MetricsConfig) -> MetricsServer | None:
+        if not settings.listen:
+            return None
+        try:
+            return serve(self._registry, settings.listen, settings.tls_cert, settings.tls_key)
+        except (OSError, ValueError) as error:  # address in use, bad cert/key file
+            raise ConfigError(
+                str(self._config_path),
+                [f"metrics.listen: cannot serve on {settings.listen!r}: {error}"],
+            ) from None
+
+    # --- disk state, status, watchdog ----------------------------------------------
+
+    def _restore_from_disk(self, config: Config, users: Sequence[User]) -> dict[str, float | None]:
+        """Metrics from the snapshots on disk, listed by a worker per user (as the user).
+
+        Returns each user's newest snapshot time (None: none, or the listing failed).
+        """
+        newest: dict[str, float | None] = {}
+        if not users:
+            return newest
+        with ThreadPoolExecutor(
+            max_workers=min(INVENTORY_CONCURRENCY, len(users)), thread_name_prefix="inventory"
+        ) as pool:
+            reports = list(pool.map(lambda user: inventory_of(config, user), users))
+        for user, report in zip(users, reports, strict=True):
+            if not report.ok:
+                self._log.warning(
+                    "cannot list snapshots", user=user.name, reason=report.reason,
+                    message=report.message,
+                )  # fmt: skip
+                newest[user.name] = None
+                continue
+            self._metrics.restore(user.name, report.snapshots)
+            times = [info.time for info in report.snapshots]
+            newest[user.name] = max(times) if times else None
+        return newest
+
+    def _log_problems(self, served: Served) -> None:
+        for problem in served.problems:
+            self._log.warning(
+                "usermap entry skipped",
+                usermap=served.config.usermap,
+                line=problem.line,
+                name=problem.name,
+                reason=problem.reason,
+            )
+
+    def _next_run_time(self) -> datetime | None:
+        job = self._scheduler.get_job(JOB_ID)
+        moment: datetime | None = None if job is None else job.next_run_time
+        return moment
+
+    def _next_run_timestamp(self) -> float | None:
+        moment = self._next_run_time()
+        return None if moment is None else moment.timestamp()
+
+    def _status(self) -> str:
+        running = "; pass running" if self._pass_lock.locked() else ""
+        return (
+            f"{len(self._served.users)} user(s); next pass "
+            f"{_format_time(self._next_run_time())}; last pass: {self._previous_result}{running}"
+        )
+
+    def _refresh(self) -> None:
+        self._metrics.set_next_run(self._next_run_timestamp())
+        self._notifier.send(status_line(self._status()))
+
+    def _tick_seconds(self) -> float:
+        if self._watchdog is None:
+            return IDLE_TICK_SECONDS
+        return max(0.0, min(IDLE_TICK_SECONDS, self._next_ping - time.monotonic()))
+
+    def _scheduler_alive(self) -> bool:
+        # BackgroundScheduler keeps its thread in `_thread`; there is no public accessor.
+        thread = getattr(self._scheduler, "_thread", None)
+        return bool(self._scheduler.running) and thread is not None and thread.is_alive()
+
+    def _ping_watchdog(self) -> None:
+        """WATCHDOG=1 every half interval, only while the scheduler thread is alive."""
+        if self._watchdog is None or time.monotonic() < self._next_ping:
+            return
+        self._next_ping = time.monotonic() + self._watchdog
+        if self._scheduler_alive():
+            self._notifier.send("WATCHDOG=1")
+        elif not self._scheduler_dead_logged:
+            self._scheduler_dead_logged = True
+            self._log.error("scheduler thread is not running; watchdog pings stopped")
+
+    def _check_clock(self) -> None:
+        offset = time.time() - time.monotonic()
+        if clock_jumped(self._clock_offset, offset):
+            self._log.warning("wall clock stepped", seconds=round(offset - self._clock_offset, 1))
+            # The scheduler sleeps in monotonic time: make it re-read the wall clock now.
+            self._scheduler.wakeup()
+            self._refresh()
+        self._clock_offset = offset
+
+
+def run(config_path: Path) -> int:
+    """`t3backupd run`: serve until stopped. Returns the exit status.
+
+    Raises ConfigError if config or usermap is invalid, or metrics cannot be served.
+    """
+    served = load_served(config_path)
+    configure_logging(served.config.log.format, served.config.log.level)
+    return Daemon(config_path, served, Notifier.from_environment()).serve()

@@ -1,0 +1,279 @@
+"""Prometheus metrics: exactly the names, types and labels of DESIGN's Metrics table.
+
+`Metrics` is a custom collector on a registry passed in (never the import-time default
+one, which carries process/gc noise). It keeps plain per-user records under one lock
+and builds the metric families at scrape time, so that
+
+- removing a user removes every series of theirs at once (reload),
+- a scrape sees one consistent state (a pass updates several values per user),
+- counters carry no `_created` series (not in the contract; the client library's
+  switch for it is process-global).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from t3backupd import __version__
+from t3backupd.backup_pass import UserResult
+from t3backupd.config import parse_listen
+from t3backupd.protocol import FAILURE_REASONS, SnapshotInfo
+
+PREFIX = "t3backup_"
+
+
+def _new_failures() -> dict[str, int]:
+    return dict.fromkeys(FAILURE_REASONS, 0)
+
+
+@dataclass
+class _UserRecord:
+    """Everything exported for one user. 0 means "never" / "unknown"."""
+
+    last_success: float = 0.0
+    last_attempt: float = 0.0
+    last_snapshot_size: int = 0
+    source_size: int = 0
+    snapshots: int = 0
+    duration: float = 0.0
+    attempts: int = 0
+    failures: dict[str, int] = field(default_factory=_new_failures)
+    verify_failures: int = 0
+    last_verify: float = 0.0
+
+
+# (name, help, attribute of _UserRecord) for the per-user gauges, in exposition order.
+_USER_GAUGES = (
+    ("last_success_timestamp_seconds", "Time of the newest published snapshot (0 = never).",
+     "last_success"),
+    ("last_attempt_timestamp_seconds", "Time of the last snapshot attempt (0 = none since start).",
+     "last_attempt"),
+    ("last_snapshot_size_bytes", "Size of the newest snapshot in bytes.", "last_snapshot_size"),
+    ("source_size_bytes", "Size of the source database plus WAL at the last attempt.",
+     "source_size"),
+    ("snapshots", "Snapshots kept for the user.", "snapshots"),
+    ("snapshot_duration_seconds", "Duration of the last snapshot attempt.", "duration"),
+    ("last_verify_timestamp_seconds", "Time of the last verification of the user's snapshots.",
+     "last_verify"),
+)  # fmt: skip
+
+
+class Metrics:
+    """The daemon's metrics. Thread-safe: passes record from their own threads."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        version: str = __version__,
+        sqlite_version: str = sqlite3.sqlite_version,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._users: dict[str, _UserRecord] = {}
+        self._next_run = 0.0
+        self._reload_successful = 0.0
+        self._reload_success_time = 0.0
+        self._build = (version, sqlite_version)
+        registry.register(self)
+
+    # --- updates ---------------------------------------------------------------------
+
+    def set_users(self, names: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Make `names` the exported users: new ones start at 0, gone ones lose every series.
+
+        Returns (added, removed), each sorted.
+        """
+        wanted = list(dict.fromkeys(names))
+        with self._lock:
+            removed = sorted(set(self._users) - set(wanted))
+            added = sorted(set(wanted) - set(self._users))
+            for name in removed:
+                del self._users[name]
+            for name in added:
+                self._users[name] = _UserRecord()
+        return added, removed
+
+    def users(self) -> list[str]:
+        with self._lock:
+            return sorted(self._users)
+
+    def restore(self, user: str, snapshots: Sequence[SnapshotInfo]) -> None:
+        """Set what is on disk (from an inventory): newest snapshot's time and size, count."""
+        with self._lock:
+            record = self._users.get(user)
+            if record is None:
+                return
+            record.snapshots = len(snapshots)
+            if snapshots:
+                newest = max(snapshots, key=lambda info: info.time)
+                record.last_success = newest.time
+                record.last_snapshot_size = newest.bytes
+
+    def record_result(self, result: UserResult) -> None:
+        """Count one snapshot attempt. Results for users no longer served are dropped
+        (a pass started before a reload must not bring a removed user's series back)."""
+        report = result.report
+        with self._lock:
+            record = self._users.get(result.user.name)
+            if record is None:
+                return
+            record.attempts += 1
+            record.last_attempt = result.started
+            record.duration = result.duration_s
+            if report.source_bytes:
+                record.source_size = report.source_bytes
+            if report.ok and report.snapshot is not None:
+                record.last_success = report.snapshot.time
+                record.last_snapshot_size = report.snapshot.bytes
+            if report.ok or report.snapshots:
+                record.snapshots = len(report.snapshots)
+            if report.status == "failed":
+                # The protocol only admits known reasons; anything else is a crash.
+                reason = report.reason if report.reason in record.failures else "worker_crashed"
+                record.failures[reason] += 1
+
+    def record_verify(self, user: str, failures: int, when: float) -> None:
+        """Count a verification run of `user`'s snapshots that found `failures` bad ones."""
+        with self._lock:
+            record = self._users.get(user)
+            if record is None:
+                return
+            record.verify_failures += max(0, failures)
+            record.last_verify = when
+
+    def set_next_run(self, when: float | None) -> None:
+        """Epoch seconds of the next scheduled pass (None: none scheduled -> 0)."""
+        with self._lock:
+            self._next_run = 0.0 if when is None else when
+
+    def config_loaded(self, successful: bool, when: float) -> None:
+        """Record a (re)load of config + usermap, as Prometheus' own reload metrics do."""
+        with self._lock:
+            self._reload_successful = 1.0 if successful else 0.0
+            if successful:
+                self._reload_success_time = when
+
+    # --- collection ------------------------------------------------------------------
+
+    def describe(self) -> Iterator[Metric]:
+        """The families without samples (lets the registry detect name clashes)."""
+        yield from self._families(_State({}, 0.0, 0.0, 0.0))
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            state = _State(
+                users={
+                    name: replace(record, failures=dict(record.failures))
+                    for name, record in self._users.items()
+                },
+                next_run=self._next_run,
+                reload_successful=self._reload_successful,
+                reload_success_time=self._reload_success_time,
+            )
+        yield from self._families(state)
+
+    def _families(self, state: _State) -> list[Metric]:
+        names = sorted(state.users)
+        families: list[Metric] = []
+        for suffix, help_text, attribute in _USER_GAUGES:
+            gauge = GaugeMetricFamily(PREFIX + suffix, help_text, labels=["user"])
+            for name in names:
+                gauge.add_metric([name], float(getattr(state.users[name], attribute)))
+            families.append(gauge)
+        attempts = CounterMetricFamily(
+            PREFIX + "attempts_total", "Snapshot attempts.", labels=["user"]
+        )
+        failures = CounterMetricFamily(
+            PREFIX + "failures_total",
+            "Failed snapshot attempts by reason.",
+            labels=["user", "reason"],
+        )
+        verify_failures = CounterMetricFamily(
+            PREFIX + "verify_failures_total",
+            "Snapshots found bad (checksum or integrity) by verification.",
+            labels=["user"],
+        )
+        for name in names:
+            record = state.users[name]
+            attempts.add_metric([name], record.attempts)
+            for reason in FAILURE_REASONS:
+                failures.add_metric([name, reason], record.failures[reason])
+            verify_failures.add_metric([name], record.verify_failures)
+        families += [attempts, failures, verify_failures]
+        scalars = (
+            ("users", "Users in the usermap that resolved.", len(state.users)),
+            ("next_run_timestamp_seconds", "Time of the next scheduled pass.", state.next_run),
+            (
+                "config_last_reload_successful",
+                "Whether the last config (re)load succeeded (1) or was refused (0).",
+                state.reload_successful,
+            ),
+            (
+                "config_last_reload_success_timestamp_seconds",
+                "Time of the last successful config (re)load.",
+                state.reload_success_time,
+            ),
+        )
+        for suffix, help_text, value in scalars:
+            families.append(GaugeMetricFamily(PREFIX + suffix, help_text, value=value))
+        build = GaugeMetricFamily(
+            PREFIX + "build_info",
+            "Version of t3backupd and of the SQLite library it uses.",
+            labels=["version", "sqlite_version"],
+        )
+        build.add_metric(list(self._build), 1)
+        families.append(build)
+        return families
+
+
+@dataclass(frozen=True)
+class _State:
+    """A consistent copy of everything exported, taken under the lock for one scrape."""
+
+    users: dict[str, _UserRecord]
+    next_run: float
+    reload_successful: float
+    reload_success_time: float
+
+
+# --- HTTP endpoint ----------------------------------------------------------------------
+
+
+class MetricsServer:
+    """The running `/metrics` endpoint (prometheus-client's WSGI server in a thread)."""
+
+    def __init__(self, server: WSGIServer, thread: threading.Thread, listen: str) -> None:
+        self.server = server
+        self.thread = thread
+        self.listen = listen
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop serving and release the port."""
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def serve(
+    registry: CollectorRegistry, listen: str, tls_cert: str = "", tls_key: str = ""
+) -> MetricsServer:
+    """Serve `registry` at `listen` ("host:port"), over TLS when cert and key are given.
+
+    Raises OSError if the address cannot be bound or the certificate cannot be loaded
+    (ssl.SSLError is an OSError), ValueError if `listen` is malformed.
+    """
+    host, port = parse_listen(listen)
+    server, thread = start_http_server(
+        port, addr=host, registry=registry, certfile=tls_cert or None, keyfile=tls_key or None
+    )
+    return MetricsServer(server, thread, listen)

@@ -1,0 +1,284 @@
+"""`t3backupd run` end to end: the real daemon as a subprocess, a real NOTIFY_SOCKET the
+test owns, real scrapes of /metrics, real signals, real users and workers (as root, as in
+CI; as the invoking user otherwise, where tests needing several users skip)."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+from support import need
+from support.daemon import (
+    FAR_FUTURE_CRON,
+    START_TIMEOUT,
+    STOP_GRACE,
+    Running,
+    Site,
+    cli_snapshot,
+    daemon,
+    last_pass_ok,
+    sample,
+    scrape,
+    snapshot_times,
+)
+from support.system import (
+    IS_ROOT,
+    PYTHON,
+    run_as,
+    sha256sum_check,
+    snapshot_files,
+)
+
+from t3backupd.usermap import User
+
+# DESIGN.md, section Metrics (+ the verify feature's two series): name -> TYPE.
+DESIGN_TYPES = {
+    "t3backup_last_success_timestamp_seconds": "gauge",
+    "t3backup_last_attempt_timestamp_seconds": "gauge",
+    "t3backup_last_snapshot_size_bytes": "gauge",
+    "t3backup_source_size_bytes": "gauge",
+    "t3backup_snapshots": "gauge",
+    "t3backup_snapshot_duration_seconds": "gauge",
+    "t3backup_attempts_total": "counter",
+    "t3backup_failures_total": "counter",
+    "t3backup_users": "gauge",
+    "t3backup_next_run_timestamp_seconds": "gauge",
+    "t3backup_config_last_reload_successful": "gauge",
+    "t3backup_config_last_reload_success_timestamp_seconds": "gauge",
+    "t3backup_build_info": "gauge",
+    "t3backup_verify_failures_total": "counter",
+    "t3backup_last_verify_timestamp_seconds": "gauge",
+}
+
+
+def test_ready_is_sent_only_once_metrics_answer_with_a_status_line(site: Site) -> None:
+    user = site.add_user()
+    site.write([user])
+    with daemon(site, wait_ready=False) as running:
+        index = running.notify.wait_field("READY", "1", timeout=START_TIMEOUT)
+        ready = running.notify.messages[index]
+        assert ready.scrape_ok is True, "READY=1 was sent before /metrics answered"
+        status = ready.fields.get("STATUS", "")
+        assert "1 user(s)" in status
+        assert "next pass 2028-02-29" in status
+        # READY is not sent twice at start (a reload sends the next one).
+        time.sleep(0.3)
+        assert sum(m.fields.get("READY") == "1" for m in running.notify.messages) == 1
+
+
+def test_scrape_has_every_design_metric_and_values_restored_from_disk(site: Site) -> None:
+    user = site.add_user()
+    site.write([user])
+    cli_snapshot(site)
+    time.sleep(1.05)  # the next snapshot gets a later name (whole seconds)
+    cli_snapshot(site)
+    on_disk = snapshot_times(site, user)
+    assert len(on_disk) == 2
+    newest_name, newest_time = on_disk[-1]
+    newest_size = (site.dest / user.name / newest_name).stat().st_size
+    with daemon(site):
+        text = scrape(site.port)
+    types = {family.name: family.type for family in text_string_to_metric_families(text)}
+    # The parser drops counters' _total from family names; the TYPE lines keep it.
+    type_lines = dict(line.split()[2:4] for line in text.splitlines() if line.startswith("# TYPE "))
+    assert type_lines == DESIGN_TYPES
+    assert len(types) == len(DESIGN_TYPES)
+    name = user.name
+    assert sample(text, "t3backup_last_success_timestamp_seconds", user=name) == newest_time
+    assert sample(text, "t3backup_last_snapshot_size_bytes", user=name) == newest_size
+    assert sample(text, "t3backup_snapshots", user=name) == 2
+    assert sample(text, "t3backup_users") == 1
+    # No pass ran (catch_up off, schedule far away): the values came from disk.
+    assert sample(text, "t3backup_attempts_total", user=name) == 0
+    assert sample(text, "t3backup_config_last_reload_successful") == 1
+    assert sample(text, "t3backup_next_run_timestamp_seconds") == 1835395200.0  # 2028-02-29
+    assert sample(text, "t3backup_failures_total", user=name, reason="timeout") == 0
+
+
+def test_promtool_check_metrics_on_a_real_scrape_is_clean(site: Site) -> None:
+    need(shutil.which("promtool") is not None, "needs promtool (Debian package prometheus)")
+    user = site.add_user()
+    site.write([user], catch_up=True)
+    with daemon(site) as running:
+        running.notify.wait_for(last_pass_ok(1))  # series with real values, not just zeros
+        text = scrape(site.port)
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == ""
+
+
+def test_catch_up_runs_a_pass_at_start_when_the_last_scheduled_run_was_missed(
+    site: Site,
+) -> None:
+    user = site.add_user()
+    site.write([user], catch_up=True)  # last leap day 2024-02-29 is after "never"
+    with daemon(site) as running:
+        running.notify.wait_for(last_pass_ok(1))
+        text = scrape(site.port)
+    assert len(snapshot_times(site, user)) == 1
+    assert sample(text, "t3backup_attempts_total", user=user.name) == 1
+    assert (
+        sample(text, "t3backup_last_success_timestamp_seconds", user=user.name)
+        == (snapshot_times(site, user)[0][1])
+    )
+
+
+# --- reload ---------------------------------------------------------------------------------
+
+
+def test_sighup_reloads_the_usermap_adding_and_removing_users(site: Site) -> None:
+    need(IS_ROOT, "needs root: three real users")
+    kept, removed = site.add_user(), site.add_user()
+    site.write([kept, removed])
+    cli_snapshot(site)
+    removed_snapshots = snapshot_times(site, removed)
+    assert removed_snapshots
+    added = site.add_user()
+    with daemon(site) as running:
+        before = scrape(site.port)
+        assert sample(before, "t3backup_snapshots", user=removed.name) == 1
+        site.write([kept, added])
+        mark = len(running.notify.messages)
+        running.signal(signal.SIGHUP)
+        reloading = running.notify.wait_field("RELOADING", "1", after=mark)
+        assert running.notify.messages[reloading].fields["MONOTONIC_USEC"].isdigit()
+        ready = running.notify.wait_field("READY", "1", after=reloading)
+        status = running.notify.messages[ready].fields["STATUS"]
+        assert f"users added: {added.name}" in status
+        assert f"users removed: {removed.name}" in status
+        text = scrape(site.port)
+    assert f'user="{removed.name}"' not in text
+    assert sample(text, "t3backup_last_success_timestamp_seconds", user=added.name) == 0
+    assert sample(text, "t3backup_attempts_total", user=added.name) == 0
+    assert (
+        sample(text, "t3backup_last_success_timestamp_seconds", user=kept.name)
+        == (snapshot_times(site, kept)[-1][1])
+    )
+    assert sample(text, "t3backup_users") == 2
+    assert snapshot_times(site, removed) == removed_snapshots  # never deleted for that reason
+
+
+def test_invalid_config_on_sighup_keeps_the_old_one_and_says_why(site: Site) -> None:
+    user = site.add_user()
+    site.write([user])
+    with daemon(site) as running:
+        first = scrape(site.port)
+        loaded_at = sample(first, "t3backup_config_last_reload_success_timestamp_seconds")
+        site.config.write_text(site.config.read_text().replace(FAR_FUTURE_CRON, "0 3 * * 8"))
+        mark = len(running.notify.messages)
+        running.signal(signal.SIGHUP)
+        ready = running.notify.wait_field(
+            "READY", "1", after=running.notify.wait_field("RELOADING", "1", after=mark)
+        )
+        status = running.notify.messages[ready].fields["STATUS"]
+        assert "reload refused" in status and "schedule.cron" in status
+        refused = scrape(site.port)  # same endpoint: the old config still runs
+        assert sample(refused, "t3backup_config_last_reload_successful") == 0
+        assert sample(refused, "t3backup_config_last_reload_success_timestamp_seconds") == loaded_at
+        assert sample(refused, "t3backup_next_run_timestamp_seconds") == 1835395200.0
+        assert sample(refused, "t3backup_users") == 1
+
+        site.write([user], cron="0 0 1 1 *")
+        mark = len(running.notify.messages)
+        running.signal(signal.SIGHUP)
+        ready = running.notify.wait_field(
+            "READY", "1", after=running.notify.wait_field("RELOADING", "1", after=mark)
+        )
+        assert "schedule now '0 0 1 1 *'" in running.notify.messages[ready].fields["STATUS"]
+        fixed = scrape(site.port)
+    assert sample(fixed, "t3backup_config_last_reload_successful") == 1
+    success_time = sample(fixed, "t3backup_config_last_reload_success_timestamp_seconds")
+    assert loaded_at is not None and success_time is not None and success_time > loaded_at
+    next_run = sample(fixed, "t3backup_next_run_timestamp_seconds")
+    assert next_run is not None and next_run < 1835395200.0  # rescheduled to a Jan 1st
+    assert time.gmtime(next_run)[1:3] == (1, 1)
+
+
+# --- SIGUSR1, SIGTERM ----------------------------------------------------------------------
+
+
+def test_sigusr1_runs_a_pass_and_last_success_advances(site: Site) -> None:
+    user = site.add_user()
+    site.write([user])
+    cli_snapshot(site)
+    earlier = snapshot_times(site, user)[-1][1]
+    with daemon(site) as running:
+        before = scrape(site.port)
+        assert sample(before, "t3backup_last_success_timestamp_seconds", user=user.name) == earlier
+        mark = len(running.notify.messages)
+        running.signal(signal.SIGUSR1)
+        running.notify.wait_for(last_pass_ok(1), after=mark)
+        after = scrape(site.port)
+    advanced = sample(after, "t3backup_last_success_timestamp_seconds", user=user.name)
+    assert advanced is not None and advanced > earlier
+    assert advanced == snapshot_times(site, user)[-1][1]
+    assert sample(after, "t3backup_attempts_total", user=user.name) == 1
+    assert sample(after, "t3backup_snapshots", user=user.name) == 2
+
+
+def test_sigterm_during_a_slow_snapshot_stops_cleanly(site: Site) -> None:
+    user = site.add_user(size_mb=1)
+    site.write([user], snapshot='[snapshot]\nmethod = "vacuum"\nverify = "full"\n')
+    cli_snapshot(site)  # an earlier snapshot that must survive
+    earlier = snapshot_files(site.dest / user.name)
+    make_database_large(site, user)
+    user_dir = site.dest / user.name
+    with daemon(site) as running:
+        running.signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 20
+        while not any(path.name.startswith(".t3backupd-") for path in user_dir.iterdir()):
+            assert time.monotonic() < deadline, "the snapshot never started"
+            time.sleep(0.005)
+        mark = len(running.notify.messages)
+        stop_sent = time.monotonic()
+        running.signal(signal.SIGTERM)
+        status = running.process.wait(STOP_GRACE + 5)
+        stopped_in = time.monotonic() - stop_sent
+        running.notify.wait_field("STOPPING", "1", after=mark, timeout=2)
+    assert status == 0, running.log_text()
+    assert stopped_in < STOP_GRACE
+    leftovers = [path.name for path in user_dir.iterdir() if path.name.startswith(".t3backupd-")]
+    assert leftovers == []
+    assert snapshot_files(user_dir) == earlier  # interrupted: nothing half-published
+    for name in earlier:
+        check = sha256sum_check(user, user_dir, name)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+def make_database_large(site: Site, user: User) -> None:
+    """Replace the user's DB with one large enough that a snapshot takes a while."""
+    path = Path(site.source.format(user=user.name, home=user.home))
+    run_as(user, [PYTHON, "-I", "-m", "t3backupd.sampledb", "create", str(path),
+                  "--size-mb", "200", "--force"])  # fmt: skip
+
+
+# --- watchdog ----------------------------------------------------------------------------
+
+
+def watchdog_pings(running: Running, seconds: float) -> list[float]:
+    time.sleep(seconds)
+    return [m.at for m in running.notify.messages if m.fields.get("WATCHDOG") == "1"]
+
+
+def test_watchdog_pings_arrive_at_half_the_interval(site: Site) -> None:
+    user = site.add_user()
+    site.write([user])
+    with daemon(site, watchdog_usec=2_000_000) as running:
+        pings = watchdog_pings(running, 3.6)
+    assert len(pings) >= 3
+    gaps = [later - earlier for earlier, later in itertools.pairwise(pings)]
+    assert all(0.7 <= gap <= 1.3 for gap in gaps), gaps
+
+
+def test_watchdog_meant_for_another_pid_is_not_pinged(site: Site) -> None:
+    user = site.add_user()
+    site.write([user])
+    with daemon(site, watchdog_usec=1_000_000, watchdog_pid="1") as running:
+        assert watchdog_pings(running, 1.5) == []

@@ -1,0 +1,342 @@
+"""Restore end to end: real users, real WAL databases, the real CLI spawning real setuid
+workers. Covers `--to`, the in-place runbook (labelled snapshot, restore, undo), the
+open-process refusal and `--force` under an open reader, and hostile targets. Needs root."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from support.system import (
+    PYTHON,
+    create_state_db,
+    run_as,
+    sha256sum_check,
+    snapshot_files,
+    spawn_as,
+    t3backupd,
+    write_config,
+)
+
+from t3backupd.usermap import User
+
+MakeUser = Callable[[], User]
+JSON_LOG = '[log]\nformat = "json"\n'
+
+# Content of a database, read as its owner (never as root: SQLite may create -shm).
+DIGEST_SCRIPT = (
+    "import sys; from t3backupd.sampledb import content_digest; print(content_digest(sys.argv[1]))"
+)
+FINGERPRINT_SQL = (
+    "SELECT (SELECT count(*) FROM orchestration_events),"
+    " (SELECT coalesce(max(sequence), 0) FROM orchestration_events),"
+    " (SELECT count(*) FROM projection_thread_messages),"
+    " (SELECT coalesce(sum(length(payload_json)), 0) FROM orchestration_events),"
+    " (SELECT count(*) FROM sqlite_schema)"
+)
+# A reader like the app's: one connection held open throughout, short read transactions
+# (each held a little while, so some overlap the restore), recording every distinct state.
+READER_SCRIPT = f"""
+import json, os, sqlite3, sys, time
+database, ready, stop, out = sys.argv[1:5]
+connection = sqlite3.connect(database, timeout=5, isolation_level=None)
+seen, errors = [], []
+def fingerprint():
+    connection.execute("BEGIN")
+    try:
+        row = list(connection.execute({FINGERPRINT_SQL!r}).fetchone())
+        time.sleep(0.02)
+        return row
+    finally:
+        connection.execute("COMMIT")
+seen.append(fingerprint())
+open(ready, "w").close()
+while not os.path.exists(stop):
+    try:
+        row = fingerprint()
+    except sqlite3.Error as error:
+        errors.append(str(error))
+        time.sleep(0.01)
+        continue
+    if row != seen[-1]:
+        seen.append(row)
+check = [r[0] for r in connection.execute("PRAGMA quick_check")]
+with open(out, "w") as handle:
+    json.dump({{"seen": seen, "errors": errors, "quick_check": check}}, handle)
+"""
+
+
+def config_for(sandbox: Path, users: list[User]) -> Path:
+    return write_config(sandbox, users, sandbox / "dest", extra=JSON_LOG)
+
+
+def digest_as(user: User, path: Path) -> str:
+    return run_as(user, [PYTHON, "-I", "-c", DIGEST_SCRIPT, str(path)]).stdout.strip()
+
+
+def fingerprint_as(user: User, path: Path) -> list[int]:
+    script = (
+        "import json, sqlite3, sys; c = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True);"
+        f"print(json.dumps(list(c.execute({FINGERPRINT_SQL!r}).fetchone())))"
+    )
+    return list(json.loads(run_as(user, [PYTHON, "-I", "-c", script, str(path)]).stdout))
+
+
+def is_wal(path: Path) -> bool:
+    """The file format bytes 18-19 of the header: 2, 2 means WAL mode."""
+    header = path.read_bytes()[:100]
+    return header[:16] == b"SQLite format 3\x00" and header[18:20] == b"\x02\x02"
+
+
+def take_snapshot(config: Path, user: User, label: str | None = None) -> str:
+    args = ["snapshot", "--user", user.name] + (["--label", label] if label else [])
+    result = t3backupd(config, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.split()[2]
+
+
+def change_database(user: User, database: Path) -> None:
+    """Simulate the app (and a forward schema migration) changing the live database."""
+    run_as(user, [PYTHON, "-I", "-m", "t3backupd.sampledb", "write", str(database),
+                  "--duration", "0.3", "--rate", "200"])  # fmt: skip
+    migrate = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+        "c.execute('CREATE TABLE upgrade_marker (version TEXT)');"
+        "c.execute(\"INSERT INTO upgrade_marker VALUES ('0.0.99')\"); c.commit(); c.close()"
+    )
+    run_as(user, [PYTHON, "-I", "-c", migrate, str(database)])
+
+
+@pytest.mark.root
+def test_restore_to_writes_a_verified_0600_copy_equal_to_the_snapshot(
+    sandbox: Path, make_user: MakeUser
+) -> None:
+    user = make_user()
+    database = create_state_db(user, size_mb=2, seed=1)
+    config = config_for(sandbox, [user])
+    name = take_snapshot(config, user)
+    snapshot = sandbox / "dest" / user.name / name
+    change_database(user, database)
+    live_before = digest_as(user, database)
+    assert live_before != digest_as(user, snapshot)
+
+    target = Path(user.home) / "restored.sqlite"
+    result = t3backupd(config, "restore", "--user", user.name, "--to", str(target))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert name in result.stdout
+    assert digest_as(user, target) == digest_as(user, snapshot)
+    info = os.lstat(target)
+    assert stat.S_ISREG(info.st_mode)
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (user.uid, user.gid, 0o600)
+    assert target.read_bytes() == snapshot.read_bytes()
+    assert digest_as(user, database) == live_before, "restore --to touched the live database"
+
+
+@pytest.mark.root
+def test_runbook_in_place_restore_returns_labelled_state_and_undo_returns_the_upgrade(
+    sandbox: Path, make_user: MakeUser
+) -> None:
+    user = make_user()
+    database = create_state_db(user, size_mb=2, seed=2)
+    os.chmod(database, 0o640)  # not the default: "kept" must mean kept
+    config = config_for(sandbox, [user])
+    user_dir = sandbox / "dest" / user.name
+    # Runbook step 1: a labelled snapshot before the bump.
+    labelled = take_snapshot(config, user, label="before-t3-0.0.99")
+    take_snapshot(config, user)  # a newer unlabelled one: the label must pick the right one
+    # The bad upgrade: the new version migrates the schema forward and writes.
+    change_database(user, database)
+    upgraded = digest_as(user, database)
+    before = os.stat(database)
+
+    # Runbook: (t3-serve stopped) restore in place from the label.
+    result = t3backupd(
+        config, "restore", "--user", user.name, "--snapshot", "before-t3-0.0.99", "--in-place"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"restore --user {user.name} --snapshot pre-restore --in-place" in result.stdout
+    assert digest_as(user, database) == digest_as(user, user_dir / labelled)
+    after = os.stat(database)
+    assert (after.st_ino, after.st_uid, after.st_gid) == (before.st_ino, user.uid, user.gid)
+    assert stat.S_IMODE(after.st_mode) == 0o640
+    assert is_wal(database), "the app's database must stay in WAL mode"
+    assert set(os.listdir(database.parent)) <= {
+        "state.sqlite",
+        "state.sqlite-wal",
+        "state.sqlite-shm",
+    }
+    for leftover in database.parent.iterdir():
+        assert os.lstat(leftover).st_uid == user.uid, leftover
+
+    # The state before the restore was kept as a verified pre-restore snapshot.
+    pre = [name for name in snapshot_files(user_dir) if name.endswith("--pre-restore.sqlite")]
+    assert len(pre) == 1, snapshot_files(user_dir)
+    assert pre[0] in result.stdout
+    assert digest_as(user, user_dir / pre[0]) == upgraded
+    assert sha256sum_check(user, user_dir, pre[0]).returncode == 0
+
+    # Undo, exactly as printed: the upgraded state comes back.
+    undo = t3backupd(
+        config, "restore", "--user", user.name, "--snapshot", "pre-restore", "--in-place"
+    )
+    assert undo.returncode == 0, undo.stdout + undo.stderr
+    assert digest_as(user, database) == upgraded
+    assert is_wal(database)
+    assert stat.S_IMODE(os.stat(database).st_mode) == 0o640
+
+
+@pytest.mark.root
+def test_in_place_is_refused_while_a_user_process_holds_it_and_force_is_consistent(
+    sandbox: Path, make_user: MakeUser
+) -> None:
+    user = make_user()
+    database = create_state_db(user, size_mb=2, seed=3)
+    config = config_for(sandbox, [user])
+    user_dir = sandbox / "dest" / user.name
+    name = take_snapshot(config, user)
+    change_database(user, database)
+    changed = digest_as(user, database)
+    expected_before = fingerprint_as(user, database)
+    expected_after = fingerprint_as(user, user_dir / name)
+    assert expected_before != expected_after
+
+    scratch = Path(user.home)
+    ready, stop, out = scratch / "ready", scratch / "stop", scratch / "reader.json"
+    reader = spawn_as(
+        user, [PYTHON, "-I", "-c", READER_SCRIPT, str(database), str(ready), str(stop), str(out)]
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not ready.exists():
+            assert reader.poll() is None and time.monotonic() < deadline, "reader did not start"
+            time.sleep(0.02)
+        before_files = snapshot_files(user_dir)
+        refused = t3backupd(config, "restore", "--user", user.name, "--in-place")
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert f"pid {reader.pid} (" in refused.stderr
+        assert "in_use" in refused.stderr
+        assert snapshot_files(user_dir) == before_files, "refused, yet a snapshot was taken"
+        assert digest_as(user, database) == changed
+
+        forced = t3backupd(config, "restore", "--user", user.name, "--in-place", "--force")
+        assert forced.returncode == 0, forced.stdout + forced.stderr
+        assert f"pid {reader.pid}" in forced.stdout  # says it was forced past the reader
+        time.sleep(0.3)  # let the reader observe the restored state
+    finally:
+        stop.touch()
+        reader.wait(timeout=30)
+    observed = json.loads(out.read_text())
+    assert observed["errors"] == []
+    assert observed["quick_check"] == ["ok"]
+    # Every state the open reader saw was the old one or the restored one, in that order.
+    assert observed["seen"] == [expected_before, expected_after]
+    assert digest_as(user, database) == digest_as(user, user_dir / name)
+    assert is_wal(database)
+
+
+@pytest.mark.root
+def test_restore_to_an_unwritable_or_existing_path_is_refused_without_change(
+    sandbox: Path, make_user: MakeUser
+) -> None:
+    user = make_user()
+    create_state_db(user, size_mb=1, seed=4)
+    config = config_for(sandbox, [user])
+    take_snapshot(config, user)
+
+    unwritable = sandbox / "root-only" / "restored.sqlite"  # root's 0755 dir
+    unwritable.parent.mkdir(mode=0o755)
+    result = t3backupd(config, "restore", "--user", user.name, "--to", str(unwritable))
+    assert result.returncode == 1
+    assert "permission" in result.stderr and "Permission denied" in result.stderr
+    assert not unwritable.exists()
+
+    existing = Path(user.home) / "existing.sqlite"
+    run_as(user, ["sh", "-c", 'printf "keep me" > "$1"', "sh", str(existing)])
+    result = t3backupd(config, "restore", "--user", user.name, "--to", str(existing))
+    assert result.returncode == 1
+    assert "already exists" in result.stderr
+    assert existing.read_bytes() == b"keep me"
+
+    # A link at the target is an existing path too: never followed, never written through.
+    secret = sandbox / "root-secret"
+    secret.write_bytes(b"root only")
+    os.chmod(secret, 0o600)
+    link = Path(user.home) / "link.sqlite"
+    run_as(user, ["ln", "-s", str(secret), str(link)])
+    result = t3backupd(config, "restore", "--user", user.name, "--to", str(link))
+    assert result.returncode == 1
+    assert "already exists" in result.stderr
+    assert secret.read_bytes() == b"root only"
+    assert os.lstat(link).st_mode & stat.S_IFLNK
+
+    missing_dir = Path(user.home) / "no" / "such" / "dir.sqlite"
+    result = t3backupd(config, "restore", "--user", user.name, "--to", str(missing_dir))
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert len(lines) == 1 and "does not exist" in lines[0], lines
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    "snapshot",
+    ["../state-20250101T000000Z.sqlite", "..", "a/b", "/etc/shadow", "state-x/../y"],
+)
+def test_snapshot_name_with_slash_or_dotdot_is_refused_before_anything_runs(
+    sandbox: Path, make_user: MakeUser, snapshot: str
+) -> None:
+    user = make_user()
+    database = create_state_db(user, size_mb=1, seed=5)
+    config = config_for(sandbox, [user])
+    live = database.read_bytes()
+    for where in (["--in-place"], ["--to", str(Path(user.home) / "out.sqlite")]):
+        result = t3backupd(config, "restore", "--user", user.name, "--snapshot", snapshot, *where)
+        assert result.returncode == 2, result.stdout + result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "never contains '/' or '..'" in lines[0], lines
+        assert not (sandbox / "dest").exists(), "a worker ran (it would have created dest)"
+    assert database.read_bytes() == live
+    assert not (Path(user.home) / "out.sqlite").exists()
+
+
+@pytest.mark.root
+def test_unknown_snapshot_or_label_fails_with_one_line_and_writes_nothing(
+    sandbox: Path, make_user: MakeUser
+) -> None:
+    user = make_user()
+    create_state_db(user, size_mb=1, seed=6)
+    config = config_for(sandbox, [user])
+    take_snapshot(config, user)
+    target = Path(user.home) / "out.sqlite"
+    for snapshot in ("no-such-label", "state-20000101T000000Z.sqlite"):
+        result = t3backupd(
+            config, "restore", "--user", user.name, "--snapshot", snapshot, "--to", str(target)
+        )
+        assert result.returncode == 1
+        lines = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+        assert len(lines) == 1 and "not_found" in lines[0] and snapshot in lines[0], lines
+    assert not target.exists()
+
+
+@pytest.mark.root
+def test_in_place_restore_of_a_lost_database_recreates_it_in_wal_mode(
+    sandbox: Path, make_user: MakeUser
+) -> None:
+    user = make_user()
+    database = create_state_db(user, size_mb=1, seed=7)
+    config = config_for(sandbox, [user])
+    name = take_snapshot(config, user)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+
+    result = t3backupd(config, "restore", "--user", user.name, "--in-place")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "nothing to undo" in result.stdout
+    assert is_wal(database), "a recreated database must be in the app's WAL mode"
+    info = os.stat(database)
+    assert (info.st_uid, info.st_gid) == (user.uid, user.gid)
+    assert digest_as(user, database) == digest_as(user, sandbox / "dest" / user.name / name)

@@ -1,0 +1,280 @@
+"""The real daemon for tests: a NOTIFY_SOCKET the test owns, /metrics scrapes, a sandbox
+("site") with config, usermap, dest and users, and `python -m t3backupd run` as a child."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from support import need
+from support.system import (
+    IS_ROOT,
+    PYTHON,
+    create_state_db,
+    current_user,
+    run_as,
+    snapshot_files,
+    t3backupd,
+    user_factory,
+    write_config,
+)
+from t3backupd.naming import parse_name
+from t3backupd.usermap import User
+
+FAR_FUTURE_CRON = "0 0 29 2 *"  # leap days only: never fires during a test
+START_TIMEOUT = 20.0
+STOP_GRACE = 30.0  # the daemon's bounded grace for workers after SIGTERM
+
+
+# --- plumbing: notify socket, metrics scrapes, the daemon process ------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        body: bytes = response.read()
+    return body.decode()
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """(sample name, labels) -> value, from a text exposition."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    return samples(text).get((name, frozenset(labels.items())))
+
+
+@dataclass
+class Message:
+    at: float  # time.monotonic()
+    fields: dict[str, str]
+    scrape_ok: bool | None = None  # for READY=1: did /metrics answer right then?
+
+
+class NotifyListener:
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET; records every message.
+
+    On READY=1 it scrapes /metrics at once, from its own thread, so a READY sent before
+    the endpoint answers is caught.
+    """
+
+    def __init__(self, path: Path, port: int) -> None:
+        self.path = path
+        self.port = port
+        self.messages: list[Message] = []
+        self._condition = threading.Condition()
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(path))
+        self._socket.settimeout(0.1)
+        self._closed = False
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while not self._closed:
+            try:
+                data = self._socket.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            message = Message(time.monotonic(), fields)
+            if fields.get("READY") == "1":
+                try:
+                    scrape(self.port)
+                    message.scrape_ok = True
+                except OSError:
+                    message.scrape_ok = False
+            with self._condition:
+                self.messages.append(message)
+                self._condition.notify_all()
+
+    def wait_for(
+        self, predicate: Callable[[Message], bool], timeout: float = 15.0, after: int = 0
+    ) -> int:
+        """Index of the first message from `after` on matching `predicate`."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while True:
+                for index in range(after, len(self.messages)):
+                    if predicate(self.messages[index]):
+                        return index
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    shown = [message.fields for message in self.messages[after:]]
+                    raise AssertionError(f"no matching notify message; got {shown}")
+                self._condition.wait(remaining)
+
+    def wait_field(self, key: str, value: str | None = None, **kwargs: float) -> int:
+        return self.wait_for(
+            lambda message: (
+                key in message.fields and (value is None or message.fields[key] == value)
+            ),
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def close(self) -> None:
+        self._closed = True
+        self._thread.join(2)
+        self._socket.close()
+
+
+@dataclass
+class Site:
+    """A sandbox with a config, its usermap, its dest, and users with databases."""
+
+    root: Path
+    port: int
+    new_user: Callable[[], User]
+    source: str
+    extra: str = ""
+    users: list[User] = field(default_factory=list)
+
+    @property
+    def dest(self) -> Path:
+        return self.root / "dest"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    def add_user(self, size_mb: float = 1) -> User:
+        user = self.new_user()
+        make_database(self, user, size_mb)
+        return user
+
+    def write(self, users: list[User], cron: str = FAR_FUTURE_CRON, catch_up: bool = False,
+              snapshot: str = "", extra: str = "") -> Path:  # fmt: skip
+        self.users = users
+        text = (
+            f'[schedule]\ncron = "{cron}"\ncatch_up = {str(catch_up).lower()}\n'
+            f'[metrics]\nlisten = "127.0.0.1:{self.port}"\n[log]\nformat = "json"\n'
+            f"{snapshot}{extra}"
+        )
+        return write_config(self.root, users, self.dest, extra=text, source=self.source)
+
+
+def make_database(site: Site, user: User, size_mb: float) -> Path:
+    if IS_ROOT:
+        return create_state_db(user, size_mb)
+    path = Path(site.source.format(user=user.name, home=user.home))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run_as(user, [PYTHON, "-I", "-m", "t3backupd.sampledb", "create", str(path),
+                  "--size-mb", str(size_mb), "--force"])  # fmt: skip
+    return path
+
+
+@dataclass
+class Running:
+    process: subprocess.Popen[bytes]
+    notify: NotifyListener
+    log: Path
+    started: float
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+
+@contextmanager
+def daemon(site: Site, watchdog_usec: int | None = None, watchdog_pid: str | None = None,
+           wait_ready: bool = True) -> Iterator[Running]:  # fmt: skip
+    """The real `python -m t3backupd -c CONFIG run`, stopped (SIGTERM) afterwards."""
+    notify = NotifyListener(site.root / f"notify-{time.monotonic_ns()}", site.port)
+    log = site.root / "daemon.log"
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("WATCHDOG_", "T3_BACKUP_", "NOTIFY_"))}  # fmt: skip
+    env.update({"NOTIFY_SOCKET": str(notify.path), "T3BACKUPD_CONFIG": ""})
+    if watchdog_usec is not None:
+        env["WATCHDOG_USEC"] = str(watchdog_usec)
+    if watchdog_pid is not None:
+        env["WATCHDOG_PID"] = watchdog_pid
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "t3backupd", "-c", str(site.config), "run"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd="/",  # the installed package, as under systemd (not the checkout in cwd)
+        )
+    running = Running(process, notify, log, time.monotonic())
+    try:
+        if wait_ready:
+            notify.wait_field("READY", "1", timeout=START_TIMEOUT)
+        yield running
+    except BaseException:
+        print(f"--- daemon log ---\n{log.read_text(errors='replace')}")
+        raise
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(STOP_GRACE + 5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        notify.close()
+
+
+def snapshot_times(site: Site, user: User) -> list[tuple[str, float]]:
+    """(name, epoch seconds) of the user's snapshots on disk, oldest first."""
+    directory = site.dest / user.name
+    if not directory.exists():
+        return []
+    found = []
+    for name in snapshot_files(directory):
+        parsed = parse_name(name)
+        assert parsed is not None
+        found.append((name, parsed.time.timestamp()))
+    return sorted(found, key=lambda item: item[1])
+
+
+def cli_snapshot(site: Site) -> None:
+    result = t3backupd(site.config, "snapshot")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def last_pass_ok(count: int) -> Callable[[Message], bool]:
+    return lambda message: f"last pass: {count} ok" in message.fields.get("STATUS", "")
+
+
+@contextmanager
+def make_site(sandbox: Path) -> Iterator[Site]:
+    """A Site in `sandbox`: real users as root; otherwise only the invoking user."""
+    if IS_ROOT:
+        with user_factory() as factory:
+            yield Site(sandbox, free_port(), factory, "{home}/.t3/userdata/state.sqlite")
+        return
+    handed_out: list[User] = []
+
+    def only_me() -> User:
+        need(not handed_out, "needs root: a second real user (useradd)")
+        handed_out.append(current_user())
+        return handed_out[-1]
+
+    yield Site(sandbox, free_port(), only_me, f"{sandbox}/src/{{user}}/state.sqlite")
