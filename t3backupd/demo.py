@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         status = subprocess.run([*cli, "snapshot"], check=False).returncode
         _say("t3backupd list")
         subprocess.run([*cli, "list"], check=False)
+        _say("t3backupd verify --latest (sha256 against NAME.sha256, then integrity_check)")
+        status = subprocess.run([*cli, "verify", "--latest"], check=False).returncode or status
         if args.no_serve or status != 0:
             return status
         _say(f"the daemon, every minute; metrics at http://{args.listen}/metrics (Ctrl-C stops)")

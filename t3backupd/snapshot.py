@@ -16,7 +16,7 @@ import secrets
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -39,12 +39,16 @@ SOURCE_MMAP_BYTES = 1 << 34
 # The copy is written with synchronous=OFF and flushed by us: every FLUSH_EVERY_BYTES of
 # growth during the copy (so dirty pages never pile up into one burst that stalls the
 # app's own commits), then once more before verification. See DirtyFlusher.
-FLUSH_EVERY_BYTES = 32 << 20
+FLUSH_EVERY_BYTES = 8 << 20
 FLUSH_POLL_SECONDS = 0.02
+SYNC_FILE_RANGE_WAIT_BEFORE = 1
+SYNC_FILE_RANGE_WRITE = 2
+SYNC_FILE_RANGE_WAIT_AFTER = 4
 # The snapshot yields CPU and disk to the live app (bench/RESULTS.md has the numbers).
+# The idle I/O class only waits while the app has I/O queued on this machine; the
+# block scheduler's aging (mq-deadline: 10 s) bounds how long it can wait.
 WORKER_NICE = 10
-IOPRIO_CLASS_BE = 2
-IOPRIO_LOWEST_LEVEL = 7
+IOPRIO_CLASS_IDLE = 3
 IOPRIO_WHO_PROCESS = 1
 IOPRIO_SET_SYSCALL = {"x86_64": 251, "aarch64": 30}
 
@@ -212,8 +216,8 @@ def open_source(source: str, timeout: float) -> sqlite3.Connection:
 
 def lower_priority() -> None:
     """Make the calling thread (and the threads it starts later) yield CPU and disk to the
-    live app: nice +10 and the lowest best-effort I/O priority. Best effort: on a kernel
-    or architecture without ioprio_set, only the nice value changes.
+    live app: nice +10 and the idle I/O class. Best effort: on a kernel or architecture
+    without ioprio_set, only the nice value changes.
     """
     with suppress(OSError):
         os.nice(WORKER_NICE)
@@ -223,33 +227,63 @@ def lower_priority() -> None:
     with suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         # who=0: the calling thread; threads started afterwards inherit it.
-        libc.syscall(number, IOPRIO_WHO_PROCESS, 0, (IOPRIO_CLASS_BE << 13) | IOPRIO_LOWEST_LEVEL)
+        libc.syscall(number, IOPRIO_WHO_PROCESS, 0, IOPRIO_CLASS_IDLE << 13)
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], None] | None:
+    """libc's sync_file_range(2) (Linux), or None. The callable raises OSError."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+
+    def call(fd: int, offset: int, count: int, flags: int) -> None:
+        if function(fd, offset, count, flags) != 0:
+            number = ctypes.get_errno()
+            raise OSError(number, os.strerror(number))
+
+    return call
 
 
 class DirtyFlusher:
-    """While a copy writes `path`, fdatasync it each time it grew by FLUSH_EVERY_BYTES.
+    """While a copy writes `path`, push it to the disk in FLUSH_EVERY_BYTES steps.
 
     Without this the whole copy sits dirty in the page cache (vm.dirty_ratio is a share
     of RAM) and the fsync before publishing sends it to the disk in one burst, during
-    which the app's own commit fsyncs queue behind it. Flushing as we go keeps the disk
-    busy in small steps, overlaps the writes with the copy, and leaves the final fsync
-    short. Only our own temp file is touched.
+    which the app's own commit fsyncs queue behind it. Each step starts writeback of the
+    newest range (sync_file_range WRITE, no journal commit) and waits for the previous
+    one, so at most about two steps are ever dirty or in flight; the I/O is submitted
+    by this thread, with the worker's (idle) I/O priority. Where sync_file_range is
+    missing, fdatasync does the same job coarser. Only our own temp file is touched;
+    the fsync before publishing is still what makes the copy durable.
     """
 
     def __init__(self, path: str) -> None:
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._range = _sync_file_range()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flusher", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        flushed = 0
+        started = 0  # writeback started up to here
+        previous = 0  # ... and of the step before, which the next step waits for
         while not self._stop.wait(FLUSH_POLL_SECONDS):
             try:
                 size = os.fstat(self._fd).st_size
-                if size - flushed >= FLUSH_EVERY_BYTES:
+                if size - started < FLUSH_EVERY_BYTES:
+                    continue
+                if self._range is None:
                     os.fdatasync(self._fd)
-                    flushed = size
+                else:
+                    wait = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE
+                    wait |= SYNC_FILE_RANGE_WAIT_AFTER
+                    if started > previous:  # (a count of 0 would mean "to the end")
+                        self._range(self._fd, previous, started - previous, wait)
+                    self._range(self._fd, started, size - started, SYNC_FILE_RANGE_WRITE)
+                previous, started = started, size
             except OSError:
                 return  # e.g. ENOSPC: the copy itself reports it; the final fsync re-checks
 
@@ -378,25 +412,46 @@ def verify_and_hash(path: str, mode: str) -> tuple[list[str], str]:
     return problems, result["digest"]
 
 
-def publish(dest_dir: str, temp: str, when: datetime, label: str | None, digest: str) -> str:
-    """Give the verified `temp` its snapshot name and write `NAME.sha256` beside it.
+def publish(
+    dest_dir: str,
+    temp: str,
+    when: datetime,
+    label: str | None,
+    digest: str,
+    temps: TempFiles | None = None,
+) -> str:
+    """Give the verified `temp` its snapshot name, with `NAME.sha256` beside it.
 
-    Never replaces an existing snapshot: `link()` fails on an existing name, and two
-    passes within one second take the next free second. Returns the published name.
+    The checksum is written (and fsynced) to a temp file before the snapshot gets its
+    name, so a full disk fails the publish with nothing visible; the checksum is renamed
+    into place right after the link. Never replaces an existing snapshot: `link()`
+    fails on an existing name, and two passes within one second take the next free
+    second. Returns the published name. The caller holds the user's lock.
     """
     for offset in range(3600):
         name = format_name(when + timedelta(seconds=offset), label)
         final = os.path.join(dest_dir, name)
-        try:
-            os.link(temp, final)
-        except FileExistsError:
+        if os.path.lexists(final):
             continue
         checksum_temp = create_temp(dest_dir)
-        with open(checksum_temp, "w", encoding="ascii") as handle:
-            handle.write(f"{digest}  {name}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        if temps is not None:
+            temps.add(checksum_temp)
+        try:
+            with open(checksum_temp, "w", encoding="ascii") as handle:
+                handle.write(f"{digest}  {name}\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(temp, final)
+        except FileExistsError:
+            os.unlink(checksum_temp)
+            continue
+        except OSError:
+            with suppress(FileNotFoundError):
+                os.unlink(checksum_temp)
+            raise
         os.rename(checksum_temp, final + CHECKSUM_SUFFIX)
+        if temps is not None:
+            temps.discard(checksum_temp)
         os.unlink(temp)
         fsync_path(dest_dir, directory=True)
         return name

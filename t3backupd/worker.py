@@ -75,7 +75,7 @@ def snapshot_job(job: Job) -> Report:
             _fault_point(spec, "during_verify")
             if problems:
                 raise ops.StepFailed("verify_failed", "; ".join(problems[:5]))
-            name = ops.publish(spec.dest_dir, temp, when, spec.label, digest)
+            name = ops.publish(spec.dest_dir, temp, when, spec.label, digest, job.temps)
             _fault_point(spec, "after_publish")
         finally:
             job.temps.remove_all()

@@ -5,6 +5,7 @@ CI; as the invoking user otherwise, where tests needing several users skip)."""
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import signal
 import subprocess
@@ -282,3 +283,29 @@ def test_watchdog_meant_for_another_pid_is_not_pinged(site: Site) -> None:
     site.write([user])
     with daemon(site, watchdog_usec=1_000_000, watchdog_pid="1") as running:
         assert watchdog_pings(running, 1.5) == []
+
+
+def test_scheduled_verification_counts_a_corrupted_snapshot(site: Site) -> None:
+    """`[verify] cron` runs verification in the daemon; a flipped byte is counted."""
+    user = site.add_user()
+    site.write([user])
+    cli_snapshot(site)
+    (name, _), *_ = snapshot_times(site, user)
+    snapshot = site.dest / user.name / name
+    with snapshot.open("r+b") as handle:
+        handle.seek(snapshot.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    site.write([user], extra='[verify]\ncron = "* * * * *"\n')
+    with daemon(site):
+        text = scrape(site.port)
+        assert sample(text, "t3backup_last_verify_timestamp_seconds", user=user.name) == 0
+        deadline = time.monotonic() + 75  # the next minute boundary, plus the check
+        while time.monotonic() < deadline:
+            text = scrape(site.port)
+            if sample(text, "t3backup_last_verify_timestamp_seconds", user=user.name):
+                break
+            time.sleep(0.5)
+    assert sample(text, "t3backup_last_verify_timestamp_seconds", user=user.name)
+    assert sample(text, "t3backup_verify_failures_total", user=user.name) == 1
