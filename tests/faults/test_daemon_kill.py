@@ -21,145 +21,35 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from support.system import (
-    PYTHON,
-    create_state_db,
-    log_events,
-    make_sandbox,
-    run_as,
-    sha256sum_check,
-    snapshot_files,
-    t3backupd,
-    user_factory,
-    write_config,
+from support.daemon import FAR_FUTURE_CRON, Running, free_port, sample, scrape, start_daemon
+from support.snapshots import (
+    UserSource,
+    assert_verified,
+    json_config,
+    temps_in,
+    user_source,
+    wait_for_partial_copy,
+    worker_pids,
 )
+from support.system import log_events, run_as, snapshot_files, t3backupd
 
-from t3backupd.naming import TEMP_PREFIX, TEMP_SUFFIX, format_name, parse_name
+from t3backupd.naming import format_name, parse_name
 from t3backupd.protocol import FAILURE_REASONS
 from t3backupd.usermap import User
 
 START_TIMEOUT = 30.0
 PASS_TIMEOUT = 90.0
-FAR_FUTURE_CRON = "0 0 29 2 *"  # leap days only: last fired 2024-02-29, never during a test
-
-
-# --- a NOTIFY_SOCKET of our own, /metrics scrapes ---------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        body: bytes = response.read()
-    return body.decode()
-
-
-def sample(text: str, name: str, **labels: str) -> float | None:
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            if found.name == name and found.labels == labels:
-                return float(found.value)
-    return None
-
-
-@dataclass
-class NotifyListener:
-    """A datagram socket standing in for systemd's; on READY=1 it scrapes /metrics at
-    once (from its own thread), so the values seen are those the daemon was ready with."""
-
-    path: Path
-    port: int
-    ready_scrape: str | None = None
-    _ready: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._socket.bind(str(self.path))
-        self._socket.settimeout(0.1)
-        self._closed = False
-        self._thread = threading.Thread(target=self._receive, daemon=True)
-        self._thread.start()
-
-    def _receive(self) -> None:
-        while not self._closed:
-            try:
-                data = self._socket.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if "READY=1" in data.decode().splitlines() and not self._ready.is_set():
-                self.ready_scrape = scrape(self.port)
-                self._ready.set()
-
-    def wait_ready(self, timeout: float = START_TIMEOUT) -> str:
-        assert self._ready.wait(timeout), "no READY=1"
-        assert self.ready_scrape is not None
-        return self.ready_scrape
-
-    def close(self) -> None:
-        self._closed = True
-        self._thread.join(2)
-        self._socket.close()
-
-
-@dataclass
-class Running:
-    process: subprocess.Popen[bytes]
-    notify: NotifyListener
-    log: Path
-
-
-@contextmanager
-def daemon(config: Path, port: int, name: str) -> Iterator[Running]:
-    """The real `python -I -m t3backupd -c CONFIG run`; SIGKILLed afterwards if alive."""
-    notify = NotifyListener(config.parent / f"notify-{name}", port)
-    log = config.parent / f"daemon-{name}.log"
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("WATCHDOG_", "T3_BACKUP_", "NOTIFY_"))}  # fmt: skip
-    env.update({"NOTIFY_SOCKET": str(notify.path), "T3BACKUPD_CONFIG": ""})
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [PYTHON, "-I", "-m", "t3backupd", "-c", str(config), "run"],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd="/",
-        )
-    try:
-        yield Running(process, notify, log)
-    except BaseException:
-        print(f"--- daemon {name} log ---\n{log.read_text(errors='replace')}")
-        raise
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        notify.close()
 
 
 # --- the user's files ----------------------------------------------------------------------
-
-
-def temps_in(directory: Path) -> list[str]:
-    return sorted(name for name in os.listdir(directory) if name.startswith(TEMP_PREFIX))
 
 
 def snapshot_time(name: str) -> float:
@@ -168,46 +58,12 @@ def snapshot_time(name: str) -> float:
     return parsed.time.timestamp()
 
 
-def assert_verified(user: User, directory: Path) -> list[str]:
-    """Every published snapshot passes the real `sha256sum -c`. Returns the names."""
-    names = snapshot_files(directory)
-    for name in names:
-        check = sha256sum_check(user, directory, name)
-        assert check.returncode == 0, f"{name}: {check.stdout}{check.stderr}"
-    return names
-
-
 def backdate(user: User, directory: Path, name: str, when: datetime) -> str:
     """Rename a snapshot (and its checksum line) as if taken at `when`, as the user."""
     new = format_name(when, None)
     script = 'cd "$1" && mv -- "$2" "$3" && rm -- "$2.sha256" && sha256sum -- "$3" > "$3.sha256"'
     run_as(user, ["sh", "-c", script, "sh", str(directory), name, new])
     return new
-
-
-def worker_pids(user: User) -> list[int]:
-    found = subprocess.run(
-        ["pgrep", "-u", str(user.uid), "-f", "t3backupd.worker"], capture_output=True, text=True
-    )
-    return [int(pid) for pid in found.stdout.split()]
-
-
-def wait_for_partial_copy(directory: Path, source_bytes: int, timeout: float = 60) -> str:
-    """The name of the worker's temp copy once it is part-way written."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if directory.is_dir():
-            for name in temps_in(directory):
-                if not name.endswith(TEMP_SUFFIX):
-                    continue
-                try:
-                    size = os.lstat(directory / name).st_size
-                except FileNotFoundError:
-                    continue
-                if 0 < size < source_bytes // 2:
-                    return name
-        time.sleep(0.001)
-    raise AssertionError("never saw the copy in progress")
 
 
 def wait_for_attempt(port: int, user: User, timeout: float = PASS_TIMEOUT) -> str:
@@ -226,9 +82,8 @@ def config_in(directory: Path, user: User, port: int, cron: str) -> Path:
     extra = (
         f'[schedule]\ncron = "{cron}"\ntimezone = "UTC"\ncatch_up = true\n'
         f'[metrics]\nlisten = "127.0.0.1:{port}"\n[retention]\nkeep = 14\n'
-        '[log]\nformat = "json"\n'
     )
-    return write_config(directory, [user], directory / "dest", extra=extra)
+    return json_config(directory, [user], extra)
 
 
 def assert_no_failures(text: str, user: User) -> None:
@@ -236,20 +91,31 @@ def assert_no_failures(text: str, user: User) -> None:
         assert not sample(text, "t3backup_failures_total", user=user.name, reason=reason), reason
 
 
-@dataclass
-class BigSource:
-    user: User
-    source_bytes: int
-    sandbox: Path
+def assert_restored_at_ready(at_ready: str, user: User, name: str) -> None:
+    """Scraped at READY=1: the metrics restored from disk show `name` as the only snapshot."""
+    assert sample(at_ready, "t3backup_last_success_timestamp_seconds", user=user.name) == (
+        snapshot_time(name)
+    )
+    assert sample(at_ready, "t3backup_snapshots", user=user.name) == 1
+
+
+def stop_cleanly(running: Running) -> list[dict[str, Any]]:
+    """SIGTERM: the daemon exits 0 within a minute. Returns its JSON log events."""
+    running.process.send_signal(signal.SIGTERM)
+    assert running.process.wait(60) == 0
+    return log_events(running.log_text())
+
+
+def crashable_daemon(config: Path, port: int, name: str) -> AbstractContextManager[Running]:
+    """The real daemon on `config`, not waited for; SIGKILLed afterwards if alive."""
+    return start_daemon(config, port, config.parent, name, wait_ready=False, stop=signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
-def big_source() -> Iterator[BigSource]:
+def big_source() -> Iterator[UserSource]:
     """One user with a ~300 MB database, made once: copying it takes long enough to kill."""
-    with make_sandbox() as sandbox, user_factory() as factory:
-        user = factory()
-        database = create_state_db(user, size_mb=300, seed=4)
-        yield BigSource(user, database.stat().st_size, sandbox)
+    with user_source(size_mb=300, seed=4) as made:
+        yield made
 
 
 # --- the tests -----------------------------------------------------------------------------
@@ -258,7 +124,7 @@ def big_source() -> Iterator[BigSource]:
 @pytest.mark.root
 @pytest.mark.slow
 def test_daemon_killed_mid_pass_restarts_cleans_up_catches_up_and_restores_metrics(
-    big_source: BigSource,
+    big_source: UserSource,
 ) -> None:
     user, source_bytes = big_source.user, big_source.source_bytes
     port = free_port()
@@ -276,9 +142,9 @@ def test_daemon_killed_mid_pass_restarts_cleans_up_catches_up_and_restores_metri
     assert assert_verified(user, user_dir) == [earlier]
 
     # 1. The daemon starts, catches up, and the whole tree is SIGKILLed mid-copy.
-    with daemon(config, port, "crashed") as crashed:
-        crashed.notify.wait_ready()
-        temp = wait_for_partial_copy(user_dir, source_bytes)
+    with crashable_daemon(config, port, "crashed") as crashed:
+        crashed.notify.ready_scrape(START_TIMEOUT)
+        temp, _ = wait_for_partial_copy(user_dir, source_bytes)
         [worker] = worker_pids(user)
         os.kill(crashed.process.pid, signal.SIGKILL)
         os.killpg(worker, signal.SIGKILL)
@@ -293,12 +159,9 @@ def test_daemon_killed_mid_pass_restarts_cleans_up_catches_up_and_restores_metri
     assert assert_verified(user, user_dir) == [earlier]
 
     # 2. Restarted: metrics from disk at READY, then the catch-up pass heals.
-    with daemon(config, port, "restarted") as restarted:
-        at_ready = restarted.notify.wait_ready()
-        assert sample(at_ready, "t3backup_last_success_timestamp_seconds", user=user.name) == (
-            snapshot_time(earlier)
-        )
-        assert sample(at_ready, "t3backup_snapshots", user=user.name) == 1
+    with crashable_daemon(config, port, "restarted") as restarted:
+        at_ready = restarted.notify.ready_scrape(START_TIMEOUT)
+        assert_restored_at_ready(at_ready, user, earlier)
         assert sample(at_ready, "t3backup_last_snapshot_size_bytes", user=user.name) == (
             (user_dir / earlier).stat().st_size
         )
@@ -314,9 +177,7 @@ def test_daemon_killed_mid_pass_restarts_cleans_up_catches_up_and_restores_metri
         assert sample(after_pass, "t3backup_snapshots", user=user.name) == 2
         assert_no_failures(after_pass, user)
 
-        restarted.process.send_signal(signal.SIGTERM)
-        assert restarted.process.wait(60) == 0
-    events = log_events(restarted.log.read_text(errors="replace"))
+        events = stop_cleanly(restarted)
     assert any(event.get("event", "").startswith("catching up") for event in events)
     passes = [event.get("trigger") for event in events if event.get("event") == "pass started"]
     assert passes == ["catch-up"]
@@ -327,7 +188,7 @@ def test_daemon_killed_mid_pass_restarts_cleans_up_catches_up_and_restores_metri
 @pytest.mark.root
 @pytest.mark.slow
 def test_daemon_killed_alone_leaves_its_worker_to_finish_a_complete_snapshot(
-    big_source: BigSource,
+    big_source: UserSource,
 ) -> None:
     user, source_bytes = big_source.user, big_source.source_bytes
     port = free_port()
@@ -335,8 +196,8 @@ def test_daemon_killed_alone_leaves_its_worker_to_finish_a_complete_snapshot(
     user_dir = config.parent / "dest" / user.name
 
     # No snapshot yet, so the daemon catches up at start; only the daemon is killed.
-    with daemon(config, port, "crashed") as crashed:
-        crashed.notify.wait_ready()
+    with crashable_daemon(config, port, "crashed") as crashed:
+        crashed.notify.ready_scrape(START_TIMEOUT)
         wait_for_partial_copy(user_dir, source_bytes)
         [worker] = worker_pids(user)
         os.kill(crashed.process.pid, signal.SIGKILL)
@@ -351,13 +212,7 @@ def test_daemon_killed_alone_leaves_its_worker_to_finish_a_complete_snapshot(
     assert temps_in(user_dir) == []
 
     # Restarted: the orphan's snapshot is on disk and in the metrics, so no catch-up.
-    with daemon(config, port, "restarted") as restarted:
-        at_ready = restarted.notify.wait_ready()
-        assert sample(at_ready, "t3backup_last_success_timestamp_seconds", user=user.name) == (
-            snapshot_time(name)
-        )
-        assert sample(at_ready, "t3backup_snapshots", user=user.name) == 1
-        restarted.process.send_signal(signal.SIGTERM)
-        assert restarted.process.wait(60) == 0
-    events = log_events(restarted.log.read_text(errors="replace"))
+    with crashable_daemon(config, port, "restarted") as restarted:
+        assert_restored_at_ready(restarted.notify.ready_scrape(START_TIMEOUT), user, name)
+        events = stop_cleanly(restarted)
     assert not [event for event in events if event.get("event") == "pass started"]

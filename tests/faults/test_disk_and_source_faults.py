@@ -12,26 +12,22 @@ import os
 import random
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import need
-from support.system import (
-    PYTHON,
-    create_state_db,
-    log_events,
-    run_as,
-    sha256sum_check,
-    snapshot_files,
-    t3backupd,
-    write_config,
+from support.snapshots import (
+    MakeUser,
+    json_config,
+    published_state,
+    snapshot_events,
+    temps_in,
 )
+from support.system import PYTHON, create_state_db, run_as, t3backupd
 
-from t3backupd.naming import TEMP_PREFIX
 from t3backupd.usermap import User
 
-MakeUser = Callable[[], User]
 PAGE = 4096
 TMPFS_BYTES = 8 << 20
 
@@ -80,13 +76,8 @@ def small_dest(sandbox: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(dest)], check=True)
 
 
-def config_for(
-    directory: Path, user: User, dest: Path, extra: str = "", source: str | None = None
-) -> Path:
-    text = f'[retention]\nkeep = 14\n[log]\nformat = "json"\n{extra}'
-    if source is None:
-        return write_config(directory, [user], dest, extra=text)
-    return write_config(directory, [user], dest, extra=text, source=source)
+def config_for(directory: Path, user: User, dest: Path, extra: str = "") -> Path:
+    return json_config(directory, [user], f"[retention]\nkeep = 14\n{extra}", dest)
 
 
 def free_bytes(path: Path) -> int:
@@ -98,20 +89,6 @@ def source_bytes(database: Path) -> int:
     """What the worker's space guard counts: the database plus its WAL."""
     wal = Path(f"{database}-wal")
     return database.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
-
-
-def temps_in(directory: Path) -> list[str]:
-    return sorted(name for name in os.listdir(directory) if name.startswith(TEMP_PREFIX))
-
-
-def published_state(user: User, directory: Path) -> dict[str, str]:
-    """Every published snapshot with its checksum line, each passing `sha256sum -c`."""
-    state = {}
-    for name in snapshot_files(directory):
-        check = sha256sum_check(user, directory, name)
-        assert check.returncode == 0, f"{name}: {check.stdout}{check.stderr}"
-        state[name] = (directory / (name + ".sha256")).read_text()
-    return state
 
 
 def take_first_snapshot(config: Path, user: User, user_dir: Path) -> dict[str, str]:
@@ -138,7 +115,7 @@ def assert_clean_failure(
     assert line.startswith(prefix), line
     reason, message = line.removeprefix(prefix).split(": ", 1)
     assert reason in reasons, line
-    [event] = [event for event in log_events(result.stderr) if event.get("event") == "snapshot"]
+    [event] = snapshot_events(result.stderr)
     assert (event["status"], event["reason"], event["message"]) == ("failed", reason, message)
     assert temps_in(user_dir) == []
     assert published_state(user, user_dir) == before

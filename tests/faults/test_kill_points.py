@@ -18,21 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.system import (
-    PYTHON,
-    create_state_db,
-    make_sandbox,
-    run_as,
-    sha256sum_check,
-    snapshot_files,
-    t3backupd,
-    user_factory,
-    write_config,
-)
+from support.snapshots import assert_verified, json_config, temps_in, user_source
+from support.system import PYTHON, run_as, t3backupd
 
 from t3backupd.backup_pass import snapshot_spec
 from t3backupd.config import load_config
-from t3backupd.naming import TEMP_PREFIX
 from t3backupd.spawn import prepare_user_dir
 from t3backupd.usermap import User
 
@@ -57,11 +47,9 @@ class Source:
 @pytest.fixture(scope="module")
 def source() -> Iterator[Source]:
     """One user with a small database, made once; no test writes to it."""
-    with make_sandbox() as sandbox, user_factory() as factory:
-        user = factory()
-        database = create_state_db(user, size_mb=3, seed=5)
-        _, events = inspect(user, database)
-        yield Source(user, database, events, sandbox)
+    with user_source(size_mb=3, seed=5) as made:
+        _, events = inspect(made.user, made.database)
+        yield Source(made.user, made.database, events, made.sandbox)
 
 
 def inspect(user: User, path: Path) -> tuple[str, int]:
@@ -73,15 +61,8 @@ def inspect(user: User, path: Path) -> tuple[str, int]:
 
 def config_in(directory: Path, user: User, method: str, keep: int) -> Path:
     directory.mkdir(mode=0o755)
-    extra = (
-        f'[snapshot]\nmethod = "{method}"\nverify = "full"\n'
-        f'[retention]\nkeep = {keep}\n[log]\nformat = "json"\n'
-    )
-    return write_config(directory, [user], directory / "dest", extra=extra)
-
-
-def temps_in(directory: Path) -> list[str]:
-    return sorted(name for name in os.listdir(directory) if name.startswith(TEMP_PREFIX))
+    extra = f'[snapshot]\nmethod = "{method}"\nverify = "full"\n[retention]\nkeep = {keep}\n'
+    return json_config(directory, [user], extra)
 
 
 def run_worker_with_fault(
@@ -109,10 +90,8 @@ def run_worker_with_fault(
 def assert_all_published_complete(source: Source, user_dir: Path) -> list[str]:
     """Every `state-*.sqlite` passes `sha256sum -c` and integrity_check and holds every
     event of the (unchanging) source. Returns the names."""
-    names = snapshot_files(user_dir)
+    names = assert_verified(source.user, user_dir)
     for name in names:
-        check = sha256sum_check(source.user, user_dir, name)
-        assert check.returncode == 0, f"{name}: {check.stdout}{check.stderr}"
         assert inspect(source.user, user_dir / name) == ("ok", source.events), name
     return names
 

@@ -7,28 +7,24 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.system import (
-    PYTHON,
-    create_state_db,
-    log_events,
-    make_sandbox,
-    sha256sum_check,
-    snapshot_files,
-    spawn_as,
-    t3backupd,
-    user_factory,
-    write_config,
+from support.snapshots import (
+    MakeUser,
+    UserSource,
+    json_config,
+    published_state,
+    snapshot_events,
+    temps_in,
+    user_source,
+    wait_for_partial_copy,
+    worker_pids,
 )
+from support.system import PYTHON, create_state_db, snapshot_files, spawn_as, t3backupd
 
 from t3backupd.usermap import User
-
-MakeUser = Callable[[], User]
-TEMP_PREFIX = ".t3backupd-"
 
 # As the user: take SQLite's exclusive lock on the source, write, and hold it.
 HOLD_EXCLUSIVE_LOCK = r"""
@@ -43,35 +39,14 @@ time.sleep(600)
 
 
 def config_in(directory: Path, user: User, method: str = "backup", timeout: int = 900) -> Path:
-    directory.mkdir(mode=0o755, exist_ok=True)
     extra = (
-        f'[snapshot]\nmethod = "{method}"\ntimeout_seconds = {timeout}\n'
-        '[retention]\nkeep = 14\n[log]\nformat = "json"\n'
+        f'[snapshot]\nmethod = "{method}"\ntimeout_seconds = {timeout}\n[retention]\nkeep = 14\n'
     )
-    return write_config(directory, [user], directory / "dest", extra=extra)
-
-
-def temps_in(directory: Path) -> list[str]:
-    return sorted(name for name in os.listdir(directory) if name.startswith(TEMP_PREFIX))
-
-
-def published_state(user: User, directory: Path) -> dict[str, str]:
-    """Every published snapshot with its checksum line; each must pass the real
-    `sha256sum -c`, so an unchanged line means unchanged content."""
-    state = {}
-    for name in snapshot_files(directory):
-        check = sha256sum_check(user, directory, name)
-        assert check.returncode == 0, f"{name}: {check.stdout}{check.stderr}"
-        state[name] = (directory / (name + ".sha256")).read_text()
-    return state
+    return json_config(directory, [user], extra)
 
 
 def snapshot_event(stderr: str, user: User) -> dict[str, object]:
-    [event] = [
-        event
-        for event in log_events(stderr)
-        if event.get("event") == "snapshot" and event.get("user") == user.name
-    ]
+    [event] = [event for event in snapshot_events(stderr) if event.get("user") == user.name]
     return event
 
 
@@ -109,27 +84,11 @@ def test_source_locked_past_timeout_fails_with_timeout_and_leaves_no_temp(
     assert published_state(user, user_dir) == before
 
 
-@dataclass
-class BigSource:
-    user: User
-    database: Path
-    sandbox: Path
-
-
 @pytest.fixture(scope="module")
-def big_source() -> Iterator[BigSource]:
+def big_source() -> Iterator[UserSource]:
     """One user with a ~300 MB database, made once: copying it takes long enough to kill."""
-    with make_sandbox() as sandbox, user_factory() as factory:
-        user = factory()
-        database = create_state_db(user, size_mb=300, seed=3)
-        yield BigSource(user, database, sandbox)
-
-
-def worker_pids(user: User) -> list[int]:
-    found = subprocess.run(
-        ["pgrep", "-u", str(user.uid), "-f", "t3backupd.worker"], capture_output=True, text=True
-    )
-    return [int(pid) for pid in found.stdout.split()]
+    with user_source(size_mb=300, seed=3) as made:
+        yield made
 
 
 def kill_worker_mid_copy(user: User, user_dir: Path, source_bytes: int) -> int:
@@ -141,26 +100,15 @@ def kill_worker_mid_copy(user: User, user_dir: Path, source_bytes: int) -> int:
         assert time.monotonic() < deadline, "worker never started"
         pids = worker_pids(user)
     assert len(pids) == 1, pids
-    while time.monotonic() < deadline:
-        if user_dir.is_dir():
-            for name in temps_in(user_dir):
-                if not name.endswith(".tmp"):
-                    continue
-                try:
-                    size = os.lstat(user_dir / name).st_size
-                except FileNotFoundError:
-                    continue
-                if 0 < size < source_bytes // 2:
-                    os.kill(pids[0], signal.SIGKILL)
-                    return size
-        time.sleep(0.001)
-    raise AssertionError("never saw the copy in progress")
+    _, size = wait_for_partial_copy(user_dir, source_bytes, deadline - time.monotonic())
+    os.kill(pids[0], signal.SIGKILL)
+    return size
 
 
 @pytest.mark.root
 @pytest.mark.parametrize("method", ["backup", "vacuum"])
 def test_worker_killed_mid_copy_publishes_nothing_partial_and_next_pass_cleans_up(
-    big_source: BigSource, method: str
+    big_source: UserSource, method: str
 ) -> None:
     user = big_source.user
     config = config_in(big_source.sandbox / f"kill-{method}", user, method=method)

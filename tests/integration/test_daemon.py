@@ -5,7 +5,6 @@ CI; as the invoking user otherwise, where tests needing several users skip)."""
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
 import signal
 import subprocess
@@ -27,6 +26,7 @@ from support.daemon import (
     scrape,
     snapshot_times,
 )
+from support.snapshots import flip_byte
 from support.system import (
     IS_ROOT,
     PYTHON,
@@ -292,11 +292,7 @@ def test_scheduled_verification_counts_a_corrupted_snapshot(site: Site) -> None:
     cli_snapshot(site)
     (name, _), *_ = snapshot_times(site, user)
     snapshot = site.dest / user.name / name
-    with snapshot.open("r+b") as handle:
-        handle.seek(snapshot.stat().st_size // 2)
-        byte = handle.read(1)
-        handle.seek(-1, os.SEEK_CUR)
-        handle.write(bytes([byte[0] ^ 0xFF]))
+    flip_byte(snapshot, snapshot.stat().st_size // 2)
     site.write([user], extra='[verify]\ncron = "* * * * *"\n')
     with daemon(site):
         text = scrape(site.port)

@@ -4,14 +4,13 @@ Real users, the real CLI and real setuid workers. Needs root."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from support import need
+from support.snapshots import MakeUser, json_config, sha256_of, snapshot_outcomes
 from support.system import (
     create_state_db,
     log_events,
@@ -20,25 +19,22 @@ from support.system import (
     snapshot_files,
     state_path,
     t3backupd,
-    write_config,
 )
 
 from t3backupd.usermap import User
 
-MakeUser = Callable[[], User]
 SHADOW = Path("/etc/shadow")
 
 
 def config_for(sandbox: Path, users: list[User], keep: int = 14, **kwargs: str) -> Path:
-    extra = f'[retention]\nkeep = {keep}\n[log]\nformat = "json"\n'
-    return write_config(sandbox, users, sandbox / "dest", extra=extra, **kwargs)
+    return json_config(sandbox, users, f"[retention]\nkeep = {keep}\n", **kwargs)
 
 
 def fingerprint(path: Path) -> tuple[str, int, int, int]:
     """Content hash, mode, owner and group of a file (never following a link)."""
     info = os.lstat(path)
     return (
-        hashlib.sha256(path.read_bytes()).hexdigest(),
+        sha256_of(path),
         stat.S_IMODE(info.st_mode),
         info.st_uid,
         info.st_gid,
@@ -53,14 +49,6 @@ def shadow_state() -> tuple[frozenset[bytes], int, int, int]:
         line for line in SHADOW.read_bytes().splitlines() if not line.startswith(b"t3t")
     )
     return lines, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid
-
-
-def snapshot_events(stderr: str) -> dict[str, tuple[str, str | None]]:
-    return {
-        event["user"]: (event["status"], event["reason"])
-        for event in log_events(stderr)
-        if event.get("event") == "snapshot"
-    }
 
 
 def all_bytes_under(directory: Path) -> list[tuple[Path, bytes]]:
@@ -89,7 +77,7 @@ def test_source_symlink_to_shadow_fails_with_permission_and_leaks_nothing(
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"{attacker.name}: FAILED permission" in result.stdout
-    assert snapshot_events(result.stderr) == {
+    assert snapshot_outcomes(result.stderr) == {
         attacker.name: ("failed", "permission"),
         bystander.name: ("ok", None),
     }
@@ -154,8 +142,8 @@ def test_user_dir_precreated_as_symlink_is_refused_and_target_untouched(
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"{attacker.name}: FAILED permission" in result.stdout
-    assert snapshot_events(result.stderr)[attacker.name] == ("failed", "permission")
-    assert snapshot_events(result.stderr)[bystander.name] == ("ok", None)
+    assert snapshot_outcomes(result.stderr)[attacker.name] == ("failed", "permission")
+    assert snapshot_outcomes(result.stderr)[bystander.name] == ("ok", None)
     assert sorted(os.listdir(elsewhere)) == ["keep"]
     info = os.lstat(elsewhere)
     assert (fingerprint(elsewhere / "keep"), info.st_uid, stat.S_IMODE(info.st_mode)) == (
@@ -180,7 +168,7 @@ def test_user_dir_owned_by_another_user_is_refused(sandbox: Path, make_user: Mak
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"{victim.name}: FAILED permission" in result.stdout
-    assert snapshot_events(result.stderr) == {victim.name: ("failed", "permission")}
+    assert snapshot_outcomes(result.stderr) == {victim.name: ("failed", "permission")}
     info = os.lstat(squatted)
     assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (other.uid, other.gid, 0o700)
     assert os.listdir(squatted) == []
@@ -224,7 +212,7 @@ def test_bad_usermap_lines_are_skipped_with_line_numbers_and_valid_users_proceed
     assert all(
         event["level"] == "warning" for event in events if event["event"] == "usermap entry skipped"
     )
-    assert snapshot_events(result.stderr) == {first.name: ("ok", None), second.name: ("ok", None)}
+    assert snapshot_outcomes(result.stderr) == {first.name: ("ok", None), second.name: ("ok", None)}
     for user in (first, second):
         [name] = snapshot_files(sandbox / "dest" / user.name)
         assert sha256sum_check(user, sandbox / "dest" / user.name, name).returncode == 0

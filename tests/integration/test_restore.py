@@ -8,10 +8,10 @@ import json
 import os
 import stat
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support.snapshots import MakeUser, json_config, take_snapshot
 from support.system import (
     PYTHON,
     create_state_db,
@@ -20,13 +20,9 @@ from support.system import (
     snapshot_files,
     spawn_as,
     t3backupd,
-    write_config,
 )
 
 from t3backupd.usermap import User
-
-MakeUser = Callable[[], User]
-JSON_LOG = '[log]\nformat = "json"\n'
 
 # Content of a database, read as its owner (never as root: SQLite may create -shm).
 DIGEST_SCRIPT = (
@@ -71,10 +67,6 @@ with open(out, "w") as handle:
 """
 
 
-def config_for(sandbox: Path, users: list[User]) -> Path:
-    return write_config(sandbox, users, sandbox / "dest", extra=JSON_LOG)
-
-
 def digest_as(user: User, path: Path) -> str:
     return run_as(user, [PYTHON, "-I", "-c", DIGEST_SCRIPT, str(path)]).stdout.strip()
 
@@ -91,13 +83,6 @@ def is_wal(path: Path) -> bool:
     """The file format bytes 18-19 of the header: 2, 2 means WAL mode."""
     header = path.read_bytes()[:100]
     return header[:16] == b"SQLite format 3\x00" and header[18:20] == b"\x02\x02"
-
-
-def take_snapshot(config: Path, user: User, label: str | None = None) -> str:
-    args = ["snapshot", "--user", user.name] + (["--label", label] if label else [])
-    result = t3backupd(config, *args)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout.split()[2]
 
 
 def change_database(user: User, database: Path) -> None:
@@ -118,7 +103,7 @@ def test_restore_to_writes_a_verified_0600_copy_equal_to_the_snapshot(
 ) -> None:
     user = make_user()
     database = create_state_db(user, size_mb=2, seed=1)
-    config = config_for(sandbox, [user])
+    config = json_config(sandbox, [user])
     name = take_snapshot(config, user)
     snapshot = sandbox / "dest" / user.name / name
     change_database(user, database)
@@ -144,7 +129,7 @@ def test_runbook_in_place_restore_returns_labelled_state_and_undo_returns_the_up
     user = make_user()
     database = create_state_db(user, size_mb=2, seed=2)
     os.chmod(database, 0o640)  # not the default: "kept" must mean kept
-    config = config_for(sandbox, [user])
+    config = json_config(sandbox, [user])
     user_dir = sandbox / "dest" / user.name
     # Runbook step 1: a labelled snapshot before the bump.
     labelled = take_snapshot(config, user, label="before-t3-0.0.99")
@@ -196,7 +181,7 @@ def test_in_place_is_refused_while_a_user_process_holds_it_and_force_is_consiste
 ) -> None:
     user = make_user()
     database = create_state_db(user, size_mb=2, seed=3)
-    config = config_for(sandbox, [user])
+    config = json_config(sandbox, [user])
     user_dir = sandbox / "dest" / user.name
     name = take_snapshot(config, user)
     change_database(user, database)
@@ -245,7 +230,7 @@ def test_restore_to_an_unwritable_or_existing_path_is_refused_without_change(
 ) -> None:
     user = make_user()
     create_state_db(user, size_mb=1, seed=4)
-    config = config_for(sandbox, [user])
+    config = json_config(sandbox, [user])
     take_snapshot(config, user)
 
     unwritable = sandbox / "root-only" / "restored.sqlite"  # root's 0755 dir
@@ -291,7 +276,7 @@ def test_snapshot_name_with_slash_or_dotdot_is_refused_before_anything_runs(
 ) -> None:
     user = make_user()
     database = create_state_db(user, size_mb=1, seed=5)
-    config = config_for(sandbox, [user])
+    config = json_config(sandbox, [user])
     live = database.read_bytes()
     for where in (["--in-place"], ["--to", str(Path(user.home) / "out.sqlite")]):
         result = t3backupd(config, "restore", "--user", user.name, "--snapshot", snapshot, *where)
@@ -309,7 +294,7 @@ def test_unknown_snapshot_or_label_fails_with_one_line_and_writes_nothing(
 ) -> None:
     user = make_user()
     create_state_db(user, size_mb=1, seed=6)
-    config = config_for(sandbox, [user])
+    config = json_config(sandbox, [user])
     take_snapshot(config, user)
     target = Path(user.home) / "out.sqlite"
     for snapshot in ("no-such-label", "state-20000101T000000Z.sqlite"):
@@ -328,7 +313,7 @@ def test_in_place_restore_of_a_lost_database_recreates_it_in_wal_mode(
 ) -> None:
     user = make_user()
     database = create_state_db(user, size_mb=1, seed=7)
-    config = config_for(sandbox, [user])
+    config = json_config(sandbox, [user])
     name = take_snapshot(config, user)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{database}{suffix}").unlink(missing_ok=True)

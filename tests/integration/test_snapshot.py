@@ -3,21 +3,19 @@ process running as the user, the real CLI spawning real setuid workers. Needs ro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
 import stat
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from support.snapshots import MakeUser, json_config, snapshot_events, snapshot_outcomes
 from support.system import (
     create_state_db,
     live_writer,
-    log_events,
     run_as,
     sha256sum_check,
     snapshot_files,
@@ -30,15 +28,10 @@ from t3backupd.naming import parse_name
 from t3backupd.sampledb import check_consistent_prefix
 from t3backupd.usermap import User
 
-MakeUser = Callable[[], User]
-JSON_LOG = '[log]\nformat = "json"\n'
 
-
-def config_for(
-    sandbox: Path, users: list[User], method: str = "backup", keep: int = 14, **kwargs: str
-) -> Path:
-    extra = f'[snapshot]\nmethod = "{method}"\n[retention]\nkeep = {keep}\n{JSON_LOG}'
-    return write_config(sandbox, users, sandbox / "dest", extra=extra, **kwargs)
+def config_for(sandbox: Path, users: list[User], method: str = "backup", keep: int = 14) -> Path:
+    extra = f'[snapshot]\nmethod = "{method}"\n[retention]\nkeep = {keep}\n'
+    return json_config(sandbox, users, extra)
 
 
 def published(result_stdout: str, user: User) -> str:
@@ -111,7 +104,7 @@ def test_snapshot_under_live_writer_is_consistent_verified_and_checksummed(
     assert f"{name}: OK" in check.stdout
     assert_design_modes(sandbox / "dest", user)
 
-    events = [event for event in log_events(result.stderr) if event.get("event") == "snapshot"]
+    events = snapshot_events(result.stderr)
     assert [(event["user"], event["status"], event["snapshot"]) for event in events] == [
         (user.name, "ok", name)
     ]
@@ -157,12 +150,10 @@ def test_one_users_failure_does_not_stop_the_next_user(
     assert sha256sum_check(healthy, healthy_dir, name).returncode == 0
     assert snapshot_files(sandbox / "dest" / broken.name) == []
     assert not [n for n in os.listdir(sandbox / "dest" / broken.name) if n.startswith(".t3")]
-    statuses = {
-        event["user"]: (event["status"], event["reason"])
-        for event in log_events(result.stderr)
-        if event.get("event") == "snapshot"
+    assert snapshot_outcomes(result.stderr) == {
+        broken.name: ("failed", "sqlite_error"),
+        healthy.name: ("ok", None),
     }
-    assert statuses == {broken.name: ("failed", "sqlite_error"), healthy.name: ("ok", None)}
 
 
 @pytest.mark.root
@@ -174,7 +165,7 @@ def test_user_without_database_is_skipped_and_pass_exits_zero(
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{user.name}: skipped" in result.stdout
     assert snapshot_files(sandbox / "dest" / user.name) == []
-    [event] = [event for event in log_events(result.stderr) if event.get("event") == "snapshot"]
+    [event] = snapshot_events(result.stderr)
     assert (event["status"], event["reason"]) == ("skipped", "no_source")
 
 
@@ -237,10 +228,6 @@ def test_retention_keeps_newest_unlabelled_plus_labelled_and_prunes_legacy(
     times = [row["timestamp"] for row in rows]
     assert times == sorted(times, reverse=True), "list is newest first"
     assert all(row["has_checksum"] and row["bytes"] > 0 for row in rows)
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.mark.root

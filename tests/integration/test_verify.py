@@ -8,36 +8,16 @@ import hashlib
 import json
 import os
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
-from support.system import (
-    create_state_db,
-    sha256sum_check,
-    snapshot_files,
-    t3backupd,
-    write_config,
-)
+from support.snapshots import MakeUser, flip_byte, json_config, sha256_of, take_snapshot
+from support.system import create_state_db, sha256sum_check, snapshot_files, t3backupd
 
 from t3backupd.config import load_config
 from t3backupd.usermap import User
 from t3backupd.verify import VerifyUserResult, run_verify_pass
-
-MakeUser = Callable[[], User]
-JSON_LOG = '[log]\nformat = "json"\n'
-
-
-def config_for(sandbox: Path, users: list[User]) -> Path:
-    return write_config(sandbox, users, sandbox / "dest", extra=JSON_LOG)
-
-
-def take_snapshot(config: Path, user: User, label: str | None = None) -> str:
-    args = ["snapshot", "--user", user.name] + (["--label", label] if label else [])
-    result = t3backupd(config, *args)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout.split()[2]
 
 
 def verify_json(config: Path, *args: str) -> tuple[int, dict[str, object]]:
@@ -49,14 +29,6 @@ def outcomes(document: dict[str, object]) -> dict[str, str]:
     users = document["users"]
     assert isinstance(users, list)
     return {item["name"]: item["outcome"] for user in users for item in user["snapshots"]}
-
-
-def flip_byte(path: Path, offset: int) -> None:
-    with open(path, "r+b") as handle:
-        handle.seek(offset)
-        byte = handle.read(1)
-        handle.seek(offset)
-        handle.write(bytes([byte[0] ^ 0xFF]))
 
 
 def corrupt_table_root(path: Path, table: str) -> None:
@@ -76,7 +48,7 @@ def corrupt_table_root(path: Path, table: str) -> None:
 
 
 def rewrite_checksum(path: Path) -> None:
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_of(path)
     Path(f"{path}.sha256").write_text(f"{digest}  {path.name}\n")
 
 
@@ -101,7 +73,7 @@ def test_verify_reports_each_snapshot_ok_and_exits_0_text_json_and_latest(
 ) -> None:
     user = make_user()
     create_state_db(user, size_mb=1, seed=11)
-    config = config_for(sandbox, [user])
+    config = json_config(sandbox, [user])
     first = take_snapshot(config, user, label="before-bump")
     second = take_snapshot(config, user)
 
@@ -135,7 +107,7 @@ def test_one_flipped_byte_is_a_checksum_mismatch_exit_1_and_restore_refuses_it(
 ) -> None:
     user = make_user()
     database = create_state_db(user, size_mb=1, seed=12)
-    config = config_for(sandbox, [user])
+    config = json_config(sandbox, [user])
     good = take_snapshot(config, user)
     damaged = take_snapshot(config, user)
     user_dir = sandbox / "dest" / user.name
@@ -162,7 +134,7 @@ def test_corrupt_pages_under_a_matching_checksum_are_integrity_errors_and_refuse
 ) -> None:
     user = make_user()
     database = create_state_db(user, size_mb=2, seed=13)
-    config = config_for(sandbox, [user])
+    config = json_config(sandbox, [user])
     name = take_snapshot(config, user)
     user_dir = sandbox / "dest" / user.name
     corrupt_table_root(user_dir / name, "projection_thread_messages")
@@ -184,7 +156,7 @@ def test_symlinked_snapshot_is_reported_unreadable_and_never_followed(
 ) -> None:
     user = make_user()
     create_state_db(user, size_mb=1, seed=14)
-    config = config_for(sandbox, [user])
+    config = json_config(sandbox, [user])
     good = take_snapshot(config, user)
     user_dir = sandbox / "dest" / user.name
     # A root-only, perfectly valid database: following the link as root would "work".
@@ -235,7 +207,7 @@ def test_verify_pass_for_the_daemon_counts_failures_per_user(
     healthy, damaged = make_user(), make_user()
     for index, user in enumerate((healthy, damaged)):
         create_state_db(user, size_mb=1, seed=20 + index)
-    config_path = config_for(sandbox, [healthy, damaged])
+    config_path = json_config(sandbox, [healthy, damaged])
     take_snapshot(config_path, healthy)
     take_snapshot(config_path, damaged)
     name = take_snapshot(config_path, damaged)

@@ -1,5 +1,5 @@
 """The real daemon for tests: a NOTIFY_SOCKET the test owns, /metrics scrapes, a sandbox
-("site") with config, usermap, dest and users, and `python -m t3backupd run` as a child."""
+("site") with config, usermap, dest and users, and `python -I -m t3backupd run` as a child."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -71,13 +70,14 @@ class Message:
     at: float  # time.monotonic()
     fields: dict[str, str]
     scrape_ok: bool | None = None  # for READY=1: did /metrics answer right then?
+    scrape_text: str | None = None  # for READY=1: what /metrics answered right then
 
 
 class NotifyListener:
     """A datagram socket standing in for systemd's NOTIFY_SOCKET; records every message.
 
     On READY=1 it scrapes /metrics at once, from its own thread, so a READY sent before
-    the endpoint answers is caught.
+    the endpoint answers is caught, and the values seen are those the daemon was ready with.
     """
 
     def __init__(self, path: Path, port: int) -> None:
@@ -104,7 +104,7 @@ class NotifyListener:
             message = Message(time.monotonic(), fields)
             if fields.get("READY") == "1":
                 try:
-                    scrape(self.port)
+                    message.scrape_text = scrape(self.port)
                     message.scrape_ok = True
                 except OSError:
                     message.scrape_ok = False
@@ -135,6 +135,12 @@ class NotifyListener:
             ),
             **kwargs,  # type: ignore[arg-type]
         )
+
+    def ready_scrape(self, timeout: float = START_TIMEOUT) -> str:
+        """The /metrics text scraped the moment the first READY=1 arrived."""
+        ready = self.messages[self.wait_field("READY", "1", timeout=timeout)]
+        assert ready.scrape_text is not None, "/metrics did not answer at READY=1"
+        return ready.scrape_text
 
     def close(self) -> None:
         self._closed = True
@@ -202,11 +208,26 @@ class Running:
 
 
 @contextmanager
-def daemon(site: Site, watchdog_usec: int | None = None, watchdog_pid: str | None = None,
-           wait_ready: bool = True) -> Iterator[Running]:  # fmt: skip
-    """The real `python -m t3backupd -c CONFIG run`, stopped (SIGTERM) afterwards."""
-    notify = NotifyListener(site.root / f"notify-{time.monotonic_ns()}", site.port)
-    log = site.root / "daemon.log"
+def start_daemon(
+    config: Path,
+    port: int,
+    workdir: Path,
+    name: str = "daemon",
+    *,
+    watchdog_usec: int | None = None,
+    watchdog_pid: str | None = None,
+    wait_ready: bool = True,
+    stop: signal.Signals = signal.SIGTERM,
+) -> Iterator[Running]:
+    """The real `python -I -m t3backupd -c CONFIG run`, run from `/` (the installed package,
+    as under systemd, never the checkout), with a NOTIFY_SOCKET of the test's and its log
+    `<workdir>/<name>.log`. With `wait_ready`, entered once READY=1 has come.
+
+    If still running at the end: `stop=SIGTERM` sends it and waits out the daemon's grace
+    (then SIGKILL); `stop=SIGKILL` kills it at once.
+    """
+    notify = NotifyListener(workdir / f"notify-{name}-{time.monotonic_ns()}", port)
+    log = workdir / f"{name}.log"
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("WATCHDOG_", "T3_BACKUP_", "NOTIFY_"))}  # fmt: skip
     env.update({"NOTIFY_SOCKET": str(notify.path), "T3BACKUPD_CONFIG": ""})
@@ -216,11 +237,11 @@ def daemon(site: Site, watchdog_usec: int | None = None, watchdog_pid: str | Non
         env["WATCHDOG_PID"] = watchdog_pid
     with log.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "t3backupd", "-c", str(site.config), "run"],
+            [PYTHON, "-I", "-m", "t3backupd", "-c", str(config), "run"],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd="/",  # the installed package, as under systemd (not the checkout in cwd)
+            cwd="/",
         )
     running = Running(process, notify, log, time.monotonic())
     try:
@@ -228,17 +249,32 @@ def daemon(site: Site, watchdog_usec: int | None = None, watchdog_pid: str | Non
             notify.wait_field("READY", "1", timeout=START_TIMEOUT)
         yield running
     except BaseException:
-        print(f"--- daemon log ---\n{log.read_text(errors='replace')}")
+        print(f"--- {name} log ---\n{running.log_text()}")
         raise
     finally:
         if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(stop)
             try:
                 process.wait(STOP_GRACE + 5)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
         notify.close()
+
+
+@contextmanager
+def daemon(site: Site, watchdog_usec: int | None = None, watchdog_pid: str | None = None,
+           wait_ready: bool = True) -> Iterator[Running]:  # fmt: skip
+    """The real daemon on `site`'s config (see start_daemon), stopped (SIGTERM) afterwards."""
+    with start_daemon(
+        site.config,
+        site.port,
+        site.root,
+        watchdog_usec=watchdog_usec,
+        watchdog_pid=watchdog_pid,
+        wait_ready=wait_ready,
+    ) as running:
+        yield running
 
 
 def snapshot_times(site: Site, user: User) -> list[tuple[str, float]]:

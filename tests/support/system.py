@@ -72,15 +72,23 @@ def current_user() -> User:
     return User(record.pw_name, record.pw_uid, record.pw_gid, record.pw_dir)
 
 
+def as_user(user: User) -> dict[str, Any]:
+    """subprocess keywords for a child run as `user` (as the invoking user when not root),
+    from `/`, with a minimal environment."""
+    return {
+        "user": user.uid if IS_ROOT else None,
+        "group": user.gid if IS_ROOT else None,
+        "extra_groups": [] if IS_ROOT else None,
+        "cwd": "/",
+        "env": {"HOME": user.home, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+    }
+
+
 def run_as(user: User, command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """Run a command as `user` (plain run when not root), capturing text output."""
     return subprocess.run(
         command,
-        user=user.uid if IS_ROOT else None,
-        group=user.gid if IS_ROOT else None,
-        extra_groups=[] if IS_ROOT else None,
-        cwd="/",
-        env={"HOME": user.home, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        **as_user(user),
         capture_output=True,
         text=True,
         check=kwargs.pop("check", True),
@@ -121,15 +129,7 @@ def live_writer(user: User, db: Path, rate: float | None = 200.0) -> Iterator[Li
                "--stats", str(stats_path), "--ready-file", str(ready)]  # fmt: skip
     if rate is not None:
         command += ["--rate", str(rate)]
-    process = subprocess.Popen(
-        command,
-        user=user.uid if IS_ROOT else None,
-        group=user.gid if IS_ROOT else None,
-        extra_groups=[] if IS_ROOT else None,
-        cwd="/",
-        env={"HOME": user.home, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-        text=True,
-    )
+    process = spawn_as(user, command)
     writer = LiveWriter(process, stats_path)
     try:
         deadline = time.monotonic() + 30
@@ -181,16 +181,7 @@ def t3backupd(config: Path, *args: str, timeout: float = 300) -> subprocess.Comp
 
 def spawn_as(user: User, command: list[str], **kwargs: Any) -> subprocess.Popen[str]:
     """Start a long-running command as `user` (plain Popen when not root), text pipes."""
-    return subprocess.Popen(
-        command,
-        user=user.uid if IS_ROOT else None,
-        group=user.gid if IS_ROOT else None,
-        extra_groups=[] if IS_ROOT else None,
-        cwd="/",
-        env={"HOME": user.home, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-        text=True,
-        **kwargs,
-    )
+    return subprocess.Popen(command, **as_user(user), text=True, **kwargs)
 
 
 def sha256sum_check(user: User, directory: Path, name: str) -> subprocess.CompletedProcess[str]:
