@@ -52,7 +52,7 @@ $(VENV)/.deps: pyproject.toml | apt
 	$(BASE_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q '.[test]'
-	chmod -R a+rX $(dir $(VENV)) 2>/dev/null || true
+	chmod -R a+rX $(VENV)
 	touch $@
 
 venv: $(VENV)/.deps
@@ -63,8 +63,8 @@ install: apt venv
 	chmod -R a+rX $(VENV)
 
 lint: install
-	$(VENV)/bin/ruff check t3backupd tests bench
-	$(VENV)/bin/ruff format --check t3backupd tests bench
+	$(VENV)/bin/ruff check t3backupd tests $(wildcard bench)
+	$(VENV)/bin/ruff format --check t3backupd tests $(wildcard bench)
 
 typecheck: install
 	$(VENV)/bin/mypy --strict t3backupd
