@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -80,6 +80,10 @@ class Metrics:
         self._reload_successful = 0.0
         self._reload_success_time = 0.0
         self._build = (version, sqlite_version)
+        # Bumped by every update; a scrape reuses the families built for the current
+        # generation (between passes every scrape is the same: no rebuild for 16k series).
+        self._generation = 0
+        self._cached: tuple[int, list[Metric]] | None = None
         registry.register(self)
 
     # --- updates ---------------------------------------------------------------------
@@ -91,6 +95,7 @@ class Metrics:
         """
         wanted = list(dict.fromkeys(names))
         with self._lock:
+            self._generation += 1
             removed = sorted(set(self._users) - set(wanted))
             added = sorted(set(wanted) - set(self._users))
             for name in removed:
@@ -106,6 +111,7 @@ class Metrics:
     def restore(self, user: str, snapshots: Sequence[SnapshotInfo]) -> None:
         """Set what is on disk (from an inventory): newest snapshot's time and size, count."""
         with self._lock:
+            self._generation += 1
             record = self._users.get(user)
             if record is None:
                 return
@@ -120,6 +126,7 @@ class Metrics:
         (a pass started before a reload must not bring a removed user's series back)."""
         report = result.report
         with self._lock:
+            self._generation += 1
             record = self._users.get(result.user.name)
             if record is None:
                 return
@@ -141,6 +148,7 @@ class Metrics:
     def record_verify(self, user: str, failures: int, when: float) -> None:
         """Count a verification run of `user`'s snapshots that found `failures` bad ones."""
         with self._lock:
+            self._generation += 1
             record = self._users.get(user)
             if record is None:
                 return
@@ -150,11 +158,13 @@ class Metrics:
     def set_next_run(self, when: float | None) -> None:
         """Epoch seconds of the next scheduled pass (None: none scheduled -> 0)."""
         with self._lock:
+            self._generation += 1
             self._next_run = 0.0 if when is None else when
 
     def config_loaded(self, successful: bool, when: float) -> None:
         """Record a (re)load of config + usermap, as Prometheus' own reload metrics do."""
         with self._lock:
+            self._generation += 1
             self._reload_successful = 1.0 if successful else 0.0
             if successful:
                 self._reload_success_time = when
@@ -167,16 +177,17 @@ class Metrics:
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            state = _State(
-                users={
-                    name: replace(record, failures=dict(record.failures))
-                    for name, record in self._users.items()
-                },
-                next_run=self._next_run,
-                reload_successful=self._reload_successful,
-                reload_success_time=self._reload_success_time,
-            )
-        yield from self._families(state)
+            if self._cached is None or self._cached[0] != self._generation:
+                # Built under the lock, so the records can be read as they are.
+                state = _State(
+                    users=dict(self._users),
+                    next_run=self._next_run,
+                    reload_successful=self._reload_successful,
+                    reload_success_time=self._reload_success_time,
+                )
+                self._cached = (self._generation, self._families(state))
+            families = self._cached[1]
+        yield from families
 
     def _families(self, state: _State) -> list[Metric]:
         names = sorted(state.users)

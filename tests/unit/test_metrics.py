@@ -298,3 +298,17 @@ def test_serve_over_tls_when_cert_and_key_are_given(
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     finally:
         server.stop()
+
+
+def test_unchanged_state_reuses_the_built_families_and_any_update_rebuilds(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    metrics.set_users(["alice"])
+    first = list(metrics.collect())
+    assert all(a is b for a, b in zip(first, metrics.collect(), strict=True))
+    metrics.record_verify("alice", 2, 1_700_000_000.0)
+    assert registry.get_sample_value("t3backup_verify_failures_total", {"user": "alice"}) == 2
+    metrics.set_next_run(1_800_000_000.0)
+    assert registry.get_sample_value("t3backup_next_run_timestamp_seconds") == 1_800_000_000.0
+    metrics.config_loaded(False, 1.0)
+    assert registry.get_sample_value("t3backup_config_last_reload_successful") == 0
