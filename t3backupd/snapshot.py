@@ -34,6 +34,9 @@ from t3backupd.naming import (
 from t3backupd.protocol import SnapshotInfo
 
 HASH_CHUNK = 1 << 20
+# How far ahead of the clock an existing snapshot name may be and still push a new
+# snapshot's name past it (see publish()).
+NAME_SLACK_SECONDS = 300
 # The source is mapped read-only: fewer syscalls and copies for the one-pass backup.
 SOURCE_MMAP_BYTES = 1 << 34
 # The copy is written with synchronous=OFF and flushed by us: every FLUSH_EVERY_BYTES of
@@ -431,6 +434,13 @@ def publish(
     fails on an existing name, and two passes within one second take the next free
     second. Returns the published name. The caller holds the user's lock.
     """
+    # A new snapshot must also sort as the newest: when passes come faster than one a
+    # second, a name freed by pruning could otherwise be reused for newer content. Only a
+    # nearby newest name moves us on (a far-future name from a wrong clock must not drag
+    # every later snapshot's time along with it).
+    newest = max((parsed.time for parsed, _ in scan(dest_dir)), default=None)
+    if newest is not None and when <= newest < when + timedelta(seconds=NAME_SLACK_SECONDS):
+        when = newest + timedelta(seconds=1)
     for offset in range(3600):
         name = format_name(when + timedelta(seconds=offset), label)
         final = os.path.join(dest_dir, name)
