@@ -125,11 +125,14 @@ def run_pass(
     (not attempted, not counted).
     """
 
+    tracker = tracker if tracker is not None else ProcessTracker()
+
     def one(user: User) -> UserResult | None:
-        if tracker is not None and tracker.stopping.is_set():
+        if tracker.stopping.is_set():
             return None
         result = snapshot_user(config, user, label, tracker)
-        if on_result is not None:
+        # A worker stopped because we are stopping did not fail on its own: not counted.
+        if on_result is not None and not tracker.stopping.is_set():
             on_result(result)
         return result
 
@@ -139,5 +142,13 @@ def run_pass(
         # Each user's job runs in a copy of the caller's context, so the pass's bound
         # log context (pass id, trigger) reaches every per-user event.
         futures = [pool.submit(contextvars.copy_context().run, one, user) for user in users]
-        results = [future.result() for future in futures]
+        try:
+            results = [future.result() for future in futures]
+        except BaseException:
+            # Ctrl-C in the CLI: stop the running workers (they remove their temp files)
+            # and start no more, instead of waiting for every queued user.
+            tracker.terminate_all()
+            for future in futures:
+                future.cancel()
+            raise
     return [result for result in results if result is not None]

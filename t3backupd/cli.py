@@ -78,8 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_context(args: argparse.Namespace) -> tuple[Config, list[User], list[Problem]]:
-    """Config + resolved users. Raises ConfigError. Logs each skipped usermap line."""
+def load_context(
+    args: argparse.Namespace, strict_usermap: bool = False
+) -> tuple[Config, list[User], list[Problem]]:
+    """Config + resolved users. Logs each skipped usermap line.
+
+    An unreadable usermap means zero users and one error line, as the legacy script
+    behaved; with `strict_usermap` (check-config) it is a ConfigError.
+    Raises ConfigError if the config is invalid.
+    """
     config = load_config(resolve_config_path(args.config))
     configure_logging(config.log.format, config.log.level)
     log = get_logger()
@@ -87,6 +94,8 @@ def load_context(args: argparse.Namespace) -> tuple[Config, list[User], list[Pro
     try:
         users, problems = load_users(config.usermap, config.min_uid, own_uid)
     except OSError as error:
+        if strict_usermap:
+            raise ConfigError(config.usermap, [f"cannot read usermap: {error.strerror}"]) from None
         log.error("usermap unreadable", usermap=config.usermap, error=error.strerror)
         return config, [], []
     for problem in problems:
@@ -206,7 +215,7 @@ def command_list(args: argparse.Namespace) -> int:
 
 
 def command_check_config(args: argparse.Namespace) -> int:
-    config, users, problems = load_context(args)
+    config, users, problems = load_context(args, strict_usermap=True)
     print(f"config {config.path}: ok")
     print(f"usermap {config.usermap}: {len(users)} user(s) served, {len(problems)} skipped")
     for user in users:

@@ -214,9 +214,13 @@ def parse_config(
         schedule_section.check("cron", False, str(error))
     zone_problem = _check_timezone(schedule.timezone)
     schedule_section.check("timezone", zone_problem is None, zone_problem or "")
-    schedule_section.check("jitter_seconds", schedule.jitter_seconds >= 0, "must be >= 0")
     schedule_section.check(
-        "misfire_grace_seconds", schedule.misfire_grace_seconds >= 1, "must be >= 1"
+        "jitter_seconds", 0 <= schedule.jitter_seconds <= 86400, "must be 0-86400"
+    )
+    schedule_section.check(
+        "misfire_grace_seconds",
+        1 <= schedule.misfire_grace_seconds <= 31 * 86400,
+        "must be 1-2678400 (31 days)",
     )
     schedule_section.finish()
 

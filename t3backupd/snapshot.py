@@ -428,11 +428,12 @@ def publish(
 ) -> str:
     """Give the verified `temp` its snapshot name, with `NAME.sha256` beside it.
 
-    The checksum is written (and fsynced) to a temp file before the snapshot gets its
-    name, so a full disk fails the publish with nothing visible; the checksum is renamed
-    into place right after the link. Never replaces an existing snapshot: `link()`
-    fails on an existing name, and two passes within one second take the next free
-    second. Returns the published name. The caller holds the user's lock.
+    The checksum is written (and fsynced) to a temp file and renamed into place just
+    before the snapshot is linked to its name, so a full disk fails the publish with
+    no snapshot visible, and a published snapshot always has its checksum. Never
+    replaces an existing snapshot: `link()` fails on an existing name, and two passes
+    within one second take the next free second. Returns the published name. The caller
+    holds the user's lock.
     """
     # A new snapshot must also sort as the newest: when passes come faster than one a
     # second, a name freed by pruning could otherwise be reused for newer content. Only a
@@ -454,17 +455,19 @@ def publish(
                 handle.write(f"{digest}  {name}\n")
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.link(temp, final)
-        except FileExistsError:
-            os.unlink(checksum_temp)
-            continue
         except OSError:
             with suppress(FileNotFoundError):
                 os.unlink(checksum_temp)
             raise
+        # The checksum takes its name first: a stop between the two renames leaves at
+        # worst a checksum without a snapshot (harmless), never a snapshot without one.
         os.rename(checksum_temp, final + CHECKSUM_SUFFIX)
         if temps is not None:
             temps.discard(checksum_temp)
+        try:
+            os.link(temp, final)
+        except FileExistsError:
+            continue  # only the user could have raced us; their file and ours stay
         os.unlink(temp)
         fsync_path(dest_dir, directory=True)
         return name

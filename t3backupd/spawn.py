@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import stat
 import subprocess
 import sys
 import threading
@@ -37,23 +36,36 @@ def running_as_root() -> bool:
 def ensure_dest_root(dest: str) -> None:
     """Create `<dest>` (0755, owned by us) if missing and check it is safe.
 
+    Checked through a descriptor opened O_NOFOLLOW (no window for a swapped-in link).
     Raises DirectoryRefused if it is a symlink, not a directory, not owned by us, or
-    writable by others (anyone who can write there could plant links for us to follow).
+    writable by group or others (anyone who can write there could plant links for us).
     """
+    created = False
     if not os.path.lexists(dest):
         try:
-            os.makedirs(dest, mode=0o755, exist_ok=True)
-            # makedirs honours the umask (the unit sets 0077): make the mode exact.
-            os.chmod(dest, 0o755)  # noqa: S103  (DESIGN: <dest> is 0755, users traverse it)
+            os.makedirs(os.path.dirname(dest.rstrip("/")) or "/", mode=0o755, exist_ok=True)
+            os.mkdir(dest, 0o700)  # private until checked; 0755 below
+            created = True
+        except FileExistsError:
+            pass
         except OSError as error:
             raise DirectoryRefused(f"cannot create {dest}: {error.strerror}") from None
-    info = os.lstat(dest)
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise DirectoryRefused(f"{dest} is not a directory (or is a symlink)")
-    if info.st_uid != os.geteuid():
-        raise DirectoryRefused(f"{dest} is owned by uid {info.st_uid}, not by us")
-    if info.st_mode & 0o022:
-        raise DirectoryRefused(f"{dest} is writable by group or others")
+    try:
+        fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        raise DirectoryRefused(f"{dest} is not a directory (or is a symlink)") from None
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid():
+            raise DirectoryRefused(f"{dest} is owned by uid {info.st_uid}, not by us")
+        if created:
+            # DESIGN: <dest> is 0755 (workers traverse it); mkdir honoured the umask.
+            os.fchmod(fd, 0o755)
+            info = os.fstat(fd)
+        if info.st_mode & 0o022:
+            raise DirectoryRefused(f"{dest} is writable by group or others")
+    finally:
+        os.close(fd)
 
 
 def prepare_user_dir(dest: str, user: User) -> str:
@@ -136,7 +148,24 @@ class ProcessTracker:
         with self._lock:
             processes = list(self._processes)
         for process in processes:
-            _signal_group(process, signal.SIGTERM)
+            _stop_signal(process)
+
+
+def _stop_signal(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the worker's group, then SIGCONT: a worker its user has SIGSTOPped
+    would otherwise never act on the SIGTERM."""
+    _signal_group(process, signal.SIGTERM)
+    _signal_group(process, signal.SIGCONT)
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """Stop the worker's group: SIGTERM (+SIGCONT), a grace, then SIGKILL; reap it."""
+    _stop_signal(process)
+    try:
+        process.wait(timeout=STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        _signal_group(process, signal.SIGKILL)
+        process.wait()
 
 
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
@@ -197,32 +226,37 @@ def run_worker(
     if process.stdin is None or process.stdout is None or process.stderr is None:
         raise RuntimeError("Popen without pipes")  # cannot happen: all three are PIPE
     with tracker.track(process) if tracker is not None else _null():
+        # Daemon threads: a pipe held open by something that escaped the worker's
+        # group must not keep this process from exiting.
         readers = [
-            threading.Thread(target=_read_capped, args=(process.stdout, 1 << 20, stdout)),
             threading.Thread(
-                target=_read_capped, args=(process.stderr, STDERR_TAIL_BYTES * 16, stderr)
+                target=_read_capped, args=(process.stdout, 1 << 20, stdout), daemon=True
+            ),
+            threading.Thread(
+                target=_read_capped,
+                args=(process.stderr, STDERR_TAIL_BYTES * 16, stderr),
+                daemon=True,
             ),
         ]
         for reader in readers:
             reader.start()
-        try:
-            process.stdin.write(spec.to_json())
-            process.stdin.close()
-        except BrokenPipeError:
-            pass
         timed_out = False
         try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _signal_group(process, signal.SIGTERM)
+            with suppress(BrokenPipeError):
+                process.stdin.write(spec.to_json())
+                process.stdin.close()
             try:
-                process.wait(timeout=STOP_GRACE_SECONDS)
+                process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                _signal_group(process, signal.SIGKILL)
-                process.wait()
-        # Anything left in the group (a grandchild) must not outlive its worker.
-        _signal_group(process, signal.SIGKILL)
+                timed_out = True
+                _stop_group(process)
+        except BaseException:
+            # Ctrl-C (or any error) while waiting: the worker must not run on unwatched.
+            _stop_group(process)
+            raise
+        finally:
+            # Anything left in the group (a grandchild) must not outlive its worker.
+            _signal_group(process, signal.SIGKILL)
         for reader in readers:
             reader.join(STOP_GRACE_SECONDS)
     duration = time.monotonic() - started

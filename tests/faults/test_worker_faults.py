@@ -141,3 +141,41 @@ def test_worker_killed_mid_copy_publishes_nothing_partial_and_next_pass_cleans_u
     assert temps_in(user_dir) == []
     [name] = published_state(user, user_dir)
     assert after.stdout.startswith(f"{user.name}: ok {name} ")
+
+
+@pytest.mark.root
+def test_ctrl_c_on_the_cli_stops_even_a_stopped_worker_and_leaves_no_temp(
+    sandbox: Path, make_user: MakeUser
+) -> None:
+    """The CLI's SIGINT must not leave a worker running unwatched (workers are in their
+    own process group, so the terminal's SIGINT never reaches them), even one its user
+    has SIGSTOPped."""
+    user = make_user()
+    database = create_state_db(user, size_mb=4)
+    config = config_in(sandbox, user, timeout=900)
+    user_dir = sandbox / "dest" / user.name
+    holder = spawn_as(user, [PYTHON, "-I", "-c", HOLD_EXCLUSIVE_LOCK, str(database)],
+                      stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        cli = subprocess.Popen(
+            [PYTHON, "-I", "-m", "t3backupd", "-c", str(config), "snapshot"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not (pids := worker_pids(user)):
+            assert time.monotonic() < deadline, "worker never started"
+            time.sleep(0.05)
+        os.kill(pids[0], signal.SIGSTOP)
+        started = time.monotonic()
+        cli.send_signal(signal.SIGINT)
+        _, stderr = cli.communicate(timeout=30)
+        elapsed = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cli.returncode != 0
+    assert "Traceback" not in stderr
+    assert elapsed < 10, f"CLI took {elapsed:.1f}s to stop after SIGINT"
+    assert worker_pids(user) == []
+    assert temps_in(user_dir) == []

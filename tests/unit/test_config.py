@@ -373,3 +373,17 @@ def test_config_path_comes_from_cli_then_environment_then_default() -> None:
     assert resolve_config_path("/x.toml", environ) == Path("/x.toml")
     assert resolve_config_path(None, environ) == Path("/srv/t3.toml")
     assert resolve_config_path(None, {}) == Path("/etc/t3backupd/config.toml")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("jitter_seconds", 86401), ("jitter_seconds", 10**12), ("misfire_grace_seconds", 10**12)],
+)
+def test_schedule_durations_out_of_range_are_refused_before_the_scheduler_sees_them(
+    key: str, value: int
+) -> None:
+    # A huge jitter overflowed datetime inside APScheduler (a traceback, then a dead daemon).
+    assert any(
+        problem.startswith(f"schedule.{key}:")
+        for problem in problems_of({"schedule": {key: value}})
+    )
