@@ -38,6 +38,7 @@ from t3backupd.errors import ConfigError
 from t3backupd.log import configure_logging, get_logger
 from t3backupd.metrics import Metrics, MetricsServer, serve
 from t3backupd.notify import Notifier, monotonic_usec, status_line, watchdog_interval
+from t3backupd.protocol import Report
 from t3backupd.scheduler import (
     build_trigger,
     clock_jumped,
@@ -56,6 +57,11 @@ IDLE_TICK_SECONDS = 30.0  # main-loop wake-up without a watchdog (clock-jump che
 INVENTORY_CONCURRENCY = 8
 REFRESH = "refresh"  # queued (besides signal numbers) when STATUS / next run may change
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+# Snapshot passes that wait for a running pass (verify or snapshot) instead of being dropped.
+WAITING_TRIGGERS = frozenset({"schedule", "catch-up"})
+LOCK_POLL_SECONDS = 1.0
+# Scheduler threads: a waiting scheduled pass, a waiting catch-up pass and the running one.
+SCHEDULER_THREADS = 3
 
 
 @dataclass(frozen=True)
@@ -65,16 +71,22 @@ class Served:
     config: Config
     users: tuple[User, ...]
     problems: tuple[Problem, ...]
+    usermap_error: str = ""  # why the usermap could not be read ("" = it was read)
 
 
-def load_served(path: Path) -> Served:
-    """Read config and usermap. Raises ConfigError if either is invalid or unreadable."""
+def load_served(path: Path, *, usermap_optional: bool = False) -> Served:
+    """Read config and usermap. Raises ConfigError if the config is invalid or unreadable,
+    and if the usermap is unreadable unless `usermap_optional` (at start: then zero users,
+    and `usermap_error` says why)."""
     config = load_config(path)
     own_uid = None if running_as_root() else os.geteuid()
     try:
         users, problems = load_users(config.usermap, config.min_uid, own_uid)
     except OSError as error:
-        raise ConfigError(config.usermap, [f"usermap unreadable: {error.strerror}"]) from None
+        reason = f"usermap unreadable: {error.strerror or error}"
+        if not usermap_optional:
+            raise ConfigError(config.usermap, [reason]) from None
+        return Served(config, (), (), usermap_error=f"{config.usermap}: {reason}")
     return Served(config, tuple(users), tuple(problems))
 
 
@@ -144,13 +156,14 @@ class Daemon:
         self._events: queue.SimpleQueue[int | str] = queue.SimpleQueue()
         self._tracker = ProcessTracker()
         self._pass_lock = threading.Lock()
+        self._lock_holder = ""  # what holds _pass_lock: a pass trigger or "verify"
         self._stopping = threading.Event()
         self._registry = CollectorRegistry()
         self._metrics = Metrics(self._registry)
         self._server: MetricsServer | None = None
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
-            executors={"default": SchedulerExecutor(max_workers=2)},
+            executors={"default": SchedulerExecutor(max_workers=SCHEDULER_THREADS)},
         )
         self._previous_result = "none yet"
         self._manual_requests = 0
@@ -166,6 +179,11 @@ class Daemon:
         endpoint cannot be served at start (nothing else has started then)."""
         self._install_signal_handlers()
         served = self._served
+        if served.usermap_error:
+            self._log.error(
+                "usermap unreadable; serving no users until a reload reads it",
+                error=served.usermap_error,
+            )
         self._log_problems(served)
         self._metrics.set_users(user.name for user in served.users)
         newest = self._restore_from_disk(served.config, served.users)
@@ -285,8 +303,9 @@ class Daemon:
         """Scheduled verification of every stored snapshot (shares the pass lock: never
         at the same time as a snapshot pass, so the two do not compete for the disk)."""
         if not self._pass_lock.acquire(blocking=False):
-            self._log.info("verify pass not started: a pass is running")
+            self._log.info("verify pass not started: a pass is running", running=self._lock_holder)
             return
+        self._lock_holder = "verify"
         try:
             if self._stopping.is_set():
                 return
@@ -307,6 +326,7 @@ class Daemon:
         except Exception:
             self._log.exception("verify pass crashed")
         finally:
+            self._lock_holder = ""
             self._pass_lock.release()
 
     def _on_scheduler_event(self, event: Any) -> None:
@@ -314,9 +334,14 @@ class Daemon:
         self._events.put(REFRESH)
 
     def _request_pass(self, trigger: str) -> None:
-        """Start a pass now on the scheduler's executor, unless one is running."""
-        if self._pass_lock.locked():
-            self._log.info("pass not started: one is already running", trigger=trigger)
+        """Start a pass now on the scheduler's executor. A manual one is dropped if a pass
+        is running; a catch-up one waits for it (see `_acquire_for_pass`)."""
+        if trigger not in WAITING_TRIGGERS and self._pass_lock.locked():
+            self._log.info(
+                "pass not started: one is already running",
+                trigger=trigger,
+                running=self._lock_holder,
+            )
             return
         self._manual_requests += 1
         self._scheduler.add_job(
@@ -329,9 +354,9 @@ class Daemon:
 
     def _run_pass(self, trigger: str) -> None:
         """One pass over the users served when it starts (runs in a scheduler thread)."""
-        if not self._pass_lock.acquire(blocking=False):
-            self._log.info("pass not started: one is already running", trigger=trigger)
+        if not self._acquire_for_pass(trigger):
             return
+        self._lock_holder = trigger
         try:
             if self._stopping.is_set():
                 return
@@ -360,8 +385,35 @@ class Daemon:
             self._log.exception("pass crashed", trigger=trigger)
             self._previous_result = "crashed (see log)"
         finally:
+            self._lock_holder = ""
             self._pass_lock.release()
             self._events.put(REFRESH)
+
+    def _acquire_for_pass(self, trigger: str) -> bool:
+        """Take the pass lock for a snapshot pass. True if taken (the caller releases it).
+
+        Scheduled and catch-up passes wait for a running pass (the nightly snapshot must
+        not be lost to a verify pass), giving up only when the daemon stops; any other
+        (SIGUSR1) is dropped with a log line if a pass runs.
+        """
+        if self._pass_lock.acquire(blocking=False):
+            return True
+        holder = self._lock_holder or "unknown"
+        if trigger not in WAITING_TRIGGERS:
+            self._log.info("pass not started: one is already running", trigger=trigger,
+                           running=holder)  # fmt: skip
+            return False
+        (self._log.warning if holder == "verify" else self._log.info)(
+            "pass waiting for the running pass to finish", trigger=trigger, running=holder
+        )
+        clock = time.monotonic()
+        while not self._stopping.is_set():
+            if self._pass_lock.acquire(timeout=LOCK_POLL_SECONDS):
+                self._log.info("waiting pass starts", trigger=trigger,
+                               waited_s=round(time.monotonic() - clock, 1))  # fmt: skip
+                return True
+        self._log.info("waiting pass not started: stopping", trigger=trigger)
+        return False
 
     # --- reload --------------------------------------------------------------------
 
@@ -398,7 +450,12 @@ class Daemon:
             self._schedule_verify(new.config)
         added, _ = self._metrics.set_users(user.name for user in new.users)
         self._served = new
-        self._restore_from_disk(new.config, [user for user in new.users if user.name in added])
+        # Snapshots of users added, or of everyone if dest moved: listed off the main thread
+        # (a worker may take its whole timeout), results applied to the metrics when done.
+        dest_changed = old.config.dest != new.config.dest
+        self._start_inventory(
+            new.config, [user for user in new.users if dest_changed or user.name in added]
+        )
         self._metrics.config_loaded(True, time.time())
         self._metrics.set_next_run(self._next_run_timestamp())
         changes = "; ".join(describe_changes(old, new))
@@ -435,28 +492,65 @@ class Daemon:
 
     def _restore_from_disk(self, config: Config, users: Sequence[User]) -> dict[str, float | None]:
         """Metrics from the snapshots on disk, listed by a worker per user (as the user).
+        Blocks until every listing is done (at start, before READY=1).
 
         Returns each user's newest snapshot time (None: none, or the listing failed).
         """
-        newest: dict[str, float | None] = {}
         if not users:
-            return newest
+            return {}
         with ThreadPoolExecutor(
             max_workers=min(INVENTORY_CONCURRENCY, len(users)), thread_name_prefix="inventory"
         ) as pool:
             reports = list(pool.map(lambda user: inventory_of(config, user), users))
-        for user, report in zip(users, reports, strict=True):
-            if not report.ok:
-                self._log.warning(
-                    "cannot list snapshots", user=user.name, reason=report.reason,
-                    message=report.message,
-                )  # fmt: skip
-                newest[user.name] = None
-                continue
-            self._metrics.restore(user.name, report.snapshots)
-            times = [info.time for info in report.snapshots]
-            newest[user.name] = max(times) if times else None
-        return newest
+        return {
+            user.name: self._apply_inventory(user, report)
+            for user, report in zip(users, reports, strict=True)
+        }
+
+    def _start_inventory(self, config: Config, users: Sequence[User]) -> None:
+        """As `_restore_from_disk`, but in the background (after a reload): the main thread
+        must keep pinging the watchdog and handling signals while a worker takes its whole
+        timeout. Each result is applied when it comes (Metrics drops users no longer
+        served); results for a dest that a later reload replaced are dropped.
+
+        Plain daemon threads, not an executor: an executor's threads are joined at
+        interpreter exit, which would hold up a stop behind a stuck worker.
+        """
+        pending: queue.SimpleQueue[User] = queue.SimpleQueue()
+        for user in users:
+            pending.put(user)
+
+        def current() -> bool:
+            return not self._stopping.is_set() and self._served.config.dest == config.dest
+
+        def work() -> None:
+            while current():
+                try:
+                    user = pending.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    report = inventory_of(config, user)
+                except Exception:
+                    self._log.exception("inventory crashed", user=user.name)
+                    continue
+                if current():
+                    self._apply_inventory(user, report)
+
+        for _ in range(min(INVENTORY_CONCURRENCY, len(users))):
+            threading.Thread(target=work, name="inventory", daemon=True).start()
+
+    def _apply_inventory(self, user: User, report: Report) -> float | None:
+        """Put one user's listing into the metrics; their newest snapshot time, or None."""
+        if not report.ok:
+            self._log.warning(
+                "cannot list snapshots", user=user.name, reason=report.reason,
+                message=report.message,
+            )  # fmt: skip
+            return None
+        self._metrics.restore(user.name, report.snapshots)
+        times = [info.time for info in report.snapshots]
+        return max(times) if times else None
 
     def _log_problems(self, served: Served) -> None:
         for problem in served.problems:
@@ -479,8 +573,10 @@ class Daemon:
 
     def _status(self) -> str:
         running = "; pass running" if self._pass_lock.locked() else ""
+        served = self._served
+        unreadable = f" ({served.usermap_error})" if served.usermap_error else ""
         return (
-            f"{len(self._served.users)} user(s); next pass "
+            f"{len(served.users)} user(s){unreadable}; next pass "
             f"{_format_time(self._next_run_time())}; last pass: {self._previous_result}{running}"
         )
 
@@ -522,8 +618,9 @@ class Daemon:
 def run(config_path: Path) -> int:
     """`t3backupd run`: serve until stopped. Returns the exit status.
 
-    Raises ConfigError if config or usermap is invalid, or metrics cannot be served.
+    Raises ConfigError if the config is invalid or metrics cannot be served (an unreadable
+    usermap at start means zero users and an error line; a reload then reads it).
     """
-    served = load_served(config_path)
+    served = load_served(config_path, usermap_optional=True)
     configure_logging(served.config.log.format, served.config.log.level)
     return Daemon(config_path, served, Notifier.from_environment()).serve()

@@ -116,10 +116,10 @@ class Metrics:
             if record is None:
                 return
             record.snapshots = len(snapshots)
-            if snapshots:
-                newest = max(snapshots, key=lambda info: info.time)
-                record.last_success = newest.time
-                record.last_snapshot_size = newest.bytes
+            # What is on disk is the truth: no snapshots there (e.g. dest moved) = never.
+            newest = max(snapshots, key=lambda info: info.time, default=None)
+            record.last_success = newest.time if newest is not None else 0.0
+            record.last_snapshot_size = newest.bytes if newest is not None else 0
 
     def record_result(self, result: UserResult) -> None:
         """Count one snapshot attempt. Results for users no longer served are dropped

@@ -5,10 +5,15 @@ CI; as the invoking user otherwise, where tests needing several users skip)."""
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -200,6 +205,157 @@ def test_invalid_config_on_sighup_keeps_the_old_one_and_says_why(site: Site) -> 
     next_run = sample(fixed, "t3backup_next_run_timestamp_seconds")
     assert next_run is not None and next_run < 1835395200.0  # rescheduled to a Jan 1st
     assert time.gmtime(next_run)[1:3] == (1, 1)
+
+
+def reload(running: Running) -> str:
+    """SIGHUP, then the STATUS of the READY=1 that ends the reload."""
+    mark = len(running.notify.messages)
+    running.signal(signal.SIGHUP)
+    reloading = running.notify.wait_field("RELOADING", "1", after=mark)
+    ready = running.notify.wait_field("READY", "1", after=reloading, timeout=5)
+    return running.notify.messages[ready].fields["STATUS"]
+
+
+def wait_sample(port: int, name: str, value: float, timeout: float = 15, **labels: str) -> str:
+    """Scrape until `name{labels}` is `value`; the last scrape."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = scrape(port)
+        if sample(text, name, **labels) == value or time.monotonic() > deadline:
+            return text
+        time.sleep(0.1)
+
+
+def uid_of(pid: int) -> int | None:
+    with suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    return None
+
+
+@contextmanager
+def frozen_processes_of(uid: int) -> Iterator[list[int]]:
+    """SIGSTOP every process of `uid` as soon as it appears (a user stopping their own
+    worker); SIGKILL them afterwards. Yields the pids stopped so far."""
+    stopped: list[int] = []
+    done = threading.Event()
+
+    def freeze() -> None:
+        while not done.is_set():
+            for entry in os.scandir("/proc"):
+                pid = int(entry.name) if entry.name.isdigit() else 0
+                if pid and pid not in stopped and uid_of(pid) == uid:
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGSTOP)
+                        stopped.append(pid)
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=freeze, daemon=True)
+    thread.start()
+    try:
+        yield stopped
+    finally:
+        done.set()
+        thread.join(5)
+        for pid in stopped:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_reload_never_waits_for_a_stuck_inventory_worker(site: Site) -> None:
+    """A user SIGSTOPs the worker listing their snapshots after a reload added them: the
+    main thread still pings the watchdog, finishes the reload and stops at once."""
+    need(IS_ROOT, "needs root: two real users, one of them frozen")
+    kept, added = site.add_user(), site.add_user()
+    site.write([kept, added])
+    cli_snapshot(site)  # <dest>/<added> exists: the reload spawns a worker to list it
+    site.write([kept])
+    with (
+        daemon(site, watchdog_usec=2_000_000) as running,
+        frozen_processes_of(added.uid) as stopped,
+    ):
+        site.write([kept, added])
+        reload_sent = time.monotonic()
+        status = reload(running)  # READY=1 within 5 s, not after the worker's timeout
+        assert f"users added: {added.name}" in status
+        assert time.monotonic() - reload_sent < 5
+        text = scrape(site.port)
+        assert sample(text, "t3backup_users") == 2
+        assert stopped, "the inventory worker never appeared"
+        pings_before = len([m for m in running.notify.messages if m.fields.get("WATCHDOG")])
+        time.sleep(2.5)
+        pings = [m for m in running.notify.messages if m.fields.get("WATCHDOG")]
+        assert len(pings) - pings_before >= 2, "watchdog pings stalled behind the inventory"
+        stop_sent = time.monotonic()
+        running.signal(signal.SIGTERM)
+        status_code = running.process.wait(STOP_GRACE + 5)
+        assert status_code == 0, running.log_text()
+        assert time.monotonic() - stop_sent < 5, "SIGTERM waited for the stuck inventory"
+
+
+def test_reload_moving_dest_restores_every_users_metrics_from_the_new_dest(site: Site) -> None:
+    user = site.add_user()
+    site.write([user])
+    cli_snapshot(site)
+    (_, taken), *_ = snapshot_times(site, user)
+    elsewhere = site.root / "elsewhere"
+    configured = f'dest = "{site.dest}"'
+    text = site.config.read_text()
+    assert configured in text
+    site.config.write_text(text.replace(configured, f'dest = "{elsewhere}"'))
+    with daemon(site) as running:
+        before = scrape(site.port)
+        assert sample(before, "t3backup_snapshots", user=user.name) == 0
+        assert sample(before, "t3backup_last_success_timestamp_seconds", user=user.name) == 0
+        site.config.write_text(text)  # back to the dest holding the snapshot
+        status = reload(running)
+        assert "changed: dest" in status
+        after = wait_sample(site.port, "t3backup_snapshots", 1, user=user.name)
+    assert sample(after, "t3backup_snapshots", user=user.name) == 1
+    assert sample(after, "t3backup_last_success_timestamp_seconds", user=user.name) == taken
+
+
+def error_lines(running: Running, fragment: str) -> list[dict[str, object]]:
+    lines = [json.loads(line) for line in running.log_text().splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("level") == "error" and fragment in str(line)]
+
+
+def test_missing_usermap_at_start_means_zero_users_and_one_error_line(site: Site) -> None:
+    user = site.add_user()
+    site.write([user])
+    usermap = site.root / "usermap"
+    kept = usermap.read_text()
+    usermap.unlink()
+    with daemon(site, wait_ready=False) as running:
+        ready = running.notify.messages[running.notify.wait_field("READY", "1")]
+        assert running.process.poll() is None, running.log_text()
+        status = ready.fields["STATUS"]
+        assert "0 user(s)" in status and "usermap unreadable" in status
+        text = scrape(site.port)
+        assert sample(text, "t3backup_users") == 0
+        assert sample(text, "t3backup_config_last_reload_successful") == 1
+        assert len(error_lines(running, "usermap unreadable")) == 1
+        usermap.write_text(kept)  # the operator fixes it and reloads
+        assert f"users added: {user.name}" in reload(running)
+        fixed = scrape(site.port)
+    assert sample(fixed, "t3backup_users") == 1
+    assert sample(fixed, "t3backup_snapshots", user=user.name) == 0
+
+
+def test_usermap_unreadable_on_reload_keeps_the_old_users_and_says_why(site: Site) -> None:
+    user = site.add_user()
+    site.write([user])
+    usermap = site.root / "usermap"
+    with daemon(site) as running:
+        usermap.unlink()
+        status = reload(running)
+        assert "reload refused" in status and "usermap unreadable" in status
+        text = scrape(site.port)
+        assert sample(text, "t3backup_config_last_reload_successful") == 0
+        assert sample(text, "t3backup_users") == 1
+        assert f'user="{user.name}"' in text
+        assert running.process.poll() is None
 
 
 # --- SIGUSR1, SIGTERM ----------------------------------------------------------------------

@@ -1,17 +1,26 @@
-"""Scheduling decisions, pure: DST behaviour, jitter, catch-up at start, clock steps."""
+"""Scheduling decisions: DST behaviour, jitter, catch-up at start, clock steps (pure), and
+which passes wait for the pass lock (an idle, never started Daemon)."""
 
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
-from t3backupd.config import ScheduleConfig
+import t3backupd.daemon as daemon_module
+from t3backupd.config import Config, ScheduleConfig
+from t3backupd.daemon import Daemon, Served
+from t3backupd.notify import Notifier
 from t3backupd.scheduler import (
     build_trigger,
     clock_jumped,
@@ -216,3 +225,92 @@ def test_schedule_key_ignores_options_that_do_not_need_a_reschedule() -> None:
     assert schedule_key(base) != schedule_key(ScheduleConfig(cron="0 4 * * *"))
     assert schedule_key(base) != schedule_key(ScheduleConfig(timezone="Europe/Berlin"))
     assert schedule_key(base) != schedule_key(ScheduleConfig(jitter_seconds=5))
+
+
+# --- the pass lock: which passes wait for a running one, which are dropped ---------------
+
+
+@pytest.fixture
+def idle_daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Daemon, list[str]]]:
+    """A Daemon never started (no scheduler thread, no endpoint) whose passes only record
+    their trigger; yields it with that record."""
+    ran: list[str] = []
+
+    def fake_pass(config: object, users: object, **kwargs: object) -> list[object]:
+        ran.append("snapshot")
+        return []
+
+    def fake_verify(config: object, users: object, **kwargs: object) -> list[object]:
+        ran.append("verify")
+        return []
+
+    monkeypatch.setattr(daemon_module, "run_pass", fake_pass)
+    monkeypatch.setattr(daemon_module, "run_verify_pass", fake_verify)
+    daemon = Daemon(Path("/nonexistent.toml"), Served(Config(), (), ()), Notifier(None))
+    yield daemon, ran
+    daemon._stopping.set()
+
+
+def held_by(daemon: Daemon, holder: str) -> None:
+    assert daemon._pass_lock.acquire(blocking=False)
+    daemon._lock_holder = holder
+
+
+def release(daemon: Daemon) -> None:
+    daemon._lock_holder = ""
+    daemon._pass_lock.release()
+
+
+@pytest.mark.parametrize("trigger", ["schedule", "catch-up"])
+def test_a_scheduled_pass_waits_for_a_running_verify_pass_and_then_runs(
+    idle_daemon: tuple[Daemon, list[str]], trigger: str
+) -> None:
+    daemon, ran = idle_daemon
+    held_by(daemon, "verify")
+    with capture_logs() as logs:
+        waiting = threading.Thread(target=daemon._run_pass, args=[trigger])
+        waiting.start()
+        time.sleep(1.5)
+        assert waiting.is_alive() and ran == []  # not dropped: waiting
+        release(daemon)
+        waiting.join(5)
+    assert not waiting.is_alive()
+    assert ran == ["snapshot"]
+    warnings = [log for log in logs if log["log_level"] == "warning"]
+    assert [log["running"] for log in warnings] == ["verify"]
+
+
+def test_a_manual_pass_and_a_verify_pass_are_dropped_while_a_pass_runs(
+    idle_daemon: tuple[Daemon, list[str]],
+) -> None:
+    daemon, ran = idle_daemon
+    held_by(daemon, "schedule")
+    with capture_logs() as logs:
+        daemon._run_pass("manual")
+        daemon._run_verify()
+    release(daemon)
+    assert ran == []
+    assert [log["event"] for log in logs] == [
+        "pass not started: one is already running",
+        "verify pass not started: a pass is running",
+    ]
+
+
+def test_a_waiting_pass_gives_up_when_the_daemon_stops(
+    idle_daemon: tuple[Daemon, list[str]],
+) -> None:
+    daemon, ran = idle_daemon
+    held_by(daemon, "verify")
+    waiting = threading.Thread(target=daemon._run_pass, args=["schedule"])
+    waiting.start()
+    daemon._stopping.set()
+    waiting.join(5)
+    assert not waiting.is_alive()
+    release(daemon)
+    assert ran == []
+
+
+def test_the_scheduler_has_a_thread_for_each_waiting_pass_besides_the_running_one() -> None:
+    # A waiting scheduled pass and a waiting catch-up pass must not starve a verify pass.
+    assert daemon_module.SCHEDULER_THREADS >= 3
+    assert {"schedule", "catch-up"} == daemon_module.WAITING_TRIGGERS
