@@ -19,7 +19,6 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
-from pathlib import Path
 from urllib.parse import quote
 
 from t3backupd.naming import (
@@ -517,16 +516,3 @@ def prune(dest_dir: str, expired: list[SnapshotName]) -> list[str]:
     if removed:
         fsync_path(dest_dir, directory=True)
     return removed
-
-
-def read_checksum(dest_dir: str, name: str) -> str | None:
-    """The hex digest recorded for `name`, or None if no (valid) checksum file exists."""
-    path = Path(dest_dir, name + CHECKSUM_SUFFIX)
-    try:
-        text = path.read_text(encoding="ascii", errors="replace")
-    except (FileNotFoundError, IsADirectoryError):
-        return None
-    parts = text.split()
-    if len(parts) != 2 or parts[1].lstrip("*") != name or len(parts[0]) != 64:
-        return None
-    return parts[0].lower()
