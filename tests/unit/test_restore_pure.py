@@ -230,7 +230,8 @@ def test_find_holders_names_the_process_holding_the_file(tmp_path: Path) -> None
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             found = find_holders([str(database), str(database) + "-wal"])
-            if found:
+            # The fd is open before `exec sleep` completes; wait for the final command line.
+            if found == [(holder.pid, "sleep 30")]:
                 break
             time.sleep(0.02)
         assert found == [(holder.pid, "sleep 30")]
