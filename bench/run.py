@@ -40,14 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from t3backupd import sampledb
-from t3backupd import snapshot as ops
-from t3backupd.backup_pass import run_pass
-from t3backupd.config import Config, SnapshotConfig
-from t3backupd.log import configure_logging
-from t3backupd.protocol import JobSpec, Report
-from t3backupd.retention import RetentionPolicy
-from t3backupd.spawn import run_worker
-from t3backupd.usermap import User
+from t3backupd.core.config import Config, SnapshotConfig
+from t3backupd.core.protocol import JobSpec, Report
+from t3backupd.core.retention import RetentionPolicy
+from t3backupd.core.usermap import User
+from t3backupd.root.log import configure_logging
+from t3backupd.root.passes import run_pass
+from t3backupd.root.spawn import run_worker
+from t3backupd.worker import files as ops
 
 MIB = 1 << 20
 MB = 1_000_000
@@ -514,7 +514,7 @@ def bench_fleet(work: Path, sizes: Sizes, reuse: bool) -> dict[str, Any]:
 
 
 def daemon_available() -> bool:
-    return importlib.util.find_spec("t3backupd.daemon") is not None
+    return importlib.util.find_spec("t3backupd.root.daemon") is not None
 
 
 def _free_port() -> int:
@@ -580,7 +580,7 @@ def bench_daemon(work: Path, sizes: Sizes) -> dict[str, Any]:
     """Footprint of `t3backupd run` with N users in the usermap (as this uid: the users
     are real passwd entries only when run as root, see fleet_users())."""
     if not daemon_available():
-        return {"measured": False, "why": "t3backupd.daemon is not there yet"}
+        return {"measured": False, "why": "t3backupd.root.daemon is not there yet"}
     directory = Path(tempfile.mkdtemp(prefix="daemon-", dir=work))
     users = _daemon_users(sizes.daemon_users, directory / "home")
     try:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from t3backupd.cli import main
+from t3backupd.root.cli import main
 
 raise SystemExit(main())

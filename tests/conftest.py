@@ -15,7 +15,7 @@ from support import NO_SKIP
 from support.daemon import Site, make_site
 from support.system import make_sandbox, user_factory
 
-from t3backupd.usermap import User
+from t3backupd.core.usermap import User
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -41,9 +41,9 @@ from support.snapshots import (
 )
 from support.system import log_events, run_as, snapshot_files, t3backupd
 
-from t3backupd.naming import format_name, parse_name
-from t3backupd.protocol import FAILURE_REASONS
-from t3backupd.usermap import User
+from t3backupd.core.naming import format_name, parse_name
+from t3backupd.core.protocol import FAILURE_REASONS
+from t3backupd.core.usermap import User
 
 START_TIMEOUT = 30.0
 PASS_TIMEOUT = 90.0

@@ -26,7 +26,7 @@ from support.snapshots import (
 )
 from support.system import PYTHON, create_state_db, run_as, t3backupd
 
-from t3backupd.usermap import User
+from t3backupd.core.usermap import User
 
 PAGE = 4096
 TMPFS_BYTES = 8 << 20

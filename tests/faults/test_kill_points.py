@@ -21,10 +21,10 @@ import pytest
 from support.snapshots import assert_verified, json_config, temps_in, user_source
 from support.system import PYTHON, run_as, t3backupd
 
-from t3backupd.backup_pass import snapshot_spec
-from t3backupd.config import load_config
-from t3backupd.spawn import prepare_user_dir
-from t3backupd.usermap import User
+from t3backupd.core.config import load_config
+from t3backupd.core.jobs import snapshot_spec
+from t3backupd.core.usermap import User
+from t3backupd.root.spawn import prepare_user_dir
 
 # As the user: integrity_check and the event count of a snapshot, opened read-only.
 INSPECT = r"""
@@ -71,8 +71,8 @@ def run_worker_with_fault(
     """The parent's part done by hand: `<dest>/<user>` made as root, then the worker run
     as the user with the same spec the parent would send, plus `fault`."""
     loaded = load_config(config, environ={})
-    dest_dir = prepare_user_dir(loaded.dest, user)
-    spec = dataclasses.replace(snapshot_spec(loaded, user, dest_dir, None), fault=fault)
+    prepare_user_dir(loaded.dest, user)
+    spec = dataclasses.replace(snapshot_spec(loaded, user), fault=fault)
     return subprocess.run(
         [PYTHON, "-I", "-m", "t3backupd.worker"],
         input=spec.to_json(),

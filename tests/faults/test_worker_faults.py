@@ -24,7 +24,7 @@ from support.snapshots import (
 )
 from support.system import PYTHON, create_state_db, snapshot_files, spawn_as, t3backupd
 
-from t3backupd.usermap import User
+from t3backupd.core.usermap import User
 
 # As the user: take SQLite's exclusive lock on the source, write, and hold it.
 HOLD_EXCLUSIVE_LOCK = r"""

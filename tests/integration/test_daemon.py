@@ -40,7 +40,7 @@ from support.system import (
     snapshot_files,
 )
 
-from t3backupd.usermap import User
+from t3backupd.core.usermap import User
 
 # DESIGN.md, section Metrics (+ the verify feature's two series): name -> TYPE.
 DESIGN_TYPES = {

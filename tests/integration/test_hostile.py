@@ -21,7 +21,7 @@ from support.system import (
     t3backupd,
 )
 
-from t3backupd.usermap import User
+from t3backupd.core.usermap import User
 
 SHADOW = Path("/etc/shadow")
 

@@ -22,7 +22,7 @@ from support.system import (
     t3backupd,
 )
 
-from t3backupd.usermap import User
+from t3backupd.core.usermap import User
 
 # Content of a database, read as its owner (never as root: SQLite may create -shm).
 DIGEST_SCRIPT = (

@@ -24,9 +24,9 @@ from support.system import (
     write_config,
 )
 
-from t3backupd.naming import parse_name
+from t3backupd.core.naming import parse_name
+from t3backupd.core.usermap import User
 from t3backupd.sampledb import check_consistent_prefix
-from t3backupd.usermap import User
 
 
 def config_for(sandbox: Path, users: list[User], method: str = "backup", keep: int = 14) -> Path:

@@ -15,9 +15,11 @@ from structlog.testing import capture_logs
 from support.snapshots import MakeUser, flip_byte, json_config, sha256_of, take_snapshot
 from support.system import create_state_db, sha256sum_check, snapshot_files, t3backupd
 
-from t3backupd.config import load_config
-from t3backupd.usermap import User
-from t3backupd.verify import VerifyUserResult, run_verify_pass
+from t3backupd.core.checks import verify_failures
+from t3backupd.core.config import load_config
+from t3backupd.core.protocol import UserResult
+from t3backupd.core.usermap import User
+from t3backupd.root.passes import run_verify_pass
 
 
 def verify_json(config: Path, *args: str) -> tuple[int, dict[str, object]]:
@@ -214,12 +216,12 @@ def test_verify_pass_for_the_daemon_counts_failures_per_user(
     path = sandbox / "dest" / damaged.name / name
     flip_byte(path, 200)
 
-    recorded: list[VerifyUserResult] = []
+    recorded: list[UserResult] = []
     with capture_logs() as logs:
         results = run_verify_pass(
             load_config(config_path), [healthy, damaged], on_result=recorded.append
         )
-    assert sorted((r.user.name, r.failures) for r in recorded) == sorted(
+    assert sorted((r.user.name, verify_failures(r.report)) for r in recorded) == sorted(
         [(healthy.name, 0), (damaged.name, 1)]
     )
     assert [r.user.name for r in results] == [healthy.name, damaged.name]

@@ -29,8 +29,8 @@ from support.system import (
     user_factory,
     write_config,
 )
-from t3backupd.naming import parse_name
-from t3backupd.usermap import User
+from t3backupd.core.naming import parse_name
+from t3backupd.core.usermap import User
 
 FAR_FUTURE_CRON = "0 0 29 2 *"  # leap days only: never fires during a test
 START_TIMEOUT = 20.0

@@ -23,8 +23,8 @@ from support.system import (
     user_factory,
     write_config,
 )
-from t3backupd.naming import TEMP_PREFIX, TEMP_SUFFIX
-from t3backupd.usermap import User
+from t3backupd.core.naming import TEMP_PREFIX, TEMP_SUFFIX
+from t3backupd.core.usermap import User
 
 MakeUser = Callable[[], User]
 JSON_LOG = '[log]\nformat = "json"\n'

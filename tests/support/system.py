@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from support import need
-from t3backupd.usermap import User
+from t3backupd.core.usermap import User
 
 IS_ROOT = os.geteuid() == 0
 PYTHON = sys.executable

@@ -1,4 +1,4 @@
-"""Config parsing and validation (t3backupd.config): pure, files only under tmp_path."""
+"""Config parsing and validation (t3backupd.core.config): pure, files only under tmp_path."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from t3backupd.config import (
+from t3backupd.core.config import (
     Config,
     MetricsConfig,
     load_config,
@@ -16,7 +16,7 @@ from t3backupd.config import (
     parse_listen,
     resolve_config_path,
 )
-from t3backupd.errors import ConfigError
+from t3backupd.core.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
 NO_ENV: dict[str, str] = {}

@@ -1,4 +1,4 @@
-"""crontab(5) meaning (t3backupd.cron) and the fire times it gives (t3backupd.scheduler).
+"""crontab(5) meaning (t3backupd.core.cron) and the fire times it gives (t3backupd.root.scheduler).
 
 APScheduler 3.x counts day_of_week 0 as Monday; crontab counts 0 and 7 as Sunday. These
 tests check actual fire times, so a translation that passes numbers through unchanged
@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from apscheduler.triggers.cron import CronTrigger
 
-from t3backupd.cron import CronError, CronFields, parse_crontab
-from t3backupd.scheduler import build_trigger, next_run_times
+from t3backupd.core.cron import CronError, CronFields, parse_crontab
+from t3backupd.root.scheduler import build_trigger, next_run_times
 
 BERLIN = ZoneInfo("Europe/Berlin")
 # 2026-11-25 is a Wednesday.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from t3backupd.spawn import DirectoryRefused, ensure_dest_root
+from t3backupd.root.spawn import DirectoryRefused, ensure_dest_root
 
 
 def mode(path: Path) -> int:

@@ -14,10 +14,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from support import need
 
-from t3backupd.backup_pass import UserResult
-from t3backupd.metrics import Metrics, serve
-from t3backupd.protocol import FAILURE_REASONS, Report, SnapshotInfo, failed
-from t3backupd.usermap import User
+from t3backupd.core.protocol import FAILURE_REASONS, Report, SnapshotInfo, UserResult, failed
+from t3backupd.core.usermap import User
+from t3backupd.root.metrics import Metrics, serve
 
 # DESIGN.md, section Metrics (+ the verify feature's two series): name -> (type, labels).
 DESIGN_METRICS = {

@@ -1,4 +1,4 @@
-"""Snapshot file names (t3backupd.naming): format, parse, legacy names, temp names."""
+"""Snapshot file names (t3backupd.core.naming): format, parse, legacy names, temp names."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from t3backupd.naming import (
+from t3backupd.core.naming import (
     SnapshotName,
     format_name,
     is_temp_name,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from t3backupd.notify import (
+from t3backupd.root.notify import (
     Notifier,
     socket_address,
     status_line,
@@ -27,35 +27,64 @@ def receiver(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
     server.close()
 
 
-def test_messages_arrive_as_one_datagram_of_lines(receiver: tuple[socket.socket, str]) -> None:
+def test_messages_arrive_as_one_datagram_of_lines(
+    receiver: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     server, path = receiver
-    notifier = Notifier.from_environment({"NOTIFY_SOCKET": path})
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    notifier = Notifier.from_environment()
     assert notifier.send("READY=1", "STATUS=serving 3 users")
     assert server.recv(4096) == b"READY=1\nSTATUS=serving 3 users"
     notifier.close()
 
 
-def test_abstract_socket_names_start_with_at() -> None:
+def test_abstract_socket_names_start_with_at(monkeypatch: pytest.MonkeyPatch) -> None:
     name = f"t3backupd-test-{secrets.token_hex(4)}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         server.bind("\0" + name)
         server.settimeout(2)
-        notifier = Notifier.from_environment({"NOTIFY_SOCKET": "@" + name})
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        notifier = Notifier.from_environment()
         assert notifier.send("WATCHDOG=1")
         assert server.recv(4096) == b"WATCHDOG=1"
         notifier.close()
 
 
-def test_without_notify_socket_everything_is_a_no_op() -> None:
-    notifier = Notifier.from_environment({})
+def test_without_notify_socket_everything_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    notifier = Notifier.from_environment()
     assert not notifier.enabled
     assert notifier.send("READY=1") is False
 
 
-def test_a_vanished_socket_does_not_raise(tmp_path: Path) -> None:
-    notifier = Notifier(str(tmp_path / "gone"))
+def test_a_vanished_socket_does_not_raise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
+    notifier = Notifier.from_environment()
+    assert notifier.enabled
     assert notifier.send("READY=1") is False
     assert notifier.send("READY=1") is False
+
+
+def test_a_socket_that_goes_away_after_start_does_not_raise(
+    receiver: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, path = receiver
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    notifier = Notifier.from_environment()
+    assert notifier.send("READY=1")
+    server.close()
+    Path(path).unlink()
+    assert notifier.send("WATCHDOG=1") is False
+
+
+def test_non_latin1_status_text_is_sent_not_dropped(
+    receiver: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, path = receiver
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    notifier = Notifier.from_environment()
+    assert notifier.send("STATUS=user \u00e9\u4e2d")
+    assert server.recv(4096) == b"STATUS=user \xe9?"
 
 
 @pytest.mark.parametrize(

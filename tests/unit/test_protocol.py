@@ -1,4 +1,4 @@
-"""Worker reports (t3backupd.protocol) are hostile input: the worker runs as the user, who
+"""Worker reports (t3backupd.core.protocol) are hostile input: the worker runs as the user, who
 can make it print anything. parse_report must accept only what the protocol allows and
 raise ReportError (never anything else) for the rest."""
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from t3backupd.protocol import (
+from t3backupd.core.protocol import (
     MAX_MESSAGE_CHARS,
     MAX_REPORT_BYTES,
     MAX_SNAPSHOTS_IN_REPORT,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from t3backupd.naming import format_name
-from t3backupd.snapshot import create_temp, publish
+from t3backupd.core.naming import format_name
+from t3backupd.worker.files import create_temp, publish
 
 WHEN = datetime(2026, 11, 25, 10, 0, 0, 500000, tzinfo=UTC)
 

@@ -13,18 +13,23 @@ from pathlib import Path
 
 import pytest
 
-from t3backupd.errors import SnapshotNotFound, UsageError
-from t3backupd.naming import SnapshotName, parse_name
-from t3backupd.protocol import Report, ReportError, VerifyResult, parse_report
-from t3backupd.restore import (
+from t3backupd.core.checks import (
+    classify,
+    parse_checksum_line,
+    select_for_verify,
+    verify_failures,
+)
+from t3backupd.core.errors import SnapshotNotFound, UsageError
+from t3backupd.core.naming import SnapshotName, parse_name
+from t3backupd.core.protocol import Report, ReportError, VerifyResult, parse_report
+from t3backupd.core.selection import (
     SnapshotRequest,
     choose_snapshot,
     describe_holders,
-    find_holders,
     parse_snapshot_request,
     undo_command,
 )
-from t3backupd.verify import classify, parse_checksum_line, select_for_verify, verify_failures
+from t3backupd.worker.restore import find_holders
 
 DIGEST = "ab" * 32
 OTHER = "cd" * 32

@@ -1,4 +1,4 @@
-"""Which snapshots retention lets go (t3backupd.retention): properties over generated
+"""Which snapshots retention lets go (t3backupd.core.retention): properties over generated
 directories mixing current, labelled and legacy (local-time) names."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 from hypothesis import given
 from hypothesis import strategies as st
 
-from t3backupd.naming import SnapshotName, format_name, parse_name
-from t3backupd.retention import RetentionPolicy, select_expired
+from t3backupd.core.naming import SnapshotName, format_name, parse_name
+from t3backupd.core.retention import RetentionPolicy, select_expired
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-import t3backupd.daemon as daemon_module
-from t3backupd.config import Config, ScheduleConfig
-from t3backupd.daemon import Daemon, Served
-from t3backupd.notify import Notifier
-from t3backupd.scheduler import (
+import t3backupd.root.daemon as daemon_module
+from t3backupd.core.config import Config, ScheduleConfig
+from t3backupd.root.daemon import Daemon, Served
+from t3backupd.root.notify import Notifier
+from t3backupd.root.scheduler import (
     build_trigger,
     clock_jumped,
     is_repeated_wall_time,
@@ -246,7 +246,7 @@ def idle_daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Daemon, list[
 
     monkeypatch.setattr(daemon_module, "run_pass", fake_pass)
     monkeypatch.setattr(daemon_module, "run_verify_pass", fake_verify)
-    daemon = Daemon(Path("/nonexistent.toml"), Served(Config(), (), ()), Notifier(None))
+    daemon = Daemon(Path("/nonexistent.toml"), Served(Config(), (), ()), Notifier(None, None))
     yield daemon, ran
     daemon._stopping.set()
 

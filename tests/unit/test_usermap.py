@@ -1,4 +1,4 @@
-"""The usermap (t3backupd.usermap): the legacy script's meaning, and resolution through a
+"""The usermap (t3backupd.core.usermap): the legacy script's meaning, and resolution through a
 passwd lookup passed in (a dict-backed fake: the one narrow boundary faked here)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from t3backupd.usermap import (
+from t3backupd.core.usermap import (
     Lookup,
     Problem,
     User,

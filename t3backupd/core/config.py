@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from t3backupd.cron import CronError, parse_crontab
-from t3backupd.errors import ConfigError
-from t3backupd.retention import RetentionPolicy
+from t3backupd.core.cron import CronError, parse_crontab
+from t3backupd.core.errors import ConfigError
+from t3backupd.core.retention import RetentionPolicy
 
 DEFAULT_CONFIG_PATH = Path("/etc/t3backupd/config.toml")
 SNAPSHOT_METHODS = ("backup", "vacuum")

@@ -15,18 +15,19 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from t3backupd import __version__
-from t3backupd.backup_pass import inventory_of, run_pass
-from t3backupd.config import Config, load_config, resolve_config_path
-from t3backupd.cron import CronError
-from t3backupd.errors import ConfigError, T3BackupError, UsageError
-from t3backupd.log import configure_logging, get_logger
-from t3backupd.naming import is_valid_label
-from t3backupd.protocol import SnapshotInfo
-from t3backupd.restore import parse_snapshot_request, restore_in_place, restore_to
-from t3backupd.scheduler import next_run_times, trigger_for
-from t3backupd.spawn import running_as_root
-from t3backupd.usermap import Problem, User, load_users
-from t3backupd.verify import verify_failures, verify_user
+from t3backupd.core.checks import verify_failures
+from t3backupd.core.config import Config, load_config, resolve_config_path
+from t3backupd.core.cron import CronError
+from t3backupd.core.errors import ConfigError, T3BackupError, UsageError
+from t3backupd.core.naming import is_valid_label
+from t3backupd.core.protocol import SnapshotInfo
+from t3backupd.core.selection import parse_snapshot_request
+from t3backupd.core.usermap import Problem, User, load_users
+from t3backupd.root.log import configure_logging, get_logger
+from t3backupd.root.passes import inventory_user, run_pass, run_verify_pass
+from t3backupd.root.restore import restore_in_place, restore_to
+from t3backupd.root.scheduler import next_run_times, trigger_for
+from t3backupd.root.spawn import running_as_root
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -178,7 +179,7 @@ def command_list(args: argparse.Namespace) -> int:
     documents = []
     status = EXIT_OK
     for user in selected:
-        report = inventory_of(config, user)
+        report = inventory_user(config, user).report
         if not report.ok:
             status = EXIT_FAILED
         documents.append((user, report))
@@ -244,7 +245,8 @@ VERIFY_WORDS = {
 def command_verify(args: argparse.Namespace) -> int:
     config, users, _ = load_context(args)
     selected = select_users(users, args.user, config.usermap)
-    reports = [(user, verify_user(config, user, args.latest, args.quick)) for user in selected]
+    results = run_verify_pass(config, selected, args.latest, args.quick)
+    reports = [(result.user, result.report) for result in results]
     checked = sum(len(report.verified) for _, report in reports)
     bad = sum(verify_failures(report) for _, report in reports)
     errors = sum(1 for _, report in reports if not report.ok)
@@ -323,7 +325,7 @@ def command_restore(args: argparse.Namespace) -> int:
 
 def command_run(args: argparse.Namespace) -> int:
     # Imported here: only the daemon needs APScheduler and the HTTP server.
-    from t3backupd import daemon
+    from t3backupd.root import daemon
 
     return daemon.run(resolve_config_path(args.config))
 

@@ -2,7 +2,7 @@
 
 Who does what:
 - the main thread owns signals, sd_notify, the watchdog and reloads (`Daemon.serve`);
-- APScheduler's thread fires passes, which `backup_pass.run_pass` runs (one at a time);
+- APScheduler's thread fires passes, which `passes.run_pass` runs (one at a time);
 - `metrics.Metrics` records, prometheus-client's thread serves `/metrics`.
 
 Signal handlers only queue the signal number; the main loop handles it. The served
@@ -12,6 +12,7 @@ one and swaps it in, and a pass keeps the value it started with.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import queue
 import signal
@@ -19,7 +20,6 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,23 +32,23 @@ from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
-from t3backupd.backup_pass import UserResult, inventory_of, run_pass
-from t3backupd.config import Config, MetricsConfig, load_config
-from t3backupd.errors import ConfigError
-from t3backupd.log import configure_logging, get_logger
-from t3backupd.metrics import Metrics, MetricsServer, serve
-from t3backupd.notify import Notifier, monotonic_usec, status_line, watchdog_interval
-from t3backupd.protocol import Report
-from t3backupd.scheduler import (
+from t3backupd.core.checks import verify_failures
+from t3backupd.core.config import Config, MetricsConfig, load_config
+from t3backupd.core.errors import ConfigError
+from t3backupd.core.protocol import UserResult
+from t3backupd.core.usermap import Problem, User, load_users
+from t3backupd.root.log import configure_logging, get_logger
+from t3backupd.root.metrics import Metrics, MetricsServer, serve
+from t3backupd.root.notify import Notifier, monotonic_usec, status_line, watchdog_interval
+from t3backupd.root.passes import run_inventory, run_pass, run_verify_pass
+from t3backupd.root.scheduler import (
     build_trigger,
     clock_jumped,
     schedule_key,
     should_catch_up,
     trigger_for,
 )
-from t3backupd.spawn import ProcessTracker, running_as_root
-from t3backupd.usermap import Problem, User, load_users
-from t3backupd.verify import run_verify_pass
+from t3backupd.root.spawn import ProcessTracker, running_as_root
 
 JOB_ID = "pass"
 VERIFY_JOB_ID = "verify"
@@ -316,10 +316,10 @@ class Daemon:
                     served.users,
                     tracker=self._tracker,
                     on_result=lambda result: self._metrics.record_verify(
-                        result.user.name, result.failures, result.finished
+                        result.user.name, verify_failures(result.report), result.finished
                     ),
                 )
-                bad = sum(result.failures for result in results)
+                bad = sum(verify_failures(result.report) for result in results)
                 (self._log.warning if bad else self._log.info)(
                     "verify pass finished", users=len(results), bad_snapshots=bad
                 )
@@ -496,52 +496,30 @@ class Daemon:
 
         Returns each user's newest snapshot time (None: none, or the listing failed).
         """
-        if not users:
-            return {}
-        with ThreadPoolExecutor(
-            max_workers=min(INVENTORY_CONCURRENCY, len(users)), thread_name_prefix="inventory"
-        ) as pool:
-            reports = list(pool.map(lambda user: inventory_of(config, user), users))
-        return {
-            user.name: self._apply_inventory(user, report)
-            for user, report in zip(users, reports, strict=True)
-        }
+        results = run_inventory(config, users, INVENTORY_CONCURRENCY, self._tracker)
+        return {result.user.name: self._apply_inventory(result) for result in results}
 
     def _start_inventory(self, config: Config, users: Sequence[User]) -> None:
         """As `_restore_from_disk`, but in the background (after a reload): the main thread
         must keep pinging the watchdog and handling signals while a worker takes its whole
         timeout. Each result is applied when it comes (Metrics drops users no longer
         served); results for a dest that a later reload replaced are dropped.
-
-        Plain daemon threads, not an executor: an executor's threads are joined at
-        interpreter exit, which would hold up a stop behind a stuck worker.
         """
-        pending: queue.SimpleQueue[User] = queue.SimpleQueue()
-        for user in users:
-            pending.put(user)
 
-        def current() -> bool:
-            return not self._stopping.is_set() and self._served.config.dest == config.dest
+        def apply(result: UserResult) -> None:
+            if self._served.config.dest == config.dest:
+                self._apply_inventory(result)
 
-        def work() -> None:
-            while current():
-                try:
-                    user = pending.get_nowait()
-                except queue.Empty:
-                    return
-                try:
-                    report = inventory_of(config, user)
-                except Exception:
-                    self._log.exception("inventory crashed", user=user.name)
-                    continue
-                if current():
-                    self._apply_inventory(user, report)
+        threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(run_inventory, config, users, INVENTORY_CONCURRENCY, self._tracker, apply),
+            name="inventory",
+            daemon=True,
+        ).start()
 
-        for _ in range(min(INVENTORY_CONCURRENCY, len(users))):
-            threading.Thread(target=work, name="inventory", daemon=True).start()
-
-    def _apply_inventory(self, user: User, report: Report) -> float | None:
+    def _apply_inventory(self, result: UserResult) -> float | None:
         """Put one user's listing into the metrics; their newest snapshot time, or None."""
+        user, report = result.user, result.report
         if not report.ok:
             self._log.warning(
                 "cannot list snapshots", user=user.name, reason=report.reason,

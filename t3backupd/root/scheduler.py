@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 import tzlocal
 from apscheduler.triggers.cron import CronTrigger
 
-from t3backupd.config import ScheduleConfig
-from t3backupd.cron import CronFields, parse_crontab
+from t3backupd.core.config import ScheduleConfig
+from t3backupd.core.cron import CronFields, parse_crontab
 
 # How far back `previous_fire_time` looks, widening step by step: a schedule like
 # "0 0 29 2 *" (leap days) may not have fired for eight years.

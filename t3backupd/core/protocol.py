@@ -12,7 +12,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from t3backupd.naming import is_valid_label, parse_name
+from t3backupd.core.naming import is_valid_label, parse_name
+from t3backupd.core.usermap import User
 
 PROTOCOL_VERSION = 1
 MAX_REPORT_BYTES = 1 << 20
@@ -133,6 +134,20 @@ class Report:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class UserResult:
+    """One user's job in a pass, as the root side saw it: the (parsed) report and when."""
+
+    user: User
+    report: Report
+    started: float  # wall-clock epoch seconds
+    duration_s: float
+
+    @property
+    def finished(self) -> float:
+        return self.started + self.duration_s
 
 
 def failed(action: str, reason: str, message: str, **kwargs: Any) -> Report:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from t3backupd.naming import SnapshotName
+from t3backupd.core.naming import SnapshotName
 
 
 @dataclass(frozen=True)

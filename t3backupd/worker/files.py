@@ -21,7 +21,7 @@ from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
 from urllib.parse import quote
 
-from t3backupd.naming import (
+from t3backupd.core.naming import (
     CHECKSUM_SUFFIX,
     LOCK_NAME,
     TEMP_PREFIX,
@@ -30,7 +30,7 @@ from t3backupd.naming import (
     format_name,
     parse_name,
 )
-from t3backupd.protocol import SnapshotInfo
+from t3backupd.core.protocol import SnapshotInfo
 
 HASH_CHUNK = 1 << 20
 # How far ahead of the clock an existing snapshot name may be and still push a new

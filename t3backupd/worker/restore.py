@@ -1,14 +1,8 @@
-"""Restore a snapshot: to a new file (`--to PATH`) or into the live database (`--in-place`).
+"""Worker job "restore", run as the user: to a new file (`--to`) or into the live database.
 
-- pure: `parse_snapshot_request`, `choose_snapshot`, `describe_holders`, `undo_command`;
-- user side (inside the worker, as the user): `find_holders`, `restore_job`;
-- parent side (root): `restore_to`, `restore_in_place`.
-
-In place is two workers around a snapshot: a check-only worker chooses the snapshot,
-verifies it and looks for processes holding the database; the parent then takes a
-`pre-restore` snapshot through the normal snapshot path; a second worker repeats the
-checks and copies the snapshot into the live database with SQLite's backup API. The
-root parent never opens a path of the user's.
+The root side (`t3backupd.root.restore`) runs this twice for `--in-place`: a check-only
+run (choose, verify, look for processes holding the database), then, after a
+`pre-restore` snapshot, the real one on the exact snapshot chosen.
 """
 
 from __future__ import annotations
@@ -17,119 +11,27 @@ import errno
 import os
 import sqlite3
 import stat
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-import structlog
+from t3backupd.core.errors import SnapshotNotFound, UsageError
+from t3backupd.core.naming import SnapshotName
+from t3backupd.core.protocol import Report, SnapshotInfo
+from t3backupd.core.selection import (
+    LATEST,
+    RESTORABLE_OUTCOMES,
+    SnapshotRequest,
+    choose_snapshot,
+    describe_holders,
+    parse_snapshot_request,
+)
+from t3backupd.worker import files as ops
+from t3backupd.worker.job import Job
+from t3backupd.worker.verify import Checked, check_snapshot, open_snapshot, same_file
 
-from t3backupd import snapshot as ops
-from t3backupd.backup_pass import run_user_job, snapshot_user
-from t3backupd.config import DEFAULT_CONFIG_PATH, Config
-from t3backupd.errors import SnapshotNotFound, UsageError
-from t3backupd.log import get_logger
-from t3backupd.naming import SnapshotName, is_valid_label, parse_name
-from t3backupd.protocol import JobSpec, Report, SnapshotInfo, failed
-from t3backupd.usermap import User
-from t3backupd.verify import Checked, check_snapshot, open_snapshot, same_file
-
-if TYPE_CHECKING:
-    from t3backupd.worker import Job
-
-LATEST = "latest"
-PRE_RESTORE_LABEL = "pre-restore"
-# The app's setting (DESIGN): the WAL is truncated back to this after our checkpoint.
+# The app's setting: the WAL is truncated back to this after our checkpoint.
 APP_JOURNAL_SIZE_LIMIT = 32 * 1024 * 1024
 APP_BUSY_TIMEOUT_SECONDS = 5.0
-MAX_HOLDERS_NAMED = 5
-MAX_COMMAND_CHARS = 80
-# A snapshot without NAME.sha256 (the legacy script wrote none) is restorable when its
-# integrity check passes; the restored copy is then checked against the digest we read.
-RESTORABLE_OUTCOMES = ("ok", "missing_checksum")
-
-
-# --- pure -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SnapshotRequest:
-    """What `--snapshot` asked for: kind "name" (exact file name), "latest" or "label"."""
-
-    kind: str
-    value: str
-
-    def describe(self) -> str:
-        if self.kind == "latest":
-            return "the newest snapshot"
-        if self.kind == "label":
-            return f"the newest snapshot labelled {self.value!r}"
-        return f"snapshot {self.value!r}"
-
-
-def parse_snapshot_request(text: str) -> SnapshotRequest:
-    """Parse `--snapshot NAME|latest|LABEL`.
-
-    Raises UsageError for anything that could name a path (a '/' or '..'), control
-    characters, or text that is neither a snapshot file name nor a valid label.
-    """
-    if "/" in text or ".." in text:
-        raise UsageError(f"invalid --snapshot {text!r}: a snapshot name never contains '/' or '..'")
-    if parse_name(text) is not None:
-        return SnapshotRequest("name", text)
-    if text == LATEST:
-        return SnapshotRequest("latest", text)
-    if is_valid_label(text):
-        return SnapshotRequest("label", text)
-    raise UsageError(
-        f"invalid --snapshot {text!r}: use a snapshot file name, 'latest' or a label "
-        "(1-64 of A-Z a-z 0-9 . _ -)"
-    )
-
-
-def choose_snapshot(
-    entries: Sequence[tuple[SnapshotName, bool]], request: SnapshotRequest
-) -> SnapshotName:
-    """The snapshot `request` names among `entries` ((parsed name, is a regular file)).
-
-    "latest" and labels pick the newest regular file by the time in its name (what
-    `list` shows); an exact name may be any entry, so that a planted link is reported by
-    the verification rather than silently skipped. Raises SnapshotNotFound.
-    """
-    if request.kind == "name":
-        for parsed, _ in entries:
-            if parsed.filename == request.value:
-                return parsed
-        raise SnapshotNotFound(f"no {request.describe()}")
-    candidates = [
-        parsed
-        for parsed, regular in entries
-        if regular and (request.kind == "latest" or parsed.label == request.value)
-    ]
-    if not candidates:
-        raise SnapshotNotFound(f"no snapshot found for {request.describe()}")
-    return max(candidates, key=lambda parsed: (parsed.time, parsed.filename))
-
-
-def describe_holders(holders: Sequence[tuple[int, str]]) -> str:
-    """One line naming the processes that hold the database open."""
-    named = ", ".join(
-        f"pid {pid} ({command[:MAX_COMMAND_CHARS]})" for pid, command in holders[:MAX_HOLDERS_NAMED]
-    )
-    more = len(holders) - MAX_HOLDERS_NAMED
-    if more > 0:
-        named += f" and {more} more"
-    return f"the database is open by {named}"
-
-
-def undo_command(user: str, config_path: str | None = None) -> str:
-    """The command that undoes an in-place restore."""
-    config = f"-c {config_path} " if config_path else ""
-    return f"t3backupd {config}restore --user {user} --snapshot {PRE_RESTORE_LABEL} --in-place"
-
-
-# --- user side ------------------------------------------------------------------------
 
 
 def _read_command(pid: str) -> str:
@@ -395,131 +297,3 @@ def restore_job(job: Job) -> Report:
         if spec.in_place:
             return _restore_in_place(job, parsed, checked)
         return _restore_copy(job, parsed, checked)
-
-
-# --- parent side ----------------------------------------------------------------------
-
-
-def restore_spec(
-    config: Config,
-    user: User,
-    dest_dir: str,
-    request: str,
-    target: str = "",
-    in_place: bool = False,
-    check_only: bool = False,
-    force: bool = False,
-) -> JobSpec:
-    """The job spec of a restore of `user` under `config`."""
-    return JobSpec(
-        action="restore",
-        user=user.name,
-        dest_dir=dest_dir,
-        source=config.source_for(user.name, user.home),
-        snapshot=request,
-        timeout_seconds=float(config.snapshot.timeout_seconds),
-        target=target,
-        in_place=in_place,
-        check_only=check_only,
-        force=force,
-    )
-
-
-def _log(report: Report, **fields: object) -> None:
-    log = get_logger()
-    (log.info if report.ok else log.error)(
-        "restore",
-        status=report.status,
-        reason=report.reason,
-        message=report.message,
-        snapshot=report.extra.get("restored_from"),
-        **fields,
-    )
-
-
-def restore_to(config: Config, user: User, request: str, target: str) -> Report:
-    """Restore `user`'s snapshot `request` to the new file `target` (absolute).
-
-    Raises UsageError if `request` is not a valid --snapshot value or `target` is
-    relative; everything else is in the report.
-    """
-    parse_snapshot_request(request)
-    if not os.path.isabs(target):
-        raise UsageError(f"--to {target!r}: give an absolute path")
-    with structlog.contextvars.bound_contextvars(user=user.name):
-        report = run_user_job(
-            config,
-            user,
-            lambda dest_dir: restore_spec(config, user, dest_dir, request, target=target),
-            None,
-        )
-        _log(report, mode="to", target=target)
-    return report
-
-
-@dataclass(frozen=True)
-class InPlaceResult:
-    """An in-place restore: the final report, and the pre-restore snapshot taken (if any)."""
-
-    report: Report
-    pre_restore: str | None
-    undo: str | None
-
-
-def restore_in_place(
-    config: Config, user: User, request: str, force: bool = False
-) -> InPlaceResult:
-    """Restore `user`'s snapshot `request` into their live database.
-
-    1. check (worker): choose + verify the snapshot; refuse if a process of the user has
-       the database open (unless `force`);
-    2. take a `pre-restore` snapshot of the current database (the normal snapshot path);
-    3. restore (worker): repeat the checks on the exact snapshot chosen in 1, back it up
-       into the live database, verify the result.
-    Nothing is written when 1 or 2 fails. Raises UsageError for an invalid `request`.
-    """
-    parse_snapshot_request(request)
-    clock = time.monotonic()
-    with structlog.contextvars.bound_contextvars(user=user.name):
-        check = run_user_job(
-            config,
-            user,
-            lambda dest_dir: restore_spec(
-                config, user, dest_dir, request, in_place=True, check_only=True, force=force
-            ),
-            None,
-        )
-        if not check.ok:
-            _log(check, mode="in-place", phase="check")
-            return InPlaceResult(check, None, None)
-        chosen = check.extra["restored_from"]  # a snapshot name: the parser checked it
-        pre = snapshot_user(config, user, label=PRE_RESTORE_LABEL)
-        if pre.report.status == "failed":
-            report = failed(
-                "restore",
-                pre.report.reason or "sqlite_error",
-                f"the pre-restore snapshot failed ({pre.report.message}); nothing was "
-                "restored. To recover anyway, stop the app and use `restore --to` on a new "
-                "path",
-                verified=check.verified,
-            )
-            _log(report, mode="in-place", phase="pre-restore")
-            return InPlaceResult(report, None, None)
-        pre_name = pre.report.snapshot.name if pre.report.snapshot is not None else None
-        report = run_user_job(
-            config,
-            user,
-            lambda dest_dir: restore_spec(
-                config, user, dest_dir, chosen, in_place=True, force=force
-            ),
-            None,
-        )
-        config_path = None if config.path == str(DEFAULT_CONFIG_PATH) else config.path
-        undo = undo_command(user.name, config_path) if pre_name is not None else None
-        _log(
-            report,
-            mode="in-place",
-            pre_restore=pre_name,
-            duration_s=round(time.monotonic() - clock, 3),
-        )
-    return InPlaceResult(report, pre_name, undo)

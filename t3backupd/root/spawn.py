@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import IO
 
-from t3backupd.protocol import JobSpec, Report, ReportError, failed, parse_report
-from t3backupd.usermap import User
+from t3backupd.core.protocol import JobSpec, Report, ReportError, failed, parse_report
+from t3backupd.core.usermap import User
 
 STOP_GRACE_SECONDS = 5.0
 STDERR_TAIL_BYTES = 4096

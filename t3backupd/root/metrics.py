@@ -22,9 +22,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from t3backupd import __version__
-from t3backupd.backup_pass import UserResult
-from t3backupd.config import parse_listen
-from t3backupd.protocol import FAILURE_REASONS, SnapshotInfo
+from t3backupd.core.config import parse_listen
+from t3backupd.core.protocol import FAILURE_REASONS, SnapshotInfo, UserResult
 
 PREFIX = "t3backup_"
 

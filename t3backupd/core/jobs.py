@@ -1,0 +1,87 @@
+"""Job specs built from the config (pure): one builder per worker action.
+
+Each spec is complete before the root side prepares the user's directory, so what a
+worker is asked to do never depends on what happened on disk.
+"""
+
+from __future__ import annotations
+
+import os
+
+from t3backupd.core.config import Config
+from t3backupd.core.protocol import JobSpec
+from t3backupd.core.usermap import User
+
+# Verifying reads every snapshot of a user; give it a few snapshot-lengths of time.
+VERIFY_TIMEOUT_FACTOR = 4
+INVENTORY_TIMEOUT_SECONDS = 60.0
+
+
+def user_dir(config: Config, user: User) -> str:
+    """`<dest>/<user>`: the one directory a user's worker works in."""
+    return os.path.join(config.dest, user.name)
+
+
+def snapshot_spec(config: Config, user: User, label: str | None = None) -> JobSpec:
+    """One user's snapshot under `config`."""
+    return JobSpec(
+        action="snapshot",
+        user=user.name,
+        dest_dir=user_dir(config, user),
+        source=config.source_for(user.name, user.home),
+        method=config.snapshot.method,
+        verify=config.snapshot.verify,
+        timeout_seconds=float(config.snapshot.timeout_seconds),
+        min_free_bytes=config.snapshot.min_free_bytes,
+        label=label,
+        keep=config.retention.keep,
+        keep_daily=config.retention.keep_daily,
+        keep_weekly=config.retention.keep_weekly,
+        keep_monthly=config.retention.keep_monthly,
+    )
+
+
+def inventory_spec(config: Config, user: User) -> JobSpec:
+    """List one user's snapshots."""
+    return JobSpec(
+        action="inventory",
+        user=user.name,
+        dest_dir=user_dir(config, user),
+        timeout_seconds=INVENTORY_TIMEOUT_SECONDS,
+    )
+
+
+def verify_spec(config: Config, user: User, latest_only: bool, quick: bool) -> JobSpec:
+    """Verify one user's snapshots (every one, or only the newest)."""
+    return JobSpec(
+        action="verify",
+        user=user.name,
+        dest_dir=user_dir(config, user),
+        verify="quick" if quick else "full",
+        latest_only=latest_only,
+        timeout_seconds=float(config.snapshot.timeout_seconds * VERIFY_TIMEOUT_FACTOR),
+    )
+
+
+def restore_spec(
+    config: Config,
+    user: User,
+    request: str,
+    target: str = "",
+    in_place: bool = False,
+    check_only: bool = False,
+    force: bool = False,
+) -> JobSpec:
+    """A restore of `user`'s snapshot `request` to `target` or (`in_place`) their database."""
+    return JobSpec(
+        action="restore",
+        user=user.name,
+        dest_dir=user_dir(config, user),
+        source=config.source_for(user.name, user.home),
+        snapshot=request,
+        timeout_seconds=float(config.snapshot.timeout_seconds),
+        target=target,
+        in_place=in_place,
+        check_only=check_only,
+        force=force,
+    )

@@ -1,0 +1,147 @@
+"""Passes: the snapshot, verify and inventory jobs of every user, through one runner.
+
+Used by both the CLI and the daemon, so there is one way a snapshot is taken, one way
+snapshots are verified, one way a user's snapshots are listed. Each user's outcome is
+one log event.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+from t3backupd.core.checks import verify_failures
+from t3backupd.core.config import Config
+from t3backupd.core.jobs import inventory_spec, snapshot_spec, user_dir, verify_spec
+from t3backupd.core.protocol import Report, UserResult
+from t3backupd.core.usermap import User
+from t3backupd.root.log import get_logger
+from t3backupd.root.runner import run_for_users, run_user_job
+from t3backupd.root.spawn import ProcessTracker
+
+
+def snapshot_user(
+    config: Config,
+    user: User,
+    label: str | None = None,
+    tracker: ProcessTracker | None = None,
+) -> UserResult:
+    """Snapshot one user and log the outcome as one event."""
+    result = run_user_job(config, user, snapshot_spec(config, user, label), tracker)
+    report = result.report
+    fields = {
+        "user": user.name,  # explicit too: capture_logs() in tests drops contextvars
+        "status": report.status,
+        "reason": report.reason,
+        "bytes": report.snapshot.bytes if report.snapshot else None,
+        "snapshot": report.snapshot.name if report.snapshot else None,
+        "duration_s": round(result.duration_s, 3),
+    }
+    log = get_logger()
+    if report.status == "failed":
+        log.error("snapshot", message=report.message, **fields)
+    elif report.status == "skipped":
+        log.info("snapshot", message=report.message, **fields)
+    else:
+        log.info("snapshot", pruned=list(report.pruned), **fields)
+    return result
+
+
+def verify_user(
+    config: Config,
+    user: User,
+    latest_only: bool = False,
+    quick: bool = False,
+    tracker: ProcessTracker | None = None,
+) -> UserResult:
+    """Verify one user's snapshots with a worker running as the user; log one event.
+
+    Never raises for the user's files: a problem is in the report (`verified` outcomes,
+    or a failed report if the worker itself failed).
+    """
+    result = run_user_job(config, user, verify_spec(config, user, latest_only, quick), tracker)
+    report = result.report
+    fields = {
+        "user": user.name,
+        "status": report.status,
+        "reason": report.reason,
+        "checked": len(report.verified),
+        "failures": verify_failures(report),
+        "duration_s": round(result.duration_s, 3),
+    }
+    log = get_logger()
+    if not report.ok:
+        log.error("verify", message=report.message, **fields)
+    else:
+        bad = {r.name: r.outcome for r in report.verified if r.outcome != "ok"}
+        (log.warning if bad else log.info)("verify", bad=bad, **fields)
+    return result
+
+
+def inventory_user(config: Config, user: User, tracker: ProcessTracker | None = None) -> UserResult:
+    """The user's snapshots, listed by a worker running as the user (none if no dir)."""
+    if not os.path.lexists(user_dir(config, user)):
+        return UserResult(user, Report(action="inventory", status="ok"), 0.0, 0.0)
+    return run_user_job(config, user, inventory_spec(config, user), tracker)
+
+
+def run_pass(
+    config: Config,
+    users: Sequence[User],
+    label: str | None = None,
+    tracker: ProcessTracker | None = None,
+    on_result: Callable[[UserResult], None] | None = None,
+) -> list[UserResult]:
+    """Snapshot every user, `config.snapshot.concurrency` at a time, in usermap order."""
+    tracker = tracker if tracker is not None else ProcessTracker()
+    return run_for_users(
+        users,
+        lambda user: snapshot_user(config, user, label, tracker),
+        concurrency=config.snapshot.concurrency,
+        tracker=tracker,
+        on_result=on_result,
+        name="snapshot",
+    )
+
+
+def run_verify_pass(
+    config: Config,
+    users: Sequence[User],
+    latest_only: bool = False,
+    quick: bool = False,
+    tracker: ProcessTracker | None = None,
+    on_result: Callable[[UserResult], None] | None = None,
+) -> list[UserResult]:
+    """Verify every user's snapshots, `config.snapshot.concurrency` users at a time.
+
+    The daemon's scheduled verification calls this with the defaults (every snapshot,
+    full integrity_check) and records each result in `on_result`.
+    """
+    tracker = tracker if tracker is not None else ProcessTracker()
+    return run_for_users(
+        users,
+        lambda user: verify_user(config, user, latest_only, quick, tracker),
+        concurrency=config.snapshot.concurrency,
+        tracker=tracker,
+        on_result=on_result,
+        name="verify",
+    )
+
+
+def run_inventory(
+    config: Config,
+    users: Sequence[User],
+    concurrency: int,
+    tracker: ProcessTracker | None = None,
+    on_result: Callable[[UserResult], None] | None = None,
+) -> list[UserResult]:
+    """List every user's snapshots, `concurrency` users at a time."""
+    tracker = tracker if tracker is not None else ProcessTracker()
+    return run_for_users(
+        users,
+        lambda user: inventory_user(config, user, tracker),
+        concurrency=concurrency,
+        tracker=tracker,
+        on_result=on_result,
+        name="inventory",
+    )

@@ -1,0 +1,116 @@
+"""Restore, root side: `restore --to` and `restore --in-place` as workers run as the user.
+
+In place is two workers around a snapshot: a check-only worker chooses the snapshot,
+verifies it and looks for processes holding the database; the parent then takes a
+`pre-restore` snapshot through the normal snapshot path; a second worker repeats the
+checks and copies the snapshot into the live database with SQLite's backup API. The
+root parent never opens a path of the user's.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from t3backupd.core.config import DEFAULT_CONFIG_PATH, Config
+from t3backupd.core.errors import UsageError
+from t3backupd.core.jobs import restore_spec
+from t3backupd.core.protocol import Report, failed
+from t3backupd.core.selection import PRE_RESTORE_LABEL, parse_snapshot_request, undo_command
+from t3backupd.core.usermap import User
+from t3backupd.root.log import get_logger
+from t3backupd.root.passes import snapshot_user
+from t3backupd.root.runner import run_user_job
+
+
+def _log(report: Report, **fields: object) -> None:
+    log = get_logger()
+    (log.info if report.ok else log.error)(
+        "restore",
+        status=report.status,
+        reason=report.reason,
+        message=report.message,
+        snapshot=report.extra.get("restored_from"),
+        **fields,
+    )
+
+
+def restore_to(config: Config, user: User, request: str, target: str) -> Report:
+    """Restore `user`'s snapshot `request` to the new file `target` (absolute).
+
+    Raises UsageError if `request` is not a valid --snapshot value or `target` is
+    relative; everything else is in the report.
+    """
+    parse_snapshot_request(request)
+    if not os.path.isabs(target):
+        raise UsageError(f"--to {target!r}: give an absolute path")
+    with structlog.contextvars.bound_contextvars(user=user.name):
+        report = run_user_job(
+            config, user, restore_spec(config, user, request, target=target), None
+        ).report
+        _log(report, mode="to", target=target)
+    return report
+
+
+@dataclass(frozen=True)
+class InPlaceResult:
+    """An in-place restore: the final report, and the pre-restore snapshot taken (if any)."""
+
+    report: Report
+    pre_restore: str | None
+    undo: str | None
+
+
+def restore_in_place(
+    config: Config, user: User, request: str, force: bool = False
+) -> InPlaceResult:
+    """Restore `user`'s snapshot `request` into their live database.
+
+    1. check (worker): choose + verify the snapshot; refuse if a process of the user has
+       the database open (unless `force`);
+    2. take a `pre-restore` snapshot of the current database (the normal snapshot path);
+    3. restore (worker): repeat the checks on the exact snapshot chosen in 1, back it up
+       into the live database, verify the result.
+    Nothing is written when 1 or 2 fails. Raises UsageError for an invalid `request`.
+    """
+    parse_snapshot_request(request)
+    clock = time.monotonic()
+    with structlog.contextvars.bound_contextvars(user=user.name):
+        check = run_user_job(
+            config,
+            user,
+            restore_spec(config, user, request, in_place=True, check_only=True, force=force),
+            None,
+        ).report
+        if not check.ok:
+            _log(check, mode="in-place", phase="check")
+            return InPlaceResult(check, None, None)
+        chosen = check.extra["restored_from"]  # a snapshot name: the parser checked it
+        pre = snapshot_user(config, user, label=PRE_RESTORE_LABEL)
+        if pre.report.status == "failed":
+            report = failed(
+                "restore",
+                pre.report.reason or "sqlite_error",
+                f"the pre-restore snapshot failed ({pre.report.message}); nothing was "
+                "restored. To recover anyway, stop the app and use `restore --to` on a new "
+                "path",
+                verified=check.verified,
+            )
+            _log(report, mode="in-place", phase="pre-restore")
+            return InPlaceResult(report, None, None)
+        pre_name = pre.report.snapshot.name if pre.report.snapshot is not None else None
+        report = run_user_job(
+            config, user, restore_spec(config, user, chosen, in_place=True, force=force), None
+        ).report
+        config_path = None if config.path == str(DEFAULT_CONFIG_PATH) else config.path
+        undo = undo_command(user.name, config_path) if pre_name is not None else None
+        _log(
+            report,
+            mode="in-place",
+            pre_restore=pre_name,
+            duration_s=round(time.monotonic() - clock, 3),
+        )
+    return InPlaceResult(report, pre_name, undo)

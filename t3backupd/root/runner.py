@@ -1,0 +1,113 @@
+"""The one runner of per-user jobs: snapshot passes, verify passes, inventories.
+
+`run_for_users` runs one function per user, `concurrency` at a time, each in a copy of
+the caller's logging context (so every per-user event carries the pass's `pass_id` and
+`trigger`) with `user` bound, and hands each result to a callback as it arrives. Users
+are isolated: a failure is a report, never an exception that stops the others.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import structlog
+
+from t3backupd.core.config import Config
+from t3backupd.core.protocol import JobSpec, UserResult, failed
+from t3backupd.core.usermap import User
+from t3backupd.root.log import get_logger
+from t3backupd.root.spawn import DirectoryRefused, ProcessTracker, prepare_user_dir, run_worker
+
+# Parent-side slack on top of the worker's own deadline before it is killed.
+TIMEOUT_SLACK_SECONDS = 10.0
+# Joins poll, so Ctrl-C reaches the CLI's main thread while workers run.
+JOIN_POLL_SECONDS = 0.2
+
+
+def run_user_job(
+    config: Config, user: User, spec: JobSpec, tracker: ProcessTracker | None
+) -> UserResult:
+    """Prepare the user's directory (as root), then run one worker for `spec` as the user."""
+    started = time.time()
+    clock = time.monotonic()
+    try:
+        prepare_user_dir(config.dest, user)
+    except DirectoryRefused as error:
+        report = failed(spec.action, "permission", str(error))
+    except OSError as error:
+        report = failed(spec.action, "permission", f"{config.dest}: {error.strerror}")
+    else:
+        report = run_worker(spec, user, spec.timeout_seconds + TIMEOUT_SLACK_SECONDS, tracker)
+    return UserResult(user, report, started, time.monotonic() - clock)
+
+
+def run_for_users(
+    users: Sequence[User],
+    job: Callable[[User], UserResult],
+    *,
+    concurrency: int,
+    tracker: ProcessTracker,
+    on_result: Callable[[UserResult], None] | None = None,
+    name: str = "job",
+) -> list[UserResult]:
+    """`job(user)` for every user, `concurrency` at a time; results in `users` order.
+
+    Once `tracker.stopping` is set, users not yet started are left out, and results that
+    arrive after it are not handed to `on_result`: a worker stopped because we are
+    stopping did not fail on its own. An exception in a job is a bug: it is logged with
+    its traceback and that user's result is `worker_crashed`. On an exception in the
+    caller's thread (Ctrl-C in the CLI) the running workers are stopped, no more start.
+
+    Plain daemon threads, not an executor: an executor's threads are joined at
+    interpreter exit, which would hold a stop up behind a worker that never ends.
+    """
+    results: list[UserResult | None] = [None] * len(users)
+    pending: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for index in range(len(users)):
+        pending.put(index)
+
+    def one(user: User) -> UserResult:
+        with structlog.contextvars.bound_contextvars(user=user.name):
+            try:
+                return job(user)
+            except Exception as error:
+                get_logger().exception("job crashed", user=user.name, job=name)
+                report = failed(name, "worker_crashed", f"internal error: {error!r}"[:300])
+                return UserResult(user, report, time.time(), 0.0)
+
+    def work() -> None:
+        while not tracker.stopping.is_set():
+            try:
+                index = pending.get_nowait()
+            except queue.Empty:
+                return
+            result = one(users[index])
+            results[index] = result
+            if on_result is not None and not tracker.stopping.is_set():
+                on_result(result)
+
+    threads = [
+        # Each thread runs in a copy of the caller's context: pass_id and trigger reach
+        # every per-user event.
+        threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(work,),
+            name=f"{name}-{number}",
+            daemon=True,
+        )
+        for number in range(max(1, min(concurrency, len(users))))
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(JOIN_POLL_SECONDS)
+    except BaseException:
+        tracker.terminate_all()
+        raise
+    return [result for result in results if result is not None]

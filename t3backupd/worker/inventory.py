@@ -1,0 +1,13 @@
+"""Worker job "inventory", run as the user: the snapshots in their directory."""
+
+from __future__ import annotations
+
+from t3backupd.core.protocol import Report
+from t3backupd.worker import files as ops
+from t3backupd.worker.job import Job
+
+
+def inventory_job(job: Job) -> Report:
+    return Report(
+        action="inventory", status="ok", snapshots=tuple(ops.inventory(job.spec.dest_dir))
+    )

@@ -1,0 +1,103 @@
+"""The worker: `python -m t3backupd.worker`, run by the parent *as the owning user*.
+
+Reads one JobSpec (JSON) on stdin, does the job in the user's files, and writes one
+JSON Report line on stdout. On SIGTERM (the parent's stop or timeout) it removes its
+temp files, reports `timeout` and exits at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import suppress
+from types import FrameType
+
+from t3backupd.core.protocol import JobSpec, Report, failed
+from t3backupd.worker import files as ops
+from t3backupd.worker.inventory import inventory_job
+from t3backupd.worker.job import Job
+from t3backupd.worker.restore import restore_job
+from t3backupd.worker.snapshot import snapshot_job
+from t3backupd.worker.verify import verify_job
+
+MAX_SPEC_BYTES = 1 << 16
+EXIT_STOPPED = 3
+
+
+JOBS: dict[str, Callable[[Job], Report]] = {
+    "snapshot": snapshot_job,
+    "inventory": inventory_job,
+    "verify": verify_job,
+    "restore": restore_job,
+}
+
+
+def run_job(job: Job) -> Report:
+    """Run the job, turning expected failures into a failure report."""
+    action = job.spec.action
+    try:
+        return JOBS[action](job)
+    except ops.StepFailed as error:
+        return failed(action, error.reason, error.message, duration_s=job.elapsed())
+    except sqlite3.Error as error:
+        reason = ops.classify_sqlite_error(error)
+        return failed(action, reason, f"sqlite: {error}", duration_s=job.elapsed())
+    except OSError as error:
+        reason = ops.classify_os_error(error)
+        return failed(
+            action, reason, f"{error.strerror}: {error.filename}", duration_s=job.elapsed()
+        )
+
+
+def _emit(report: Report) -> None:
+    sys.stdout.write(report.to_json() + "\n")
+    sys.stdout.flush()
+
+
+def main() -> int:
+    """Entry point. Exit 0 when a report was written (even a failure), 3 when stopped."""
+    spec = JobSpec.from_json(sys.stdin.buffer.read(MAX_SPEC_BYTES))
+    job = Job(spec)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    result: list[Report] = []
+
+    def target() -> None:
+        try:
+            result.append(run_job(job))
+        except Exception:
+            # A bug: leave the traceback on stderr and no report, so the parent counts
+            # worker_crashed and logs the stderr tail.
+            traceback.print_exc()
+            job.temps.remove_all()
+
+    worker = threading.Thread(target=target, name="job", daemon=True)
+    worker.start()
+    deadline = job.started + spec.timeout_seconds
+    while worker.is_alive():
+        worker.join(0.1)
+        if stop.is_set() or time.monotonic() > deadline:
+            # Interrupt SQLite where it listens, drop our temp files, and leave at once:
+            # the OS releases the source's read lock and our flock on exit.
+            for connection in list(job.connections):
+                with suppress(sqlite3.Error):
+                    connection.interrupt()
+            job.temps.remove_all()
+            why = "stopped by signal" if stop.is_set() else "timed out"
+            _emit(failed(spec.action, "timeout", f"{why} after {job.elapsed():.1f}s"))
+            os._exit(EXIT_STOPPED)
+    if not result:
+        return 1
+    _emit(result[0])
+    return 0

@@ -1,0 +1,61 @@
+"""Worker job "snapshot", run as the user: lock, clean up, copy, verify, publish, prune."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from t3backupd.core.protocol import Report
+from t3backupd.core.retention import RetentionPolicy, select_expired
+from t3backupd.worker import files as ops
+from t3backupd.worker.job import Job, fault_point
+
+
+def snapshot_job(job: Job) -> Report:
+    """Lock, clean up, copy, verify, publish, prune — one user's snapshot."""
+    spec = job.spec
+    when = datetime.now(UTC)
+    ops.lower_priority()
+    with ops.user_dir_lock(spec.dest_dir):
+        ops.secure_user_dir(spec.dest_dir)
+        ops.remove_stale_temps(spec.dest_dir)
+        try:
+            source_bytes = ops.source_size(spec.source)
+        except FileNotFoundError:
+            return Report(
+                action="snapshot",
+                status="skipped",
+                reason="no_source",
+                message=f"no database at {spec.source}",
+                snapshots=tuple(ops.inventory(spec.dest_dir)),
+            )
+        ops.check_free_space(spec.dest_dir, source_bytes, spec.min_free_bytes)
+        temp = ops.create_temp(spec.dest_dir)
+        job.temps.add(temp)
+        try:
+            ops.copy_database(spec.source, temp, spec.method, spec.timeout_seconds, job.connections)
+            fault_point(spec, "after_copy")
+            problems, digest = ops.seal_and_verify(temp, spec.verify)
+            fault_point(spec, "during_verify")
+            if problems:
+                raise ops.StepFailed("verify_failed", "; ".join(problems[:5]))
+            name = ops.publish(spec.dest_dir, temp, when, spec.label, digest, job.temps)
+            fault_point(spec, "after_publish")
+        finally:
+            job.temps.remove_all()
+        expired = select_expired(
+            [parsed for parsed, _ in ops.scan(spec.dest_dir)],
+            RetentionPolicy(spec.keep, spec.keep_daily, spec.keep_weekly, spec.keep_monthly),
+            protect={name},
+        )
+        pruned = ops.prune(spec.dest_dir, expired)
+        kept = ops.inventory(spec.dest_dir)
+        published = next(info for info in kept if info.name == name)
+    return Report(
+        action="snapshot",
+        status="ok",
+        snapshot=published,
+        source_bytes=source_bytes,
+        duration_s=round(job.elapsed(), 6),
+        snapshots=tuple(kept),
+        pruned=tuple(pruned),
+    )
