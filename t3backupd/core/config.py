@@ -10,8 +10,8 @@ import ipaddress
 import os
 import string
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -83,6 +83,9 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    # Where each key's value came from ("default", "file", "environment T3_BACKUP_KEEP"),
+    # for `check-config`; not part of what the config *is*.
+    origins: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     def source_for(self, user: str, home: str) -> str:
         """The source database path of one user (from the passwd database)."""
@@ -110,43 +113,50 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, port
 
 
-class _Section:
-    """Reads typed keys out of one TOML table, recording problems instead of raising."""
-
-    def __init__(self, table: Mapping[str, Any], prefix: str, problems: list[str]) -> None:
-        self.table = table
-        self.prefix = prefix
-        self.problems = problems
-        self.seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}{name}"
-
-    def get(self, name: str, kind: type, default: Any) -> Any:
-        self.seen.add(name)
-        if name not in self.table:
-            return default
-        value = self.table[name]
-        # bool is an int subclass in Python; TOML keeps them apart, so do we.
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            self.problems.append(
-                f"{self.key(name)}: expected {kind.__name__}, got {type(value).__name__}"
-            )
-            return default
-        return value
-
-    def check(self, name: str, ok: bool, message: str) -> None:
-        if not ok:
-            self.problems.append(f"{self.key(name)}: {message}")
-
-    def finish(self) -> None:
-        for unknown in sorted(set(self.table) - self.seen):
-            self.problems.append(f"{self.key(unknown)}: unknown key")
+# --- the field table: one row per key, defaults from the dataclasses ---------------
 
 
-def _table(root: _Section, name: str) -> Mapping[str, Any]:
-    value = root.get(name, dict, {})
-    return value if isinstance(value, dict) else {}
+def _one_of(choices: Sequence[str]) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else "must be one of " + ", ".join(map(repr, choices))
+
+    return check
+
+
+def _between(low: int, high: int | None, why: str = "") -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value >= low and (high is None or value <= high):
+            return None
+        text = f"must be >= {low}" if high is None else f"must be {low}-{high}"
+        return f"{text}{why}"
+
+    return check
+
+
+def _absolute(value: Any) -> str | None:
+    return None if str(value).startswith("/") else "must be an absolute path"
+
+
+def _cron(value: Any) -> str | None:
+    try:
+        parse_crontab(value)
+    except CronError as error:
+        return str(error)
+    return None
+
+
+def _optional_cron(value: Any) -> str | None:
+    return _cron(value) if value else None
+
+
+def _listen(value: Any) -> str | None:
+    if not value:
+        return None
+    try:
+        parse_listen(value)
+    except ValueError as error:
+        return f"{value!r}: {error}"
+    return None
 
 
 def _check_source_template(template: str) -> str | None:
@@ -177,175 +187,177 @@ def _check_timezone(name: str) -> str | None:
     return None
 
 
+def _no_check(value: Any) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: its TOML type, its check, and the legacy environment override."""
+
+    name: str
+    kind: type
+    check: Callable[[Any], str | None] = _no_check
+    env: str | None = None
+
+
+@dataclass(frozen=True)
+class Section:
+    """One TOML table ("" = the top level) and the dataclass its keys fill."""
+
+    name: str
+    target: type
+    keys: tuple[Key, ...]
+
+
+SECTIONS: tuple[Section, ...] = (
+    Section("", Config, (
+        Key("usermap", str, _absolute),
+        Key("dest", str, _absolute, env="T3_BACKUP_DEST"),
+        Key("source", str, _check_source_template),
+        Key("min_uid", int, _between(1, None, " (root is never served)")),
+    )),
+    Section("schedule", ScheduleConfig, (
+        Key("cron", str, _cron),
+        Key("timezone", str, _check_timezone),
+        Key("jitter_seconds", int, _between(0, 86400)),
+        Key("catch_up", bool),
+        Key("misfire_grace_seconds", int, _between(1, 31 * 86400, " (31 days)")),
+    )),
+    Section("snapshot", SnapshotConfig, (
+        Key("method", str, _one_of(SNAPSHOT_METHODS)),
+        Key("timeout_seconds", int, _between(1, None), env="T3_BACKUP_TIMEOUT"),
+        Key("verify", str, _one_of(VERIFY_MODES)),
+        Key("concurrency", int, _between(1, 64)),
+        Key("min_free_bytes", int, _between(0, None)),
+    )),
+    Section("retention", RetentionPolicy, (
+        Key("keep", int, _between(1, None), env="T3_BACKUP_KEEP"),
+        Key("keep_daily", int, _between(0, None)),
+        Key("keep_weekly", int, _between(0, None)),
+        Key("keep_monthly", int, _between(0, None)),
+    )),
+    Section("metrics", MetricsConfig, (
+        Key("listen", str, _listen),
+        Key("tls_cert", str),
+        Key("tls_key", str),
+    )),
+    Section("log", LogConfig, (
+        Key("format", str, _one_of(LOG_FORMATS)),
+        Key("level", str, _one_of(LOG_LEVELS)),
+    )),
+    Section("verify", VerifyConfig, (
+        Key("cron", str, _optional_cron),
+    )),
+)  # fmt: skip
+
+
+def all_keys() -> list[str]:
+    """Every key the parser accepts, dotted ("snapshot.method")."""
+    return [
+        f"{section.name}.{key.name}".lstrip(".") for section in SECTIONS for key in section.keys
+    ]
+
+
+def _defaults(target: type) -> dict[str, Any]:
+    """The dataclass's own defaults: the one place a default is written down."""
+    values: dict[str, Any] = {}
+    for item in fields(target):
+        if item.default is not MISSING:
+            values[item.name] = item.default
+        elif item.default_factory is not MISSING:
+            values[item.name] = item.default_factory()
+    return values
+
+
+def _type_problem(value: Any, kind: type) -> str | None:
+    # bool is an int subclass in Python; TOML keeps them apart, so do we.
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return None
+    return f"expected {kind.__name__}, got {type(value).__name__}"
+
+
+def _from_environment(text: str, kind: type) -> Any:
+    """The value of an override; raises ValueError if it is not of the key's kind."""
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("not an integer") from None
+    return text
+
+
+def _read_section(
+    section: Section,
+    table: Mapping[str, Any],
+    environ: Mapping[str, str],
+    problems: list[str],
+    origins: dict[str, str],
+) -> dict[str, Any]:
+    """The section's values (defaults, then the file, then the environment), checked."""
+    values = _defaults(section.target)
+    prefix = f"{section.name}." if section.name else ""
+    for key in section.keys:
+        dotted = prefix + key.name
+        origin = "default"
+        if key.name in table:
+            value = table[key.name]
+            if (problem := _type_problem(value, key.kind)) is not None:
+                problems.append(f"{dotted}: {problem}")
+                continue
+            values[key.name], origin = value, "file"
+        override = environ.get(key.env) if key.env else None
+        where = dotted
+        if key.env and override:
+            where = f"environment {key.env}={override!r}"
+            try:
+                values[key.name] = _from_environment(override, key.kind)
+            except ValueError as error:
+                problems.append(f"{where}: {error}")
+                continue
+            origin = f"environment {key.env}"
+            where = f"{where} ({dotted})"
+        if (problem := key.check(values[key.name])) is not None:
+            problems.append(f"{where}: {problem}")
+        origins[dotted] = origin
+    known = {key.name for key in section.keys}
+    if not section.name:
+        known |= {other.name for other in SECTIONS if other.name}
+    for unknown in sorted(set(table) - known):
+        problems.append(f"{prefix}{unknown}: unknown key")
+    return values
+
+
 def parse_config(
     data: Mapping[str, Any], source: str, environ: Mapping[str, str] | None = None
 ) -> Config:
     """Validate a parsed TOML document (+ env overrides) into a `Config`.
 
-    Raises ConfigError listing every problem, each naming its key.
+    Raises ConfigError listing every problem, each naming its key (or the environment
+    variable that set it).
     """
     environ = os.environ if environ is None else environ
     problems: list[str] = []
-    root = _Section(data, "", problems)
-    usermap = root.get("usermap", str, Config.usermap)
-    dest = root.get("dest", str, Config.dest)
-    source_template = root.get("source", str, Config.source)
-    min_uid = root.get("min_uid", int, Config.min_uid)
-    root.check("usermap", usermap.startswith("/"), "must be an absolute path")
-    root.check("dest", dest.startswith("/"), "must be an absolute path")
-    root.check("min_uid", min_uid >= 1, "must be >= 1 (root is never served)")
-    template_problem = _check_source_template(source_template)
-    root.check("source", template_problem is None, template_problem or "")
-
-    schedule_section = _Section(_table(root, "schedule"), "schedule.", problems)
-    defaults = ScheduleConfig()
-    schedule = ScheduleConfig(
-        cron=schedule_section.get("cron", str, defaults.cron),
-        timezone=schedule_section.get("timezone", str, defaults.timezone),
-        jitter_seconds=schedule_section.get("jitter_seconds", int, defaults.jitter_seconds),
-        catch_up=schedule_section.get("catch_up", bool, defaults.catch_up),
-        misfire_grace_seconds=schedule_section.get(
-            "misfire_grace_seconds", int, defaults.misfire_grace_seconds
-        ),
-    )
-    try:
-        parse_crontab(schedule.cron)
-    except CronError as error:
-        schedule_section.check("cron", False, str(error))
-    zone_problem = _check_timezone(schedule.timezone)
-    schedule_section.check("timezone", zone_problem is None, zone_problem or "")
-    schedule_section.check(
-        "jitter_seconds", 0 <= schedule.jitter_seconds <= 86400, "must be 0-86400"
-    )
-    schedule_section.check(
-        "misfire_grace_seconds",
-        1 <= schedule.misfire_grace_seconds <= 31 * 86400,
-        "must be 1-2678400 (31 days)",
-    )
-    schedule_section.finish()
-
-    snapshot_section = _Section(_table(root, "snapshot"), "snapshot.", problems)
-    snapshot_defaults = SnapshotConfig()
-    snapshot = SnapshotConfig(
-        method=snapshot_section.get("method", str, snapshot_defaults.method),
-        timeout_seconds=snapshot_section.get(
-            "timeout_seconds", int, snapshot_defaults.timeout_seconds
-        ),
-        verify=snapshot_section.get("verify", str, snapshot_defaults.verify),
-        concurrency=snapshot_section.get("concurrency", int, snapshot_defaults.concurrency),
-        min_free_bytes=snapshot_section.get(
-            "min_free_bytes", int, snapshot_defaults.min_free_bytes
-        ),
-    )
-    snapshot_section.check(
-        "method", snapshot.method in SNAPSHOT_METHODS, f"must be one of {SNAPSHOT_METHODS}"
-    )
-    snapshot_section.check(
-        "verify", snapshot.verify in VERIFY_MODES, f"must be one of {VERIFY_MODES}"
-    )
-    snapshot_section.check("concurrency", 1 <= snapshot.concurrency <= 64, "must be 1-64")
-    snapshot_section.check("min_free_bytes", snapshot.min_free_bytes >= 0, "must be >= 0")
-    snapshot_section.finish()
-
-    retention_section = _Section(_table(root, "retention"), "retention.", problems)
-    retention = RetentionPolicy(
-        keep=retention_section.get("keep", int, RetentionPolicy.keep),
-        keep_daily=retention_section.get("keep_daily", int, 0),
-        keep_weekly=retention_section.get("keep_weekly", int, 0),
-        keep_monthly=retention_section.get("keep_monthly", int, 0),
-    )
-    for name in ("keep_daily", "keep_weekly", "keep_monthly"):
-        retention_section.check(name, getattr(retention, name) >= 0, "must be >= 0")
-    retention_section.finish()
-
-    metrics_section = _Section(_table(root, "metrics"), "metrics.", problems)
-    metrics = MetricsConfig(
-        listen=metrics_section.get("listen", str, MetricsConfig.listen),
-        tls_cert=metrics_section.get("tls_cert", str, ""),
-        tls_key=metrics_section.get("tls_key", str, ""),
-    )
-    if metrics.listen:
-        try:
-            parse_listen(metrics.listen)
-        except ValueError as error:
-            metrics_section.check("listen", False, f"{metrics.listen!r}: {error}")
-    metrics_section.check(
-        "tls_key",
-        bool(metrics.tls_cert) == bool(metrics.tls_key),
-        "tls_cert and tls_key must be set together",
-    )
-    metrics_section.finish()
-
-    log_section = _Section(_table(root, "log"), "log.", problems)
-    log = LogConfig(
-        format=log_section.get("format", str, LogConfig.format),
-        level=log_section.get("level", str, LogConfig.level),
-    )
-    log_section.check("format", log.format in LOG_FORMATS, f"must be one of {LOG_FORMATS}")
-    log_section.check("level", log.level in LOG_LEVELS, f"must be one of {LOG_LEVELS}")
-    log_section.finish()
-
-    verify_section = _Section(_table(root, "verify"), "verify.", problems)
-    verify = VerifyConfig(cron=verify_section.get("cron", str, ""))
-    if verify.cron:
-        try:
-            parse_crontab(verify.cron)
-        except CronError as error:
-            verify_section.check("cron", False, str(error))
-    verify_section.finish()
-    root.finish()
-
-    config = Config(
-        path=source,
-        usermap=usermap,
-        dest=dest,
-        source=source_template,
-        min_uid=min_uid,
-        schedule=schedule,
-        snapshot=snapshot,
-        retention=retention,
-        metrics=metrics,
-        log=log,
-        verify=verify,
-    )
-    config = _apply_environment(config, environ, problems)
-    if config.retention.keep < 1:
-        problems.append("retention.keep: must be >= 1")
-    if config.snapshot.timeout_seconds < 1:
-        problems.append("snapshot.timeout_seconds: must be >= 1")
+    origins: dict[str, str] = {}
+    sections: dict[str, Any] = {}
+    top: dict[str, Any] = {}
+    for section in SECTIONS:
+        table: Any = data if not section.name else data.get(section.name, {})
+        if not isinstance(table, dict):
+            problems.append(f"{section.name}: expected table, got {type(table).__name__}")
+            table = {}
+        values = _read_section(section, table, environ, problems, origins)
+        if section.name:
+            sections[section.name] = section.target(**values)
+        else:
+            top = values
+    metrics: MetricsConfig = sections["metrics"]
+    if bool(metrics.tls_cert) != bool(metrics.tls_key):
+        problems.append("metrics.tls_key: tls_cert and tls_key must be set together")
     if problems:
         raise ConfigError(source, problems)
-    return config
-
-
-def _env_int(environ: Mapping[str, str], name: str, problems: list[str]) -> int | None:
-    text = environ.get(name)
-    if text is None or text == "":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        problems.append(f"environment {name}={text!r}: not an integer")
-        return None
-
-
-def _apply_environment(config: Config, environ: Mapping[str, str], problems: list[str]) -> Config:
-    """The legacy script's overrides: T3_BACKUP_DEST, T3_BACKUP_KEEP, T3_BACKUP_TIMEOUT."""
-    from dataclasses import replace
-
-    dest = environ.get("T3_BACKUP_DEST")
-    if dest:
-        if dest.startswith("/"):
-            config = replace(config, dest=dest)
-        else:
-            problems.append(f"environment T3_BACKUP_DEST={dest!r}: must be an absolute path")
-    keep = _env_int(environ, "T3_BACKUP_KEEP", problems)
-    if keep is not None:
-        config = replace(config, retention=replace(config.retention, keep=keep))
-    timeout = _env_int(environ, "T3_BACKUP_TIMEOUT", problems)
-    if timeout is not None:
-        config = replace(config, snapshot=replace(config.snapshot, timeout_seconds=timeout))
-    return config
+    top.update(sections, path=source, origins=tuple(sorted(origins.items())))
+    return Config(**top)
 
 
 def resolve_config_path(cli_path: str | None, environ: Mapping[str, str] | None = None) -> Path:

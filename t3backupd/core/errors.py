@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+ENVIRONMENT_PREFIX = "environment "
+
 
 class T3BackupError(Exception):
     """Base of every error a user can cause; `str()` is the one line to print."""
@@ -23,9 +25,11 @@ class ConfigError(T3BackupError):
     def __init__(self, source: str, problems: Sequence[str]) -> None:
         self.source = source
         self.problems = tuple(problems)
-        super().__init__(
-            f"{source}: " + "; ".join(self.problems) if self.problems else f"{source}: invalid"
-        )
+        # A problem set by an environment variable names the variable, not the file.
+        from_file = [p for p in self.problems if not p.startswith(ENVIRONMENT_PREFIX)]
+        parts = [f"{source}: " + "; ".join(from_file)] if from_file or not self.problems else []
+        parts += [p for p in self.problems if p.startswith(ENVIRONMENT_PREFIX)]
+        super().__init__("; ".join(parts) if self.problems else f"{source}: invalid")
 
 
 class UsageError(T3BackupError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from t3backupd.core.config import (
     Config,
     MetricsConfig,
+    all_keys,
     load_config,
     parse_config,
     parse_listen,
@@ -41,6 +43,28 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults_equal_the_values_in_config_example_toml() -> None:
     loaded = load_config(EXAMPLE, environ=NO_ENV)
     assert loaded == dataclasses.replace(Config(), path=str(EXAMPLE))
+
+
+def test_config_example_toml_holds_every_key_the_parser_accepts() -> None:
+    data = tomllib.loads(EXAMPLE.read_text())
+    in_example = [
+        f"{name}.{key}" if isinstance(value, dict) else name
+        for name, value in data.items()
+        for key in (value if isinstance(value, dict) else [name])
+    ]
+    assert sorted(in_example) == sorted(all_keys())
+    assert "verify.cron" in in_example
+
+
+def test_origins_say_where_each_value_came_from() -> None:
+    config = parse_config({"dest": "/srv/a", "retention": {"keep": 3}}, "f",
+                          {"T3_BACKUP_KEEP": "9"})  # fmt: skip
+    origins = dict(config.origins)
+    assert origins["dest"] == "file"
+    assert origins["retention.keep"] == "environment T3_BACKUP_KEEP"
+    assert origins["snapshot.method"] == "default"
+    assert config.retention.keep == 9
+    assert set(origins) == set(all_keys())
 
 
 def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
@@ -308,15 +332,31 @@ def test_non_integer_keep_override_is_reported(value: str) -> None:
     assert "not an integer" in problem
 
 
-def test_keep_override_below_one_is_refused() -> None:
-    assert problems_of({}, {"T3_BACKUP_KEEP": "0"}) == ("retention.keep: must be >= 1",)
+def test_keep_override_below_one_is_refused_naming_the_variable_not_the_file() -> None:
+    assert problems_of({"retention": {"keep": 14}}, {"T3_BACKUP_KEEP": "0"}) == (
+        "environment T3_BACKUP_KEEP='0' (retention.keep): must be >= 1",
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"retention": {"keep": 14}}, "/etc/t3backupd/config.toml",
+                     {"T3_BACKUP_KEEP": "0"})  # fmt: skip
+    assert "config.toml" not in str(caught.value)
+    assert str(caught.value).startswith("environment T3_BACKUP_KEEP='0'")
+
+
+def test_file_and_environment_problems_each_name_their_own_source() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"colour": 1}, "/etc/t3backupd/config.toml", {"T3_BACKUP_KEEP": "x"})
+    assert str(caught.value) == (
+        "/etc/t3backupd/config.toml: colour: unknown key; "
+        "environment T3_BACKUP_KEEP='x': not an integer"
+    )
 
 
 def test_non_integer_or_zero_timeout_override_is_reported() -> None:
     (problem,) = problems_of({}, {"T3_BACKUP_TIMEOUT": "soon"})
     assert "T3_BACKUP_TIMEOUT" in problem
     assert problems_of({}, {"T3_BACKUP_TIMEOUT": "0"}) == (
-        "snapshot.timeout_seconds: must be >= 1",
+        "environment T3_BACKUP_TIMEOUT='0' (snapshot.timeout_seconds): must be >= 1",
     )
 
 
