@@ -41,7 +41,7 @@ from typing import Any
 
 from t3backupd import sampledb
 from t3backupd.core.config import Config, SnapshotConfig
-from t3backupd.core.protocol import JobSpec, Report
+from t3backupd.core.protocol import Report, SnapshotSpec
 from t3backupd.core.retention import RetentionPolicy
 from t3backupd.core.usermap import User
 from t3backupd.root.log import configure_logging
@@ -179,13 +179,12 @@ def current_user(name: str, home: str) -> User:
     return User(name=name, uid=os.geteuid(), gid=os.getegid(), home=home)
 
 
-def worker_spec(source: Path, dest_dir: Path, method: str, timeout: float) -> JobSpec:
-    return JobSpec(
-        action="snapshot",
+def worker_spec(source: Path, dest_dir: Path, method: str, timeout: float) -> SnapshotSpec:
+    return SnapshotSpec(
         user="bench",
         dest_dir=str(dest_dir),
         source=str(source),
-        method=method,
+        method=method,  # type: ignore[arg-type]  # bench passes the two valid names
         verify="quick",
         timeout_seconds=timeout,
         keep=1,

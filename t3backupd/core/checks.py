@@ -7,7 +7,7 @@ import stat
 from collections.abc import Sequence
 
 from t3backupd.core.naming import SnapshotName
-from t3backupd.core.protocol import Report
+from t3backupd.core.protocol import Outcome, Report
 
 MAX_DETAIL_CHARS = 200
 HEX_DIGITS = frozenset("0123456789abcdef")
@@ -30,7 +30,7 @@ def parse_checksum_line(text: str, name: str) -> str | None:
     return digest
 
 
-def classify(recorded: str | None, actual: str, problems: Sequence[str]) -> tuple[str, str]:
+def classify(recorded: str | None, actual: str, problems: Sequence[str]) -> tuple[Outcome, str]:
     """Outcome and detail of one readable snapshot.
 
     `recorded` is the digest in `NAME.sha256` (None if missing or invalid), `actual` the

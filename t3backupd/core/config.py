@@ -18,11 +18,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from t3backupd.core.cron import CronError, parse_crontab
 from t3backupd.core.errors import ConfigError
+from t3backupd.core.protocol import METHODS, VERIFY_MODES, Method, VerifyMode
 from t3backupd.core.retention import RetentionPolicy
 
 DEFAULT_CONFIG_PATH = Path("/etc/t3backupd/config.toml")
-SNAPSHOT_METHODS = ("backup", "vacuum")
-VERIFY_MODES = ("quick", "full", "none")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -38,9 +37,9 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class SnapshotConfig:
-    method: str = "backup"
+    method: Method = "backup"
     timeout_seconds: int = 900
-    verify: str = "quick"
+    verify: VerifyMode = "quick"
     concurrency: int = 1
     min_free_bytes: int = 0
 
@@ -225,7 +224,7 @@ SECTIONS: tuple[Section, ...] = (
         Key("misfire_grace_seconds", int, _between(1, 31 * 86400, " (31 days)")),
     )),
     Section("snapshot", SnapshotConfig, (
-        Key("method", str, _one_of(SNAPSHOT_METHODS)),
+        Key("method", str, _one_of(METHODS)),
         Key("timeout_seconds", int, _between(1, None), env="T3_BACKUP_TIMEOUT"),
         Key("verify", str, _one_of(VERIFY_MODES)),
         Key("concurrency", int, _between(1, 64)),

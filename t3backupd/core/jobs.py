@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from t3backupd.core.config import Config
-from t3backupd.core.protocol import JobSpec
+from t3backupd.core.protocol import InventorySpec, RestoreSpec, SnapshotSpec, VerifySpec
 from t3backupd.core.usermap import User
 
 # Verifying reads every snapshot of a user; give it a few snapshot-lengths of time.
@@ -22,10 +22,9 @@ def user_dir(config: Config, user: User) -> str:
     return os.path.join(config.dest, user.name)
 
 
-def snapshot_spec(config: Config, user: User, label: str | None = None) -> JobSpec:
+def snapshot_spec(config: Config, user: User, label: str | None = None) -> SnapshotSpec:
     """One user's snapshot under `config`."""
-    return JobSpec(
-        action="snapshot",
+    return SnapshotSpec(
         user=user.name,
         dest_dir=user_dir(config, user),
         source=config.source_for(user.name, user.home),
@@ -41,20 +40,18 @@ def snapshot_spec(config: Config, user: User, label: str | None = None) -> JobSp
     )
 
 
-def inventory_spec(config: Config, user: User) -> JobSpec:
+def inventory_spec(config: Config, user: User) -> InventorySpec:
     """List one user's snapshots."""
-    return JobSpec(
-        action="inventory",
+    return InventorySpec(
         user=user.name,
         dest_dir=user_dir(config, user),
         timeout_seconds=INVENTORY_TIMEOUT_SECONDS,
     )
 
 
-def verify_spec(config: Config, user: User, latest_only: bool, quick: bool) -> JobSpec:
+def verify_spec(config: Config, user: User, latest_only: bool, quick: bool) -> VerifySpec:
     """Verify one user's snapshots (every one, or only the newest)."""
-    return JobSpec(
-        action="verify",
+    return VerifySpec(
         user=user.name,
         dest_dir=user_dir(config, user),
         verify="quick" if quick else "full",
@@ -71,10 +68,9 @@ def restore_spec(
     in_place: bool = False,
     check_only: bool = False,
     force: bool = False,
-) -> JobSpec:
+) -> RestoreSpec:
     """A restore of `user`'s snapshot `request` to `target` or (`in_place`) their database."""
-    return JobSpec(
-        action="restore",
+    return RestoreSpec(
         user=user.name,
         dest_dir=user_dir(config, user),
         source=config.source_for(user.name, user.home),

@@ -37,7 +37,7 @@ class SnapshotName:
 def is_valid_label(label: str) -> bool:
     """True if `label` may be used in a snapshot name.
 
-    Beyond DESIGN's `[A-Za-z0-9._-]{1,64}`: no `..` anywhere and not `.`, so a label can
+    Beyond `[A-Za-z0-9._-]{1,64}`: no `..` anywhere and not `.`, so a label can
     always be named on the command line (`restore --snapshot LABEL` refuses `..`).
     """
     return LABEL_PATTERN.fullmatch(label) is not None and label != "." and ".." not in label
@@ -81,6 +81,13 @@ def parse_name(filename: str, local_tz: tzinfo | None = None) -> SnapshotName | 
     return None
 
 
+# SQLite's own files beside a temp database (a copy in progress has a journal or WAL).
+SQLITE_SIDECARS = ("", "-journal", "-wal", "-shm")
+
+
 def is_temp_name(filename: str) -> bool:
-    """True for an in-progress file left by a worker."""
-    return filename.startswith(TEMP_PREFIX) and filename.endswith(TEMP_SUFFIX)
+    """True for an in-progress file a worker made (`.t3backupd-*.tmp`, or SQLite's
+    journal/WAL/shm beside one): what the next worker for that user removes."""
+    return filename.startswith(TEMP_PREFIX) and any(
+        filename.endswith(TEMP_SUFFIX + sidecar) for sidecar in SQLITE_SIDECARS
+    )

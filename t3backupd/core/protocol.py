@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal, get_args
 
 from t3backupd.core.naming import is_valid_label, parse_name
 from t3backupd.core.usermap import User
@@ -19,78 +19,159 @@ PROTOCOL_VERSION = 1
 MAX_REPORT_BYTES = 1 << 20
 MAX_SNAPSHOTS_IN_REPORT = 10_000
 MAX_MESSAGE_CHARS = 500
-ACTIONS = ("snapshot", "inventory", "verify", "restore")
-STATUSES = ("ok", "failed", "skipped")
-FAILURE_REASONS = (
-    "timeout",
-    "sqlite_error",
-    "verify_failed",
-    "permission",
-    "disk_space",
-    "worker_crashed",
+MAX_INT = 1 << 62
+
+# --- the vocabulary -------------------------------------------------------------------
+
+Action = Literal["snapshot", "inventory", "verify", "restore"]
+Status = Literal["ok", "failed", "skipped"]
+# Failures counted in the metrics (`t3backup_failures_total{reason}`).
+FailureReason = Literal[
+    "timeout", "sqlite_error", "verify_failed", "permission", "disk_space", "worker_crashed",
     "busy",
-)
-SKIP_REASONS = ("no_source",)
+]  # fmt: skip
+SkipReason = Literal["no_source"]
 # Restore-only failures (never snapshot metrics labels): no such snapshot, --to target
 # exists, database held open by a process of the user.
-RESTORE_FAILURE_REASONS = ("not_found", "exists", "in_use")
-VERIFY_OUTCOMES = ("ok", "checksum_mismatch", "integrity_error", "missing_checksum", "unreadable")
-MAX_INT = 1 << 62
-# Test-only kill points of a snapshot job (see JobSpec.fault).
-FAULT_POINTS = ("after_copy", "during_verify", "after_publish")
+RestoreFailureReason = Literal["not_found", "exists", "in_use"]
+Reason = FailureReason | SkipReason | RestoreFailureReason
+Outcome = Literal["ok", "checksum_mismatch", "integrity_error", "missing_checksum", "unreadable"]
+Method = Literal["backup", "vacuum"]
+VerifyMode = Literal["quick", "full", "none"]
+# Test-only kill points of a snapshot job (see SnapshotSpec.fault).
+FaultPoint = Literal["after_copy", "during_verify", "after_publish"]
+
+STATUSES: tuple[Status, ...] = get_args(Status)
+FAILURE_REASONS: tuple[FailureReason, ...] = get_args(FailureReason)
+SKIP_REASONS: tuple[SkipReason, ...] = get_args(SkipReason)
+RESTORE_FAILURE_REASONS: tuple[RestoreFailureReason, ...] = get_args(RestoreFailureReason)
+VERIFY_OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
+METHODS: tuple[Method, ...] = get_args(Method)
+VERIFY_MODES: tuple[VerifyMode, ...] = get_args(VerifyMode)
+FAULT_POINTS: tuple[FaultPoint, ...] = get_args(FaultPoint)
 
 
 class ReportError(ValueError):
     """A worker report that does not follow the protocol."""
 
 
+# --- job specs: one type per action over a shared base --------------------------------
+
+
 @dataclass(frozen=True)
 class JobSpec:
-    """What one worker does. Serialised as JSON on the worker's stdin.
+    """What one worker does, in `dest_dir` (`<dest>/<user>`), within `timeout_seconds`.
+    Serialised as JSON (with its `action`) on the worker's stdin."""
 
-    `fault` is a fault-injection boundary for tests only: when set to one of
-    FAULT_POINTS, a snapshot job SIGKILLs its own process at that point, as a crash
-    or the OOM killer would ("after_copy": temp written, before fsync and verify;
-    "during_verify": integrity check and hash done, before publish; "after_publish":
-    renamed and checksummed, before prune). The parent never sets it and no config key
-    reaches it; tests run the worker directly with a spec that does.
-    """
-
-    action: str
+    action: ClassVar[Action]
     user: str
     dest_dir: str
-    source: str = ""
-    method: str = "backup"
-    verify: str = "quick"
     timeout_seconds: float = 900.0
+
+    def to_json(self) -> bytes:
+        return json.dumps({"action": self.action, **asdict(self)}).encode()
+
+    @staticmethod
+    def from_json(raw: bytes) -> JobSpec:
+        """The spec in `raw`, of the type its `action` names.
+
+        Raises ValueError if `raw` is not JSON, names no known action, or has keys or
+        values that action's spec does not take (the parent wrote it: this is a bug).
+        """
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError) as error:
+            raise ValueError(f"job spec: not JSON ({error})") from None
+        if not isinstance(data, dict):
+            raise ValueError("job spec must be a JSON object")
+        action = data.pop("action", None)
+        kind = SPEC_TYPES.get(action) if isinstance(action, str) else None
+        if kind is None:
+            raise ValueError(f"job spec: unknown action {action!r}")
+        try:
+            spec = kind(**data)
+        except TypeError as error:
+            raise ValueError(f"job spec ({action}): {error}") from None
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        """Raises ValueError if a field is outside the vocabulary."""
+
+
+@dataclass(frozen=True)
+class SnapshotSpec(JobSpec):
+    """Copy `source`, verify, publish, prune to the retention policy.
+
+    `fault` is a fault-injection boundary for tests only: when set to one of
+    FAULT_POINTS, the job SIGKILLs its own process at that point, as a crash or the OOM
+    killer would ("after_copy": temp written, before fsync and verify; "during_verify":
+    integrity check and hash done, before publish; "after_publish": renamed and
+    checksummed, before prune). The parent never sets it and no config key reaches it;
+    tests run the worker directly with a spec that does.
+    """
+
+    action: ClassVar[Action] = "snapshot"
+    source: str = ""
+    method: Method = "backup"
+    verify: VerifyMode = "quick"
     min_free_bytes: int = 0
     label: str | None = None
     keep: int = 14
     keep_daily: int = 0
     keep_weekly: int = 0
     keep_monthly: int = 0
-    # verify / restore
-    snapshot: str | None = None
+    fault: FaultPoint | None = None
+
+    def validate(self) -> None:
+        _require("method", self.method, METHODS)
+        _require("verify", self.verify, VERIFY_MODES)
+        if self.fault is not None:
+            _require("fault", self.fault, FAULT_POINTS)
+
+
+@dataclass(frozen=True)
+class InventorySpec(JobSpec):
+    """List the snapshots in `dest_dir`."""
+
+    action: ClassVar[Action] = "inventory"
+
+
+@dataclass(frozen=True)
+class VerifySpec(JobSpec):
+    """Check every snapshot (or only the newest) against its checksum and SQLite."""
+
+    action: ClassVar[Action] = "verify"
+    verify: VerifyMode = "full"
     latest_only: bool = False
+
+    def validate(self) -> None:
+        _require("verify", self.verify, VERIFY_MODES)
+
+
+@dataclass(frozen=True)
+class RestoreSpec(JobSpec):
+    """Restore `snapshot` (a name, "latest" or a label) to the new file `target`, or with
+    `in_place` into the live database `source`; `check_only`: choose, verify and look
+    for processes holding the database, write nothing."""
+
+    action: ClassVar[Action] = "restore"
+    source: str = ""
+    snapshot: str = "latest"
     target: str = ""
     force: bool = False
-    in_place: bool = False  # restore into `source` (the live database), not `target`
-    check_only: bool = False  # restore: choose + verify + open-process check, write nothing
-    fault: str | None = None  # tests only: kill point, one of FAULT_POINTS
+    in_place: bool = False
+    check_only: bool = False
 
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self)).encode()
 
-    @classmethod
-    def from_json(cls, raw: bytes) -> JobSpec:
-        """Raises ValueError if `raw` is not a spec (the parent wrote it, so this is a bug)."""
-        data = json.loads(raw)
-        if not isinstance(data, dict):
-            raise ValueError("job spec must be a JSON object")
-        spec = cls(**data)
-        if spec.fault is not None and spec.fault not in FAULT_POINTS:
-            raise ValueError(f"job spec: unknown fault point {spec.fault!r}")
-        return spec
+SPEC_TYPES: dict[str, type[JobSpec]] = {
+    kind.action: kind for kind in (SnapshotSpec, InventorySpec, VerifySpec, RestoreSpec)
+}
+
+
+def _require(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"job spec: {name} {value!r} is not one of {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -107,7 +188,7 @@ class SnapshotInfo:
 @dataclass(frozen=True)
 class VerifyResult:
     name: str
-    outcome: str
+    outcome: Outcome
     detail: str = ""
 
 
@@ -115,9 +196,9 @@ class VerifyResult:
 class Report:
     """A worker's result. `status` ok/failed/skipped; `reason` set unless ok."""
 
-    action: str
-    status: str
-    reason: str | None = None
+    action: Action
+    status: Status
+    reason: Reason | None = None
     message: str = ""
     snapshot: SnapshotInfo | None = None
     source_bytes: int = 0
@@ -150,7 +231,7 @@ class UserResult:
         return self.started + self.duration_s
 
 
-def failed(action: str, reason: str, message: str, **kwargs: Any) -> Report:
+def failed(action: Action, reason: Reason, message: str, **kwargs: Any) -> Report:
     """A failure report (used by the parent too, e.g. for `worker_crashed`)."""
     return Report(action=action, status="failed", reason=reason, message=message, **kwargs)
 
@@ -210,7 +291,7 @@ def _snapshot(value: object, where: str) -> SnapshotInfo:
     )
 
 
-def parse_report(raw: bytes, expected_action: str) -> Report:
+def parse_report(raw: bytes, expected_action: Action) -> Report:
     """Parse a worker's stdout strictly. Raises ReportError if anything is off."""
     if len(raw) > MAX_REPORT_BYTES:
         raise ReportError("report too large")

@@ -16,18 +16,17 @@ from datetime import UTC, datetime
 
 from t3backupd import __version__
 from t3backupd.core.checks import verify_failures
-from t3backupd.core.config import Config, load_config, resolve_config_path
+from t3backupd.core.config import Config, resolve_config_path
 from t3backupd.core.cron import CronError
 from t3backupd.core.errors import ConfigError, T3BackupError, UsageError
 from t3backupd.core.naming import is_valid_label
 from t3backupd.core.protocol import SnapshotInfo
 from t3backupd.core.selection import parse_snapshot_request
-from t3backupd.core.usermap import Problem, User, load_users
-from t3backupd.root.log import configure_logging, get_logger
+from t3backupd.core.usermap import Problem, User
+from t3backupd.root.log import configure_logging
 from t3backupd.root.passes import inventory_user, run_pass, run_verify_pass
 from t3backupd.root.restore import restore_in_place, restore_to
-from t3backupd.root.scheduler import next_run_times, trigger_for
-from t3backupd.root.spawn import running_as_root
+from t3backupd.root.served import load_served, log_problems
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -82,32 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
 def load_context(
     args: argparse.Namespace, strict_usermap: bool = False
 ) -> tuple[Config, list[User], list[Problem]]:
-    """Config + resolved users. Logs each skipped usermap line.
+    """Config + resolved users (the daemon's loader). Logs each skipped usermap line.
 
     An unreadable usermap means zero users and one error line, as the legacy script
     behaved; with `strict_usermap` (check-config) it is a ConfigError.
     Raises ConfigError if the config is invalid.
     """
-    config = load_config(resolve_config_path(args.config))
-    configure_logging(config.log.format, config.log.level)
-    log = get_logger()
-    own_uid = None if running_as_root() else os.geteuid()
-    try:
-        users, problems = load_users(config.usermap, config.min_uid, own_uid)
-    except OSError as error:
-        if strict_usermap:
-            raise ConfigError(config.usermap, [f"cannot read usermap: {error.strerror}"]) from None
-        log.error("usermap unreadable", usermap=config.usermap, error=error.strerror)
-        return config, [], []
-    for problem in problems:
-        log.warning(
-            "usermap entry skipped",
-            usermap=config.usermap,
-            line=problem.line,
-            name=problem.name,
-            reason=problem.reason,
-        )
-    return config, users, problems
+    served = load_served(resolve_config_path(args.config), usermap_optional=not strict_usermap)
+    configure_logging(served.config.log.format, served.config.log.level)
+    log_problems(served)
+    return served.config, list(served.users), list(served.problems)
 
 
 def select_users(users: Sequence[User], wanted: Sequence[str], usermap: str) -> list[User]:
@@ -223,6 +206,10 @@ def command_check_config(args: argparse.Namespace) -> int:
         print(f"  {user.name} (uid {user.uid}): {config.source_for(user.name, user.home)}")
     for problem in problems:
         print(f"  skipped {problem}")
+    # Imported here: APScheduler (behind the scheduler) is for `run` and this listing
+    # only; every other command starts without loading it.
+    from t3backupd.root.scheduler import next_run_times, trigger_for
+
     try:
         runs = next_run_times(trigger_for(config.schedule), datetime.now(UTC), 3)
     except CronError as error:  # validated already; kept for a clear line if not
@@ -324,7 +311,7 @@ def command_restore(args: argparse.Namespace) -> int:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    # Imported here: only the daemon needs APScheduler and the HTTP server.
+    # Imported here: the daemon's scheduler and HTTP server are for `run` only.
     from t3backupd.root import daemon
 
     return daemon.run(resolve_config_path(args.config))

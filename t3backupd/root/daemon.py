@@ -12,15 +12,13 @@ one and swaps it in, and a pass keeps the value it started with.
 
 from __future__ import annotations
 
-import contextvars
 import os
 import queue
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -33,14 +31,15 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
 from t3backupd.core.checks import verify_failures
-from t3backupd.core.config import Config, MetricsConfig, load_config
+from t3backupd.core.config import Config, MetricsConfig
 from t3backupd.core.errors import ConfigError
 from t3backupd.core.protocol import UserResult
-from t3backupd.core.usermap import Problem, User, load_users
+from t3backupd.root.gate import WAITING_TRIGGERS, PassGate
+from t3backupd.root.inventory import Inventory
 from t3backupd.root.log import configure_logging, get_logger
 from t3backupd.root.metrics import Metrics, MetricsServer, serve
 from t3backupd.root.notify import Notifier, monotonic_usec, status_line, watchdog_interval
-from t3backupd.root.passes import run_inventory, run_pass, run_verify_pass
+from t3backupd.root.passes import run_pass, run_verify_pass
 from t3backupd.root.scheduler import (
     build_trigger,
     clock_jumped,
@@ -48,46 +47,17 @@ from t3backupd.root.scheduler import (
     should_catch_up,
     trigger_for,
 )
-from t3backupd.root.spawn import ProcessTracker, running_as_root
+from t3backupd.root.served import Served, load_served, log_problems
+from t3backupd.root.spawn import ProcessTracker
 
 JOB_ID = "pass"
 VERIFY_JOB_ID = "verify"
 STOP_GRACE_SECONDS = 30.0  # for running workers to clean up and report after SIGTERM
 IDLE_TICK_SECONDS = 30.0  # main-loop wake-up without a watchdog (clock-jump check)
-INVENTORY_CONCURRENCY = 8
 REFRESH = "refresh"  # queued (besides signal numbers) when STATUS / next run may change
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
-# Snapshot passes that wait for a running pass (verify or snapshot) instead of being dropped.
-WAITING_TRIGGERS = frozenset({"schedule", "catch-up"})
-LOCK_POLL_SECONDS = 1.0
 # Scheduler threads: a waiting scheduled pass, a waiting catch-up pass and the running one.
 SCHEDULER_THREADS = 3
-
-
-@dataclass(frozen=True)
-class Served:
-    """A validated config and the users its usermap resolves to. Never mutated."""
-
-    config: Config
-    users: tuple[User, ...]
-    problems: tuple[Problem, ...]
-    usermap_error: str = ""  # why the usermap could not be read ("" = it was read)
-
-
-def load_served(path: Path, *, usermap_optional: bool = False) -> Served:
-    """Read config and usermap. Raises ConfigError if the config is invalid or unreadable,
-    and if the usermap is unreadable unless `usermap_optional` (at start: then zero users,
-    and `usermap_error` says why)."""
-    config = load_config(path)
-    own_uid = None if running_as_root() else os.geteuid()
-    try:
-        users, problems = load_users(config.usermap, config.min_uid, own_uid)
-    except OSError as error:
-        reason = f"usermap unreadable: {error.strerror or error}"
-        if not usermap_optional:
-            raise ConfigError(config.usermap, [reason]) from None
-        return Served(config, (), (), usermap_error=f"{config.usermap}: {reason}")
-    return Served(config, tuple(users), tuple(problems))
 
 
 def describe_changes(old: Served, new: Served) -> list[str]:
@@ -155,11 +125,11 @@ class Daemon:
         self._log = get_logger()
         self._events: queue.SimpleQueue[int | str] = queue.SimpleQueue()
         self._tracker = ProcessTracker()
-        self._pass_lock = threading.Lock()
-        self._lock_holder = ""  # what holds _pass_lock: a pass trigger or "verify"
         self._stopping = threading.Event()
+        self._gate = PassGate(self._stopping)
         self._registry = CollectorRegistry()
         self._metrics = Metrics(self._registry)
+        self._inventory = Inventory(self._metrics, self._tracker)
         self._server: MetricsServer | None = None
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
@@ -179,14 +149,9 @@ class Daemon:
         endpoint cannot be served at start (nothing else has started then)."""
         self._install_signal_handlers()
         served = self._served
-        if served.usermap_error:
-            self._log.error(
-                "usermap unreadable; serving no users until a reload reads it",
-                error=served.usermap_error,
-            )
-        self._log_problems(served)
+        log_problems(served)  # an unreadable usermap: zero users until a reload reads it
         self._metrics.set_users(user.name for user in served.users)
-        newest = self._restore_from_disk(served.config, served.users)
+        newest = self._inventory.restore_now(served.config, served.users)
         self._metrics.config_loaded(True, time.time())
         self._server = self._start_server(served.config.metrics)
         self._start_scheduler(served.config)
@@ -217,20 +182,24 @@ class Daemon:
             signal.signal(signum, record)
 
     def _loop(self) -> None:
+        """Dispatch each queued event to its handler (as gunicorn's arbiter does) until a
+        stop signal; between events, check the clock and ping the watchdog."""
+        handlers: dict[int | str, Callable[[], None]] = {
+            signal.SIGHUP: self._reload,
+            signal.SIGUSR1: lambda: self._request_pass("manual"),
+            REFRESH: self._refresh,
+        }
         while True:
             try:
-                event = self._events.get(timeout=self._tick_seconds())
+                event: int | str | None = self._events.get(timeout=self._tick_seconds())
             except queue.Empty:
                 event = None
             if event in (signal.SIGTERM, signal.SIGINT):
                 self._log.info("stop requested", signal=signal.Signals(event).name)
                 return
-            if event == signal.SIGHUP:
-                self._reload()
-            elif event == signal.SIGUSR1:
-                self._request_pass("manual")
-            elif event == REFRESH:
-                self._refresh()
+            handler = handlers.get(event) if event is not None else None
+            if handler is not None:
+                handler()
             self._check_clock()
             self._ping_watchdog()
 
@@ -244,8 +213,7 @@ class Daemon:
         while time.monotonic() < deadline:
             # Repeated: a worker being spawned while we signal the others is caught next time.
             self._tracker.terminate_all()
-            if self._pass_lock.acquire(timeout=0.2):
-                self._pass_lock.release()
+            if self._gate.wait_idle(timeout=0.2):
                 stopped = True
                 break
         if self._server is not None:
@@ -302,10 +270,9 @@ class Daemon:
     def _run_verify(self) -> None:
         """Scheduled verification of every stored snapshot (shares the pass lock: never
         at the same time as a snapshot pass, so the two do not compete for the disk)."""
-        if not self._pass_lock.acquire(blocking=False):
-            self._log.info("verify pass not started: a pass is running", running=self._lock_holder)
+        if not self._gate.try_enter("verify"):
+            self._log.info("verify pass not started: a pass is running", running=self._gate.holder)
             return
-        self._lock_holder = "verify"
         try:
             if self._stopping.is_set():
                 return
@@ -326,8 +293,7 @@ class Daemon:
         except Exception:
             self._log.exception("verify pass crashed")
         finally:
-            self._lock_holder = ""
-            self._pass_lock.release()
+            self._gate.leave()
 
     def _on_scheduler_event(self, event: Any) -> None:
         # Scheduler thread: only wake the main loop (it refreshes next run and STATUS).
@@ -336,11 +302,11 @@ class Daemon:
     def _request_pass(self, trigger: str) -> None:
         """Start a pass now on the scheduler's executor. A manual one is dropped if a pass
         is running; a catch-up one waits for it (see `_acquire_for_pass`)."""
-        if trigger not in WAITING_TRIGGERS and self._pass_lock.locked():
+        if trigger not in WAITING_TRIGGERS and self._gate.locked():
             self._log.info(
                 "pass not started: one is already running",
                 trigger=trigger,
-                running=self._lock_holder,
+                running=self._gate.holder,
             )
             return
         self._manual_requests += 1
@@ -354,9 +320,8 @@ class Daemon:
 
     def _run_pass(self, trigger: str) -> None:
         """One pass over the users served when it starts (runs in a scheduler thread)."""
-        if not self._acquire_for_pass(trigger):
+        if not self._gate.enter_for_pass(trigger):
             return
-        self._lock_holder = trigger
         try:
             if self._stopping.is_set():
                 return
@@ -385,35 +350,8 @@ class Daemon:
             self._log.exception("pass crashed", trigger=trigger)
             self._previous_result = "crashed (see log)"
         finally:
-            self._lock_holder = ""
-            self._pass_lock.release()
+            self._gate.leave()
             self._events.put(REFRESH)
-
-    def _acquire_for_pass(self, trigger: str) -> bool:
-        """Take the pass lock for a snapshot pass. True if taken (the caller releases it).
-
-        Scheduled and catch-up passes wait for a running pass (the nightly snapshot must
-        not be lost to a verify pass), giving up only when the daemon stops; any other
-        (SIGUSR1) is dropped with a log line if a pass runs.
-        """
-        if self._pass_lock.acquire(blocking=False):
-            return True
-        holder = self._lock_holder or "unknown"
-        if trigger not in WAITING_TRIGGERS:
-            self._log.info("pass not started: one is already running", trigger=trigger,
-                           running=holder)  # fmt: skip
-            return False
-        (self._log.warning if holder == "verify" else self._log.info)(
-            "pass waiting for the running pass to finish", trigger=trigger, running=holder
-        )
-        clock = time.monotonic()
-        while not self._stopping.is_set():
-            if self._pass_lock.acquire(timeout=LOCK_POLL_SECONDS):
-                self._log.info("waiting pass starts", trigger=trigger,
-                               waited_s=round(time.monotonic() - clock, 1))  # fmt: skip
-                return True
-        self._log.info("waiting pass not started: stopping", trigger=trigger)
-        return False
 
     # --- reload --------------------------------------------------------------------
 
@@ -436,7 +374,7 @@ class Daemon:
             return
         if old.config.log != new.config.log:
             configure_logging(new.config.log.format, new.config.log.level)
-        self._log_problems(new)
+        log_problems(new)
         if schedule_key(old.config.schedule) != schedule_key(new.config.schedule):
             self._scheduler.reschedule_job(JOB_ID, trigger=trigger)
         if old.config.schedule.misfire_grace_seconds != new.config.schedule.misfire_grace_seconds:
@@ -453,8 +391,10 @@ class Daemon:
         # Snapshots of users added, or of everyone if dest moved: listed off the main thread
         # (a worker may take its whole timeout), results applied to the metrics when done.
         dest_changed = old.config.dest != new.config.dest
-        self._start_inventory(
-            new.config, [user for user in new.users if dest_changed or user.name in added]
+        self._inventory.start(
+            new.config,
+            [user for user in new.users if dest_changed or user.name in added],
+            current=lambda: self._served.config.dest == new.config.dest,
         )
         self._metrics.config_loaded(True, time.time())
         self._metrics.set_next_run(self._next_run_timestamp())
@@ -490,56 +430,6 @@ class Daemon:
 
     # --- disk state, status, watchdog ----------------------------------------------
 
-    def _restore_from_disk(self, config: Config, users: Sequence[User]) -> dict[str, float | None]:
-        """Metrics from the snapshots on disk, listed by a worker per user (as the user).
-        Blocks until every listing is done (at start, before READY=1).
-
-        Returns each user's newest snapshot time (None: none, or the listing failed).
-        """
-        results = run_inventory(config, users, INVENTORY_CONCURRENCY, self._tracker)
-        return {result.user.name: self._apply_inventory(result) for result in results}
-
-    def _start_inventory(self, config: Config, users: Sequence[User]) -> None:
-        """As `_restore_from_disk`, but in the background (after a reload): the main thread
-        must keep pinging the watchdog and handling signals while a worker takes its whole
-        timeout. Each result is applied when it comes (Metrics drops users no longer
-        served); results for a dest that a later reload replaced are dropped.
-        """
-
-        def apply(result: UserResult) -> None:
-            if self._served.config.dest == config.dest:
-                self._apply_inventory(result)
-
-        threading.Thread(
-            target=contextvars.copy_context().run,
-            args=(run_inventory, config, users, INVENTORY_CONCURRENCY, self._tracker, apply),
-            name="inventory",
-            daemon=True,
-        ).start()
-
-    def _apply_inventory(self, result: UserResult) -> float | None:
-        """Put one user's listing into the metrics; their newest snapshot time, or None."""
-        user, report = result.user, result.report
-        if not report.ok:
-            self._log.warning(
-                "cannot list snapshots", user=user.name, reason=report.reason,
-                message=report.message,
-            )  # fmt: skip
-            return None
-        self._metrics.restore(user.name, report.snapshots)
-        times = [info.time for info in report.snapshots]
-        return max(times) if times else None
-
-    def _log_problems(self, served: Served) -> None:
-        for problem in served.problems:
-            self._log.warning(
-                "usermap entry skipped",
-                usermap=served.config.usermap,
-                line=problem.line,
-                name=problem.name,
-                reason=problem.reason,
-            )
-
     def _next_run_time(self) -> datetime | None:
         job = self._scheduler.get_job(JOB_ID)
         moment: datetime | None = None if job is None else job.next_run_time
@@ -550,7 +440,7 @@ class Daemon:
         return None if moment is None else moment.timestamp()
 
     def _status(self) -> str:
-        running = "; pass running" if self._pass_lock.locked() else ""
+        running = "; pass running" if self._gate.locked() else ""
         served = self._served
         unreadable = f" ({served.usermap_error})" if served.usermap_error else ""
         return (

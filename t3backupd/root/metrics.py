@@ -1,4 +1,4 @@
-"""Prometheus metrics: exactly the names, types and labels of DESIGN's Metrics table.
+"""Prometheus metrics: exactly the names, types and labels in the README's metrics table.
 
 `Metrics` is a custom collector on a registry passed in (never the import-time default
 one, which carries process/gc noise). It keeps plain per-user records under one lock
@@ -102,10 +102,6 @@ class Metrics:
             for name in added:
                 self._users[name] = _UserRecord()
         return added, removed
-
-    def users(self) -> list[str]:
-        with self._lock:
-            return sorted(self._users)
 
     def restore(self, user: str, snapshots: Sequence[SnapshotInfo]) -> None:
         """Set what is on disk (from an inventory): newest snapshot's time and size, count."""

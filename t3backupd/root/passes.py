@@ -100,7 +100,7 @@ def run_pass(
         concurrency=config.snapshot.concurrency,
         tracker=tracker,
         on_result=on_result,
-        name="snapshot",
+        action="snapshot",
     )
 
 
@@ -124,7 +124,7 @@ def run_verify_pass(
         concurrency=config.snapshot.concurrency,
         tracker=tracker,
         on_result=on_result,
-        name="verify",
+        action="verify",
     )
 
 
@@ -143,5 +143,5 @@ def run_inventory(
         concurrency=concurrency,
         tracker=tracker,
         on_result=on_result,
-        name="inventory",
+        action="inventory",
     )

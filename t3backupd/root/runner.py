@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from t3backupd.core.config import Config
-from t3backupd.core.protocol import JobSpec, UserResult, failed
+from t3backupd.core.protocol import Action, JobSpec, UserResult, failed
 from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
 from t3backupd.root.spawn import DirectoryRefused, ProcessTracker, prepare_user_dir, run_worker
@@ -52,7 +52,7 @@ def run_for_users(
     concurrency: int,
     tracker: ProcessTracker,
     on_result: Callable[[UserResult], None] | None = None,
-    name: str = "job",
+    action: Action,
 ) -> list[UserResult]:
     """`job(user)` for every user, `concurrency` at a time; results in `users` order.
 
@@ -75,8 +75,8 @@ def run_for_users(
             try:
                 return job(user)
             except Exception as error:
-                get_logger().exception("job crashed", user=user.name, job=name)
-                report = failed(name, "worker_crashed", f"internal error: {error!r}"[:300])
+                get_logger().exception("job crashed", user=user.name, action=action)
+                report = failed(action, "worker_crashed", f"internal error: {error!r}"[:300])
                 return UserResult(user, report, time.time(), 0.0)
 
     def work() -> None:
@@ -96,7 +96,7 @@ def run_for_users(
         threading.Thread(
             target=contextvars.copy_context().run,
             args=(work,),
-            name=f"{name}-{number}",
+            name=f"{action}-{number}",
             daemon=True,
         )
         for number in range(max(1, min(concurrency, len(users))))

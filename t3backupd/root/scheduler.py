@@ -35,19 +35,28 @@ def resolve_timezone(name: str) -> tzinfo:
     return ZoneInfo(name)
 
 
-def is_repeated_wall_time(moment: datetime) -> bool:
-    """True if `moment` is the *second* occurrence of its wall-clock time (the hour
-    that repeats when DST ends). Needs an aware datetime with a fold-aware tzinfo."""
-    zone = moment.tzinfo
-    if zone is None:
-        return False
-    wall = moment.replace(tzinfo=None)
+def occurrences(wall: datetime, zone: tzinfo) -> tuple[list[datetime], bool]:
+    """The real instants (UTC) of the naive local time `wall` in `zone`, and whether it
+    falls in a DST gap: one instant normally, two in the hour that repeats when DST ends
+    (first, second), none in the gap when it starts (then the instant at the old offset
+    is returned, for a fixed-time job, with True)."""
     first = wall.replace(tzinfo=zone, fold=0)
     second = wall.replace(tzinfo=zone, fold=1)
     first_offset, second_offset = first.utcoffset(), second.utcoffset()
-    if first_offset is None or second_offset is None or first_offset <= second_offset:
-        return False  # not ambiguous (or a gap, where fold=1 is the *later* offset)
-    return moment.astimezone(UTC) == second.astimezone(UTC)
+    if first_offset == second_offset:
+        return [first.astimezone(UTC)], False
+    if first_offset is not None and second_offset is not None and first_offset > second_offset:
+        return [first.astimezone(UTC), second.astimezone(UTC)], False
+    return [first.astimezone(UTC)], True
+
+
+def is_repeated_wall_time(moment: datetime) -> bool:
+    """True if `moment` is the *second* occurrence of its wall-clock time (the hour
+    that repeats when DST ends). Needs an aware datetime with a fold-aware tzinfo."""
+    if moment.tzinfo is None:
+        return False
+    instants, _ = occurrences(moment.replace(tzinfo=None), moment.tzinfo)
+    return len(instants) == 2 and moment.astimezone(UTC) == instants[1]
 
 
 _DST_WINDOW = timedelta(hours=3)  # wider than any DST shift in the tz database
@@ -88,17 +97,13 @@ class CrontabTrigger(CronTrigger):  # type: ignore[misc]  # APScheduler ships no
 
     def _instants(self, wall: datetime) -> list[datetime]:
         """Real instants (UTC) at which the naive local time `wall` runs."""
-        first = wall.replace(tzinfo=self.timezone, fold=0)
-        second = wall.replace(tzinfo=self.timezone, fold=1)
-        first_offset, second_offset = first.utcoffset(), second.utcoffset()
-        if first_offset == second_offset:
-            return [first.astimezone(UTC)]
-        if first_offset is not None and second_offset is not None and first_offset > second_offset:
-            # Repeated hour: once for fixed-hour jobs, in both occurrences otherwise.
-            return [first.astimezone(UTC)] + ([] if self.fixed_hour else [second.astimezone(UTC)])
-        # Gap: the wall time never shows. An unrestricted hour loses nothing (the same
-        # instants come from the hour after); a fixed time runs at the old offset.
-        return [first.astimezone(UTC)] if self.fixed_hour else []
+        instants, in_gap = occurrences(wall, self.timezone)
+        if in_gap:
+            # The wall time never shows. An unrestricted hour loses nothing (the same
+            # instants come from the hour after); a fixed time runs at the old offset.
+            return instants if self.fixed_hour else []
+        # Repeated hour: once for fixed-hour jobs, in both occurrences otherwise.
+        return instants[:1] if self.fixed_hour else instants
 
     def _wall_time(self, instant: datetime) -> datetime:
         return instant.astimezone(self.timezone).replace(tzinfo=None)

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from typing import IO
 
 from t3backupd.core.protocol import JobSpec, Report, ReportError, failed, parse_report
@@ -59,7 +59,7 @@ def ensure_dest_root(dest: str) -> None:
         if info.st_uid != os.geteuid():
             raise DirectoryRefused(f"{dest} is owned by uid {info.st_uid}, not by us")
         if created:
-            # DESIGN: <dest> is 0755 (workers traverse it); mkdir honoured the umask.
+            # <dest> is 0755 (workers traverse it); mkdir honoured the umask.
             os.fchmod(fd, 0o755)
             info = os.fstat(fd)
         if info.st_mode & 0o022:
@@ -225,7 +225,7 @@ def run_worker(
     stderr: list[bytes] = []
     if process.stdin is None or process.stdout is None or process.stderr is None:
         raise RuntimeError("Popen without pipes")  # cannot happen: all three are PIPE
-    with tracker.track(process) if tracker is not None else _null():
+    with tracker.track(process) if tracker is not None else nullcontext():
         # Daemon threads: a pipe held open by something that escaped the worker's
         # group must not keep this process from exiting.
         readers = [
@@ -273,8 +273,3 @@ def run_worker(
         if detail:
             message += f"; stderr: {detail}"
         return failed(spec.action, "worker_crashed", message, duration_s=duration)
-
-
-@contextmanager
-def _null() -> Iterator[None]:
-    yield

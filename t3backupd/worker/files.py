@@ -24,13 +24,15 @@ from urllib.parse import quote
 from t3backupd.core.naming import (
     CHECKSUM_SUFFIX,
     LOCK_NAME,
+    SQLITE_SIDECARS,
     TEMP_PREFIX,
     TEMP_SUFFIX,
     SnapshotName,
     format_name,
+    is_temp_name,
     parse_name,
 )
-from t3backupd.core.protocol import SnapshotInfo
+from t3backupd.core.protocol import FailureReason, Reason, SnapshotInfo
 
 HASH_CHUNK = 1 << 20
 # How far ahead of the clock an existing snapshot name may be and still push a new
@@ -60,7 +62,7 @@ IOPRIO_SET_SYSCALL = {"x86_64": 251, "aarch64": 30}
 class StepFailed(Exception):
     """A snapshot step failed for a reason the report names (timeout, permission ...)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -85,12 +87,12 @@ class TempFiles:
         with self._lock:
             paths = list(self._paths)
         for path in paths:
-            for suffix in ("", "-journal", "-wal", "-shm"):
+            for suffix in SQLITE_SIDECARS:
                 with suppress(FileNotFoundError):
                     os.unlink(path + suffix)
 
 
-def classify_sqlite_error(error: sqlite3.Error) -> str:
+def classify_sqlite_error(error: sqlite3.Error) -> FailureReason:
     """Map an SQLite error to a failure reason."""
     code = getattr(error, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
@@ -105,7 +107,7 @@ def classify_sqlite_error(error: sqlite3.Error) -> str:
     return "sqlite_error"
 
 
-def classify_os_error(error: OSError) -> str:
+def classify_os_error(error: OSError) -> FailureReason:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return "disk_space"
     if error.errno in (errno.EACCES, errno.EPERM, errno.ELOOP, errno.EROFS):
@@ -147,7 +149,7 @@ def remove_stale_temps(dest_dir: str) -> list[str]:
     with os.scandir(dest_dir) as entries:
         for entry in entries:
             # A directory with a temp-like name is not ours (we only make files): leave it.
-            if entry.name.startswith(TEMP_PREFIX) and not entry.is_dir(follow_symlinks=False):
+            if is_temp_name(entry.name) and not entry.is_dir(follow_symlinks=False):
                 try:
                     os.unlink(entry.path)
                     removed.append(entry.name)

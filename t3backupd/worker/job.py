@@ -7,7 +7,7 @@ import signal
 import sqlite3
 import time
 
-from t3backupd.core.protocol import JobSpec
+from t3backupd.core.protocol import FaultPoint, JobSpec, SnapshotSpec
 from t3backupd.worker.files import TempFiles
 
 
@@ -24,8 +24,8 @@ class Job:
         return time.monotonic() - self.started
 
 
-def fault_point(spec: JobSpec, point: str) -> None:
+def fault_point(spec: SnapshotSpec, point: FaultPoint) -> None:
     """Die here, as a crash would, if the (test-only) spec asks for it: no cleanup, no
-    report. See JobSpec.fault."""
+    report. See SnapshotSpec.fault."""
     if spec.fault == point:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -14,11 +14,18 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
 from contextlib import suppress
 from types import FrameType
 
-from t3backupd.core.protocol import JobSpec, Report, failed
+from t3backupd.core.protocol import (
+    InventorySpec,
+    JobSpec,
+    Report,
+    RestoreSpec,
+    SnapshotSpec,
+    VerifySpec,
+    failed,
+)
 from t3backupd.worker import files as ops
 from t3backupd.worker.inventory import inventory_job
 from t3backupd.worker.job import Job
@@ -30,19 +37,25 @@ MAX_SPEC_BYTES = 1 << 16
 EXIT_STOPPED = 3
 
 
-JOBS: dict[str, Callable[[Job], Report]] = {
-    "snapshot": snapshot_job,
-    "inventory": inventory_job,
-    "verify": verify_job,
-    "restore": restore_job,
-}
+def dispatch(job: Job) -> Report:
+    """Run the job its spec's type names."""
+    match job.spec:
+        case SnapshotSpec() as spec:
+            return snapshot_job(job, spec)
+        case InventorySpec() as spec:
+            return inventory_job(job, spec)
+        case VerifySpec() as spec:
+            return verify_job(job, spec)
+        case RestoreSpec() as spec:
+            return restore_job(job, spec)
+    raise ValueError(f"no job for action {job.spec.action!r}")  # from_json refuses these
 
 
 def run_job(job: Job) -> Report:
     """Run the job, turning expected failures into a failure report."""
     action = job.spec.action
     try:
-        return JOBS[action](job)
+        return dispatch(job)
     except ops.StepFailed as error:
         return failed(action, error.reason, error.message, duration_s=job.elapsed())
     except sqlite3.Error as error:

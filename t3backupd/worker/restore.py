@@ -16,9 +16,8 @@ from urllib.parse import quote
 
 from t3backupd.core.errors import SnapshotNotFound, UsageError
 from t3backupd.core.naming import SnapshotName
-from t3backupd.core.protocol import Report, SnapshotInfo
+from t3backupd.core.protocol import Report, RestoreSpec, SnapshotInfo
 from t3backupd.core.selection import (
-    LATEST,
     RESTORABLE_OUTCOMES,
     SnapshotRequest,
     choose_snapshot,
@@ -151,9 +150,8 @@ def _create_target(path: str) -> int:
     return fd
 
 
-def _restore_copy(job: Job, parsed: SnapshotName, checked: Checked) -> Report:
+def _restore_copy(job: Job, spec: RestoreSpec, parsed: SnapshotName, checked: Checked) -> Report:
     """Write the verified snapshot to `spec.target`, then verify the copy."""
-    spec = job.spec
     target = spec.target
     source = os.path.join(spec.dest_dir, parsed.filename)
     target_fd = _create_target(target)
@@ -229,8 +227,9 @@ def _backup_into_live(job: Job, snapshot_path: str, live: str) -> tuple[str, lis
         source.close()
 
 
-def _restore_in_place(job: Job, parsed: SnapshotName, checked: Checked) -> Report:
-    spec = job.spec
+def _restore_in_place(
+    job: Job, spec: RestoreSpec, parsed: SnapshotName, checked: Checked
+) -> Report:
     live = spec.source
     holders = find_holders([live, live + "-wal"])
     if holders and not spec.force:
@@ -284,16 +283,15 @@ def _restore_in_place(job: Job, parsed: SnapshotName, checked: Checked) -> Repor
     )
 
 
-def restore_job(job: Job) -> Report:
+def restore_job(job: Job, spec: RestoreSpec) -> Report:
     """Worker job "restore": choose and verify the snapshot, then write it to
     `spec.target` or (`spec.in_place`) into the live database `spec.source`."""
-    spec = job.spec
     try:
-        request = parse_snapshot_request(spec.snapshot or LATEST)
+        request = parse_snapshot_request(spec.snapshot)
     except UsageError as error:  # the parent validated it; kept for a clear report
         raise ops.StepFailed("not_found", str(error)) from None
     with ops.user_dir_lock(spec.dest_dir):
         parsed, checked = _choose_and_verify(spec.dest_dir, request)
         if spec.in_place:
-            return _restore_in_place(job, parsed, checked)
-        return _restore_copy(job, parsed, checked)
+            return _restore_in_place(job, spec, parsed, checked)
+        return _restore_copy(job, spec, parsed, checked)

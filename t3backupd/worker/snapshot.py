@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from t3backupd.core.protocol import Report
+from t3backupd.core.protocol import Report, SnapshotSpec
 from t3backupd.core.retention import RetentionPolicy, select_expired
 from t3backupd.worker import files as ops
 from t3backupd.worker.job import Job, fault_point
 
 
-def snapshot_job(job: Job) -> Report:
+def snapshot_job(job: Job, spec: SnapshotSpec) -> Report:
     """Lock, clean up, copy, verify, publish, prune — one user's snapshot."""
-    spec = job.spec
     when = datetime.now(UTC)
     ops.lower_priority()
     with ops.user_dir_lock(spec.dest_dir):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from t3backupd.core.checks import classify, parse_checksum_line, select_for_verify
 from t3backupd.core.naming import CHECKSUM_SUFFIX
-from t3backupd.core.protocol import Report, VerifyResult
+from t3backupd.core.protocol import Report, VerifyResult, VerifySpec
 from t3backupd.worker import files as ops
 from t3backupd.worker.job import Job
 
@@ -122,9 +122,8 @@ def check_snapshot(dest_dir: str, name: str, mode: str) -> Checked | None:
     return Checked(VerifyResult(name, outcome, detail), digests[0], identity, info.st_size)
 
 
-def verify_job(job: Job) -> Report:
+def verify_job(job: Job, spec: VerifySpec) -> Report:
     """Worker job "verify": check each snapshot of the user (or only the newest)."""
-    spec = job.spec
     mode = "quick" if spec.verify == "quick" else "full"
     results = []
     for parsed in select_for_verify(ops.scan(spec.dest_dir), spec.latest_only):

@@ -23,7 +23,7 @@ def test_check_config_refuses_a_missing_usermap_with_one_line(sandbox: Path) -> 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert "no-such-usermap" in lines[0] and "cannot read usermap" in lines[0]
+    assert "no-such-usermap" in lines[0] and "usermap unreadable" in lines[0]
 
 
 def test_snapshot_with_a_missing_usermap_backs_up_nobody_and_says_so(sandbox: Path) -> None:

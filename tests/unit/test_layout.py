@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import t3backupd
-from t3backupd.core.protocol import JobSpec
+from t3backupd.core.protocol import SPEC_TYPES
 
 PACKAGE = Path(t3backupd.__file__).parent
 ALLOWED = {
@@ -150,7 +150,9 @@ def test_a_real_worker_job_loads_no_root_side_module(
 ) -> None:
     dest_dir = tmp_path / "user"
     dest_dir.mkdir(mode=0o700)
-    spec = JobSpec(user="someone", dest_dir=str(dest_dir), timeout_seconds=30.0, **spec_fields)
+    fields = dict(spec_fields)
+    kind = SPEC_TYPES[fields.pop("action")]
+    spec = kind(user="someone", dest_dir=str(dest_dir), timeout_seconds=30.0, **fields)
     done = subprocess.run(
         [sys.executable, "-I", "-c", PROBE],
         input=spec.to_json(),

@@ -167,7 +167,15 @@ def test_non_snapshot_names_parse_to_none(filename: str) -> None:
 # --- temp names -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("filename", [".t3backupd-abc123.tmp", ".t3backupd-.tmp"])
+@pytest.mark.parametrize(
+    "filename",
+    [
+        ".t3backupd-abc123.tmp",
+        ".t3backupd-.tmp",
+        ".t3backupd-abc.tmp-journal",
+        ".t3backupd-abc.tmp-wal",
+    ],
+)
 def test_worker_temp_names_are_recognised(filename: str) -> None:
     assert is_temp_name(filename)
 

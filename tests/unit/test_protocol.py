@@ -13,10 +13,15 @@ from t3backupd.core.protocol import (
     MAX_MESSAGE_CHARS,
     MAX_REPORT_BYTES,
     MAX_SNAPSHOTS_IN_REPORT,
+    InventorySpec,
+    JobSpec,
     Report,
     ReportError,
+    RestoreSpec,
     SnapshotInfo,
+    SnapshotSpec,
     VerifyResult,
+    VerifySpec,
     failed,
     parse_report,
 )
@@ -349,3 +354,48 @@ def test_restore_failure_reasons_are_only_accepted_for_restore() -> None:
 def test_restored_from_must_be_a_snapshot_name(name: str) -> None:
     data = report(action="restore", extra={"restored_from": name, "target": "/tmp/x"})
     assert "restored_from" in rejected(encode(data), "restore")
+
+
+# --- job specs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SnapshotSpec(
+            user="u",
+            dest_dir="/d/u",
+            source="/h/u/s.sqlite",
+            method="vacuum",
+            label="before",
+            keep=3,
+            fault="after_copy",
+        ),
+        InventorySpec(user="u", dest_dir="/d/u", timeout_seconds=60.0),
+        VerifySpec(user="u", dest_dir="/d/u", verify="quick", latest_only=True),
+        RestoreSpec(user="u", dest_dir="/d/u", snapshot="latest", target="/tmp/x", force=True),
+    ],
+    ids=lambda spec: spec.action,
+)
+def test_each_spec_round_trips_as_its_own_type(spec: JobSpec) -> None:
+    parsed = JobSpec.from_json(spec.to_json())
+    assert type(parsed) is type(spec) and parsed == spec
+    assert json.loads(spec.to_json())["action"] == spec.action
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b"not json", "not JSON"),
+        (b"[1]", "JSON object"),
+        (b'{"user": "u", "dest_dir": "/d"}', "unknown action None"),
+        (b'{"action": "format-disk", "user": "u", "dest_dir": "/d"}', "unknown action"),
+        (b'{"action": "inventory", "user": "u", "dest_dir": "/d", "source": "/x"}', "source"),
+        (b'{"action": "snapshot", "user": "u", "dest_dir": "/d", "method": "cp"}', "method"),
+        (b'{"action": "verify", "user": "u", "dest_dir": "/d", "verify": "fast"}', "verify"),
+        (b'{"action": "snapshot", "user": "u", "dest_dir": "/d", "fault": "x"}', "fault"),
+    ],
+)
+def test_from_json_raises_value_error_naming_the_problem(raw: bytes, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        JobSpec.from_json(raw)

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 import t3backupd.root.daemon as daemon_module
 from t3backupd.core.config import Config, ScheduleConfig
-from t3backupd.root.daemon import Daemon, Served
+from t3backupd.root.daemon import Daemon
 from t3backupd.root.notify import Notifier
 from t3backupd.root.scheduler import (
     build_trigger,
@@ -31,6 +31,7 @@ from t3backupd.root.scheduler import (
     schedule_key,
     should_catch_up,
 )
+from t3backupd.root.served import Served
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -252,13 +253,11 @@ def idle_daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Daemon, list[
 
 
 def held_by(daemon: Daemon, holder: str) -> None:
-    assert daemon._pass_lock.acquire(blocking=False)
-    daemon._lock_holder = holder
+    assert daemon._gate.try_enter(holder)
 
 
 def release(daemon: Daemon) -> None:
-    daemon._lock_holder = ""
-    daemon._pass_lock.release()
+    daemon._gate.leave()
 
 
 @pytest.mark.parametrize("trigger", ["schedule", "catch-up"])
