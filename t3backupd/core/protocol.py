@@ -239,12 +239,16 @@ def failed(action: Action, reason: Reason, message: str, **kwargs: Any) -> Repor
 # --- strict parsing -------------------------------------------------------------------
 
 
+def printable(text: str) -> str:
+    """`text` with every control (non-printable) character as "?": what a user wrote
+    ends up in logs and terminals."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
 def _clean_text(value: object, where: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     if not isinstance(value, str):
         raise ReportError(f"{where}: expected a string")
-    # No control characters: messages end up in logs and terminals.
-    cleaned = "".join(ch if ch.isprintable() else "?" for ch in value)
-    return cleaned[:limit]
+    return printable(value)[:limit]
 
 
 def _int(value: object, where: str) -> int:

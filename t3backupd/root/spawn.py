@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from typing import IO
 
-from t3backupd.core.protocol import JobSpec, Report, ReportError, failed, parse_report
+from t3backupd.core.protocol import JobSpec, Report, ReportError, failed, parse_report, printable
 from t3backupd.core.usermap import User
 
 STOP_GRACE_SECONDS = 5.0
@@ -185,7 +185,7 @@ def _tail(data: bytes) -> str:
     text = data[-STDERR_TAIL_BYTES:].decode("utf-8", "replace").strip()
     lines = [line for line in text.splitlines() if line.strip()]
     last = lines[-1] if lines else ""
-    return "".join(ch if ch.isprintable() else "?" for ch in last)[:300]
+    return printable(last)[:300]
 
 
 def run_worker(

@@ -34,7 +34,6 @@ from t3backupd.core.naming import (
 )
 from t3backupd.core.protocol import FailureReason, Reason, SnapshotInfo
 
-HASH_CHUNK = 1 << 20
 # How far ahead of the clock an existing snapshot name may be and still push a new
 # snapshot's name past it (see publish()).
 NAME_SLACK_SECONDS = 300
@@ -343,12 +342,18 @@ def fsync_path(path: str, directory: bool = False) -> None:
         os.close(fd)
 
 
+def sha256_fd(fd: int) -> str:
+    """sha256 (hex) of the open file `fd`, read from its current offset; `fd` stays open."""
+    with os.fdopen(fd, "rb", closefd=False) as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return sha256_fd(fd)
+    finally:
+        os.close(fd)
 
 
 def integrity_problems(path: str, mode: str) -> list[str]:

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from t3backupd.core.errors import SnapshotNotFound, UsageError
 from t3backupd.core.naming import SnapshotName
-from t3backupd.core.protocol import Report, RestoreSpec, SnapshotInfo
+from t3backupd.core.protocol import Report, RestoreSpec, SnapshotInfo, printable
 from t3backupd.core.selection import (
     RESTORABLE_OUTCOMES,
     SnapshotRequest,
@@ -43,7 +43,7 @@ def _read_command(pid: str) -> str:
         text = raw.replace(separator, b" ").decode("utf-8", "replace").strip() if separator else ""
         text = text or raw.decode("utf-8", "replace").strip()
         if text:
-            return "".join(ch if ch.isprintable() else "?" for ch in text)
+            return printable(text)
     return "?"
 
 

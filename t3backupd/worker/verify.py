@@ -7,7 +7,6 @@ snapshot is reported `unreadable`, never followed.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 import threading
@@ -97,8 +96,7 @@ def check_snapshot(dest_dir: str, name: str, mode: str) -> Checked | None:
     digests: list[str] = []
 
     def hash_it() -> None:
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            digests.append(hashlib.file_digest(handle, "sha256").hexdigest())
+        digests.append(ops.sha256_fd(fd))
 
     hasher = threading.Thread(target=hash_it, name="sha256")
     hasher.start()
