@@ -17,12 +17,13 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv sqlite3 prometheus util-linux procps passwd systemd
 DEMO_DIR ?= /var/tmp/t3backupd-demo
 
-.PHONY: help apt venv install test lint typecheck unit demo demo-clean bench
+.PHONY: help apt venv install test lint typecheck unit demo demo-clean bench bench-history
 
 help:
 	@echo "make demo   - sandbox with a live T3-shaped database, daemon in the foreground"
 	@echo "make test   - ruff, mypy --strict, pytest (as root: real users, real daemon)"
 	@echo "make bench  - benchmarks (prints a Markdown table, writes bench/results.json)"
+	@echo "make bench-history - offsite history per engine (restic, borg) over simulated days"
 
 # Tools only: a temporary policy-rc.d keeps package services (prometheus) from starting.
 apt:
@@ -80,3 +81,14 @@ demo-clean: install
 
 bench: install
 	$(PY) bench/run.py --json bench/results.json $(BENCH_ARGS)
+
+# Engines and compressors the history benchmark compares (Debian's own packages).
+bench-history: install
+ifeq ($(UID_NOW),0)
+	@for p in restic borgbackup zstd; do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "install ok installed" \
+	    || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$$p" >/dev/null \
+	         || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$$p" >/dev/null; }; }; \
+	done
+endif
+	$(PY) bench/history.py --json bench/history.json $(BENCH_ARGS)
