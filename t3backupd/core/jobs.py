@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from t3backupd.core.config import Config
-from t3backupd.core.protocol import InventorySpec, RestoreSpec, SnapshotSpec, VerifySpec
+from t3backupd.core.protocol import AdoptSpec, InventorySpec, RestoreSpec, SnapshotSpec, VerifySpec
 from t3backupd.core.usermap import User
 
 # Verifying reads every snapshot of a user; give it a few snapshot-lengths of time.
@@ -80,4 +80,13 @@ def restore_spec(
         in_place=in_place,
         check_only=check_only,
         force=force,
+    )
+
+
+def adopt_spec(config: Config, user: User) -> AdoptSpec:
+    """Write the missing checksums of one user's (legacy) snapshots, after a full check."""
+    return AdoptSpec(
+        user=user.name,
+        dest_dir=user_dir(config, user),
+        timeout_seconds=float(config.snapshot.timeout_seconds * VERIFY_TIMEOUT_FACTOR),
     )

@@ -23,14 +23,16 @@ MAX_INT = 1 << 62
 
 # --- the vocabulary -------------------------------------------------------------------
 
-Action = Literal["snapshot", "inventory", "verify", "restore"]
+Action = Literal["snapshot", "inventory", "verify", "restore", "adopt"]
 Status = Literal["ok", "failed", "skipped"]
 # Failures counted in the metrics (`t3backup_failures_total{reason}`).
 FailureReason = Literal[
     "timeout", "sqlite_error", "verify_failed", "permission", "disk_space", "worker_crashed",
     "busy",
 ]  # fmt: skip
-SkipReason = Literal["no_source"]
+# no_source: the user has no database (snapshot); no_directory: `<dest>` or
+# `<dest>/<user>` does not exist (read-only jobs, decided by the root side: nothing runs).
+SkipReason = Literal["no_source", "no_directory"]
 # Restore-only failures (never snapshot metrics labels): no such snapshot, --to target
 # exists, database held open by a process of the user.
 RestoreFailureReason = Literal["not_found", "exists", "in_use"]
@@ -164,8 +166,16 @@ class RestoreSpec(JobSpec):
     check_only: bool = False
 
 
+@dataclass(frozen=True)
+class AdoptSpec(JobSpec):
+    """Give each snapshot in `dest_dir` that has no `NAME.sha256` (the legacy script's)
+    one, after a full integrity check; an existing checksum file is never replaced."""
+
+    action: ClassVar[Action] = "adopt"
+
+
 SPEC_TYPES: dict[str, type[JobSpec]] = {
-    kind.action: kind for kind in (SnapshotSpec, InventorySpec, VerifySpec, RestoreSpec)
+    kind.action: kind for kind in (SnapshotSpec, InventorySpec, VerifySpec, RestoreSpec, AdoptSpec)
 }
 
 

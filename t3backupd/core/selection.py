@@ -35,6 +35,14 @@ class SnapshotRequest:
             return f"the newest snapshot labelled {self.value!r}"
         return f"snapshot {self.value!r}"
 
+    def not_found(self) -> str:
+        """The one line saying nothing matched."""
+        if self.kind == "latest":
+            return "no snapshot at all"
+        if self.kind == "label":
+            return f"no snapshot labelled {self.value!r}"
+        return f"no snapshot named {self.value!r}"
+
 
 def parse_snapshot_request(text: str) -> SnapshotRequest:
     """Parse `--snapshot NAME|latest|LABEL`.
@@ -69,21 +77,28 @@ def choose_snapshot(
         for parsed, _ in entries:
             if parsed.filename == request.value:
                 return parsed
-        raise SnapshotNotFound(f"no {request.describe()}")
+        raise SnapshotNotFound(request.not_found())
     candidates = [
         parsed
         for parsed, regular in entries
         if regular and (request.kind == "latest" or parsed.label == request.value)
     ]
     if not candidates:
-        raise SnapshotNotFound(f"no snapshot found for {request.describe()}")
+        raise SnapshotNotFound(request.not_found())
     return max(candidates, key=lambda parsed: (parsed.time, parsed.filename))
+
+
+def shorten_command(command: str) -> str:
+    """A command line of at most MAX_COMMAND_CHARS, cut with "..." so it shows it was cut."""
+    if len(command) <= MAX_COMMAND_CHARS:
+        return command
+    return command[: MAX_COMMAND_CHARS - 3] + "..."
 
 
 def describe_holders(holders: Sequence[tuple[int, str]]) -> str:
     """One line naming the processes that hold the database open."""
     named = ", ".join(
-        f"pid {pid} ({command[:MAX_COMMAND_CHARS]})" for pid, command in holders[:MAX_HOLDERS_NAMED]
+        f"pid {pid} ({shorten_command(command)})" for pid, command in holders[:MAX_HOLDERS_NAMED]
     )
     more = len(holders) - MAX_HOLDERS_NAMED
     if more > 0:

@@ -43,7 +43,7 @@ class Problem:
     reason: str
 
     def __str__(self) -> str:
-        return f"line {self.line}: {self.name!r} skipped: {self.reason}"
+        return f"line {self.line} ({self.name!r}): {self.reason}"
 
 
 def parse_usermap(text: str) -> tuple[list[UsermapEntry], list[Problem]]:
@@ -111,6 +111,10 @@ def resolve_users(
     return users, problems
 
 
+# Why an entry is not served in non-root mode (a user running the CLI for themselves).
+NOT_ROOT_REASON = "not running as root: cannot switch to another user"
+
+
 def read_usermap(path: str) -> str:
     """Text of the usermap. Raises OSError if it cannot be read."""
     return Path(path).read_text(encoding="utf-8", errors="replace")
@@ -136,6 +140,6 @@ def load_users(
         if user.uid == own_uid:
             served.append(user)
         else:
-            reason = "not running as root: cannot switch to another user"
+            reason = NOT_ROOT_REASON
             problems.append(Problem(line_of.get(user.name, 0), user.name, reason))
     return served, problems

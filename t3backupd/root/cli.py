@@ -1,7 +1,9 @@
-"""Command line: `t3backupd [-c CONFIG] COMMAND ...` (also `python -m t3backupd`).
+"""Command line: t3backupd [OPTIONS] COMMAND ... (also python -m t3backupd).
 
 Every error a user can cause is one line on stderr and an exit code; anything else is
-a bug and keeps its traceback.
+a bug and keeps its traceback. On a terminal a command prints its human result once;
+its structured log events go to stderr only when asked (-v, --log-format) or when
+stderr is not a terminal (journald, cron, CI).
 """
 
 from __future__ import annotations
@@ -10,25 +12,108 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from t3backupd import __version__
 from t3backupd.core.checks import verify_failures
-from t3backupd.core.config import Config, resolve_config_path
+from t3backupd.core.config import LOG_FORMATS, Config, resolve_config_path
 from t3backupd.core.cron import CronError
 from t3backupd.core.errors import ConfigError, T3BackupError, UsageError
-from t3backupd.core.naming import is_valid_label
-from t3backupd.core.protocol import SnapshotInfo
+from t3backupd.core.naming import is_valid_label, parse_name
+from t3backupd.core.protocol import Report, SnapshotInfo, VerifyResult
 from t3backupd.core.selection import parse_snapshot_request
-from t3backupd.core.usermap import Problem, User
+from t3backupd.core.usermap import NOT_ROOT_REASON, Problem, User
 from t3backupd.root.log import configure_logging
-from t3backupd.root.passes import inventory_user, run_pass, run_verify_pass
+from t3backupd.root.passes import inventory_user, run_adopt, run_pass, run_verify_pass
 from t3backupd.root.restore import restore_in_place, restore_to
-from t3backupd.root.served import load_served, log_problems
+from t3backupd.root.served import Served, load_served, log_problems
+from t3backupd.root.spawn import running_as_root
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+ENVIRONMENT = """\
+environment:
+  T3BACKUPD_CONFIG   config file when -c is not given
+  T3_BACKUP_DEST     overrides dest (the legacy script's variable)
+  T3_BACKUP_KEEP     overrides retention.keep
+  T3_BACKUP_TIMEOUT  overrides snapshot.timeout_seconds"""
+
+HELP_WIDTH = 78
+USAGE_EXIT = "  2  usage or config error (one line on stderr)"
+
+
+@dataclass(frozen=True)
+class CommandDoc:
+    """One subcommand's help: summary (command list), description, exit statuses."""
+
+    summary: str
+    description: str
+    exits: tuple[str, ...]
+
+
+DOCS: dict[str, CommandDoc] = {
+    "snapshot": CommandDoc(
+        "take one snapshot pass now",
+        "Snapshot every served user (or those named by --user) now, through the same "
+        "worker path as the daemon: as the user, verified, published, pruned. Prints one "
+        "line per user, with what retention pruned.",
+        ("0  every user ok (a user without a database is skipped, not failed)",
+         "1  a user's snapshot failed"),
+    ),
+    "list": CommandDoc(
+        "list snapshots per user, newest first",
+        "List each served user's snapshots, newest first: name, time (UTC), age, size, "
+        "label, and whether a checksum file exists. Creates nothing. Run as a user who is "
+        "not root, it lists that user's own snapshots.",
+        ("0  listed (a user who was never backed up has no snapshots)",
+         "1  dest does not exist, or a user's directory could not be listed"),
+    ),
+    "verify": CommandDoc(
+        "check snapshots: sha256 and SQLite integrity",
+        "Check snapshots, newest first: sha256 against NAME.sha256, then "
+        "integrity_check (quick_check with --quick), as the user. Creates nothing. A "
+        "served user without any snapshot is reported and counts as a failure.",
+        ("0  every served user has snapshots and every one checked is ok",
+         "1  a snapshot is bad, a user could not be verified, a user has no snapshot, "
+         "or dest does not exist"),
+    ),
+    "restore": CommandDoc(
+        "restore a snapshot, as the user",
+        "Restore a snapshot: to a new file (--to, creates only that file) or into the "
+        "live database (--in-place, after a pre-restore snapshot; needs root). The "
+        "snapshot is verified first.",
+        ("0  restored", "1  refused or failed (nothing was changed)"),
+    ),
+    "adopt": CommandDoc(
+        "give the legacy script's snapshots a checksum",
+        "For each snapshot of the user that has no NAME.sha256 (the legacy script wrote "
+        "none, so verify reports it as missing checksum): run a full integrity_check as "
+        "the user and, if it passes, write NAME.sha256. An existing checksum file is "
+        "never replaced.",
+        ("0  every snapshot without a checksum was adopted (or there was none)",
+         "1  a snapshot failed its check (no checksum written), the user's directory is "
+         "missing, or the job failed"),
+    ),
+    "check-config": CommandDoc(
+        "validate config and usermap, show what is in effect",
+        "Validate the config and the usermap; print every config key with its value and "
+        "where it came from (default, file, environment variable), the served users, the "
+        "skipped usermap lines, warnings about what will not work under the systemd "
+        "unit's sandbox, and the next 3 run times.",
+        ("0  valid", "1  with --strict: a usermap line was skipped or there is a warning"),
+    ),
+    "run": CommandDoc(
+        "run the daemon in the foreground (for systemd)",
+        "Run the daemon in the foreground (systemd Type=notify): scheduled passes, "
+        "metrics endpoint, SIGHUP reloads, SIGUSR1 runs a pass now, SIGTERM stops.",
+        ("0  clean stop", "1  workers did not stop within the 30 s grace",
+         "2  invalid config at start"),
+    ),
+}  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,93 +122,284 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="t3backupd", description=__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument(
+def _global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """The options accepted before and after the command (`-c FILE snapshot` and
+    `snapshot -c FILE`). After the command they default to "not given", so they never
+    reset a value given before it."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    group = parser.add_argument_group("global options (before or after the command)")
+    group.add_argument(
         "-c",
         "--config",
-        help="config file (default: $T3BACKUPD_CONFIG or /etc/t3backupd/config.toml)",
+        metavar="FILE",
+        default=default(None),
+        help="config file (default: $T3BACKUPD_CONFIG, else /etc/t3backupd/config.toml)",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=default(0),
+        help="also write the structured log events to stderr (-vv: debug events too)",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default(False),
+        help="print only problems; exit status tells the rest",
+    )
+    group.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=default(None),
+        help="write log events to stderr in this format (auto: console on a terminal, else JSON)",
+    )
+
+
+def _exit_text(doc: CommandDoc) -> str:
+    lines = [
+        textwrap.fill(line, HELP_WIDTH, initial_indent="  ", subsequent_indent="     ")
+        for line in doc.exits
+    ]
+    return "exit status:\n" + "\n".join(lines) + "\n" + USAGE_EXIT
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="t3backupd",
+        description="Verified, privilege-separated snapshots of each T3 Code user's state.sqlite.",
+        epilog="Each command has its own --help (exit statuses included).\n\n" + ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"t3backupd {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _global_options(parser, defaults=True)
+    commands = parser.add_subparsers(
+        dest="command", required=True, parser_class=_Parser, metavar="COMMAND"
+    )
 
-    snapshot = commands.add_parser("snapshot", help="take one snapshot pass now")
-    snapshot.add_argument("--user", action="append", default=[], help="only this user (repeatable)")
-    snapshot.add_argument("--label", help="label the snapshot (never pruned automatically)")
+    def command(name: str) -> argparse.ArgumentParser:
+        doc = DOCS[name]
+        sub = commands.add_parser(
+            name,
+            help=doc.summary,
+            description=textwrap.fill(doc.description, HELP_WIDTH),
+            epilog=_exit_text(doc) + "\n\n" + ENVIRONMENT,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _global_options(sub, defaults=False)
+        return sub
 
-    listing = commands.add_parser("list", help="list snapshots per user")
-    listing.add_argument("--user", action="append", default=[])
+    def users_option(sub: argparse.ArgumentParser, what: str) -> None:
+        sub.add_argument(
+            "--user",
+            action="append",
+            default=[],
+            metavar="U",
+            help=f"only this OS user from the usermap (repeatable; default: {what})",
+        )
+
+    snapshot = command("snapshot")
+    users_option(snapshot, "every served user")
+    snapshot.add_argument(
+        "--label",
+        metavar="L",
+        help="label the snapshot (1-64 of A-Z a-z 0-9 . _ -; never pruned automatically)",
+    )
+
+    listing = command("list")
+    users_option(listing, "every served user")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
 
-    commands.add_parser("check-config", help="validate config and usermap, show next runs")
-    commands.add_parser("run", help="run the daemon in the foreground (for systemd)")
+    check = command("check-config")
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 if a usermap line is skipped or a warning is printed",
+    )
+    command("run")
 
-    verify = commands.add_parser("verify", help="checksum + integrity check of snapshots")
-    verify.add_argument("--user", action="append", default=[], help="only this user (repeatable)")
+    verify = command("verify")
+    users_option(verify, "every served user")
     verify.add_argument("--latest", action="store_true", help="only each user's newest snapshot")
-    verify.add_argument("--quick", action="store_true", help="quick_check, not integrity_check")
+    verify.add_argument(
+        "--quick", action="store_true", help="quick_check instead of integrity_check"
+    )
     verify.add_argument("--json", action="store_true", help="machine-readable output")
 
-    restore = commands.add_parser("restore", help="restore a snapshot, as the user")
-    restore.add_argument("--user", required=True)
+    restore = command("restore")
+    restore.add_argument("--user", required=True, metavar="U", help="whose snapshot (required)")
     restore.add_argument(
-        "--snapshot", default="latest", help="a snapshot file name, 'latest' or a LABEL"
+        "--snapshot",
+        default="latest",
+        metavar="S",
+        help="a snapshot file name from list, 'latest' (default) or a label",
     )
     where = restore.add_mutually_exclusive_group(required=True)
-    where.add_argument("--to", metavar="PATH", help="write a restored copy to a new file")
-    where.add_argument("--in-place", action="store_true", help="restore into the live database")
+    where.add_argument("--to", metavar="PATH", help="write a restored copy to this new file")
+    where.add_argument(
+        "--in-place", action="store_true", help="restore into the user's live database"
+    )
     restore.add_argument(
-        "--force", action="store_true", help="in place even while a process has it open"
+        "--force",
+        action="store_true",
+        help="with --in-place: even while a process of the user has the database open",
+    )
+
+    adopt = command("adopt")
+    adopt.add_argument(
+        "--user",
+        action="append",
+        required=True,
+        metavar="U",
+        help="whose snapshots (repeatable; required)",
     )
     return parser
+
+
+# --- output ---------------------------------------------------------------------------
+
+
+class Output:
+    """Human output: results on stdout (not with -q), problems always (stdout)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def result(self, line: str) -> None:
+        if not self.quiet:
+            print(line)
+
+    def problem(self, line: str) -> None:
+        print(line)
+
+
+def log_settings(args: argparse.Namespace, config: Config) -> tuple[str, str]:
+    """(format, level) of the CLI's log events on stderr; level "off" = none.
+
+    On a terminal the human output is the result, so events are off unless asked for
+    (-v, --log-format); elsewhere (journald, cron, CI) they are on, in the config's format.
+    """
+    level = config.log.level
+    if args.quiet:
+        level = "warning"
+    if args.verbose:
+        level = "debug" if args.verbose > 1 else "info"
+    if args.log_format is not None:
+        return args.log_format, level
+    if args.verbose or not sys.stderr.isatty():
+        return config.log.format, level
+    return "auto", "off"
+
+
+def events_on(args: argparse.Namespace) -> bool:
+    return bool(args.verbose or args.log_format is not None or not sys.stderr.isatty())
 
 
 def load_context(
     args: argparse.Namespace, strict_usermap: bool = False
 ) -> tuple[Config, list[User], list[Problem]]:
-    """Config + resolved users (the daemon's loader). Logs each skipped usermap line.
+    """Config + resolved users (the daemon's loader). Reports each skipped usermap line
+    once: as a log event when events are on, else as a human line on stderr.
 
     An unreadable usermap means zero users and one error line, as the legacy script
     behaved; with `strict_usermap` (check-config) it is a ConfigError.
     Raises ConfigError if the config is invalid.
     """
     served = load_served(resolve_config_path(args.config), usermap_optional=not strict_usermap)
-    configure_logging(served.config.log.format, served.config.log.level)
-    log_problems(served)
+    fmt, level = log_settings(args, served.config)
+    configure_logging(fmt, level)
+    if events_on(args):
+        log_problems(served)
+    elif not strict_usermap:  # check-config prints them in its own result
+        _print_problems(served)
     return served.config, list(served.users), list(served.problems)
 
 
-def select_users(users: Sequence[User], wanted: Sequence[str], usermap: str) -> list[User]:
+def _print_problems(served: Served) -> None:
+    if served.usermap_error:
+        sys.stderr.write(f"t3backupd: {served.usermap_error}\n")
+    for problem in served.problems:
+        # Run as a user for themselves, the other users' lines are expected, not news.
+        if problem.reason != NOT_ROOT_REASON:
+            sys.stderr.write(f"t3backupd: {served.config.usermap}: skipped {problem}\n")
+
+
+def select_users(users: Sequence[User], wanted: Sequence[str], config: Config) -> list[User]:
     """Users named by --user (all when none). Raises UsageError for a name not served."""
     if not wanted:
         return list(users)
     by_name = {user.name: user for user in users}
     unknown = [name for name in wanted if name not in by_name]
     if unknown:
-        raise UsageError(f"user {unknown[0]!r} is not a served user in {usermap}")
+        if not running_as_root() and unknown[0] != _own_name():
+            raise UsageError(
+                f"user {unknown[0]!r}: not root, so only your own backups ({_own_name()}) "
+                "can be served; run as root"
+            )
+        raise UsageError(f"user {unknown[0]!r} is not a served user in {config.usermap}")
     return [by_name[name] for name in dict.fromkeys(wanted)]
+
+
+def _own_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def no_users_line(config: Config) -> str:
+    if running_as_root():
+        return f"no served users in {config.usermap}"
+    return f"no served users: {_own_name()} is not a user in {config.usermap} (or run as root)"
+
+
+def require_dest(config: Config) -> None:
+    """A read-only command on a `dest` that does not exist: one line, exit 1 (a mistyped
+    T3_BACKUP_DEST must not look like "no snapshots")."""
+    if not os.path.lexists(config.dest):
+        origin = dict(config.origins).get("dest", "default")
+        raise T3BackupError(
+            f"no backup directory {config.dest} (dest, from {origin}): nothing was ever "
+            "backed up there; check dest and T3_BACKUP_DEST"
+        )
+
+
+# --- commands -------------------------------------------------------------------------
 
 
 def command_snapshot(args: argparse.Namespace) -> int:
     if args.label is not None and not is_valid_label(args.label):
         raise UsageError(f"invalid label {args.label!r}: use 1-64 of A-Z a-z 0-9 . _ -")
     config, users, _ = load_context(args)
-    selected = select_users(users, args.user, config.usermap)
+    out = Output(args.quiet)
+    selected = select_users(users, args.user, config)
     if not selected:
-        print(f"no users to back up in {config.usermap}")
+        out.result(f"no users to back up ({no_users_line(config)})")
         return EXIT_OK
     results = run_pass(config, selected, label=args.label)
     for result in results:
         report = result.report
+        name = result.user.name
         if report.ok and report.snapshot is not None:
-            print(
-                f"{result.user.name}: ok {report.snapshot.name} ({report.snapshot.bytes} bytes, "
-                f"{result.duration_s:.1f}s)"
+            pruned = (
+                f"; pruned {len(report.pruned)}: {', '.join(report.pruned)}"
+                if report.pruned
+                else "; pruned nothing"
+            )
+            out.result(
+                f"{name}: ok {report.snapshot.name} ({_human_size(report.snapshot.bytes)}, "
+                f"{result.duration_s:.1f}s){pruned}"
             )
         elif report.status == "skipped":
-            print(f"{result.user.name}: skipped ({report.message})")
+            out.result(f"{name}: skipped ({report.message})")
         else:
-            print(f"{result.user.name}: FAILED {report.reason}: {report.message}")
+            out.problem(f"{name}: FAILED {report.reason}: {report.message}")
     return EXIT_FAILED if any(result.report.status == "failed" for result in results) else EXIT_OK
 
 
@@ -155,43 +431,69 @@ def _snapshot_json(info: SnapshotInfo) -> dict[str, object]:
     }
 
 
+def newest_first(snapshots: Sequence[SnapshotInfo]) -> list[SnapshotInfo]:
+    """The one order of `list` and `verify`: newest first (by the time in the name)."""
+    return sorted(snapshots, key=lambda info: (info.time, info.name), reverse=True)
+
+
+def newest_results_first(results: Sequence[VerifyResult]) -> list[VerifyResult]:
+    """Verify (and adopt) results in the order of `list`: newest first."""
+
+    def key(result: VerifyResult) -> tuple[float, str]:
+        parsed = parse_name(result.name)
+        return (parsed.time.timestamp() if parsed is not None else 0.0, result.name)
+
+    return sorted(results, key=key, reverse=True)
+
+
+def _failure_text(report: Report) -> str | None:
+    """Why a user's job did not run or failed; None if it ran (a missing directory is
+    not an error for list: that user has no snapshots)."""
+    if report.ok or report.reason == "no_directory":
+        return None
+    return f"{report.reason}: {report.message}"
+
+
 def command_list(args: argparse.Namespace) -> int:
     config, users, _ = load_context(args)
-    selected = select_users(users, args.user, config.usermap)
+    out = Output(args.quiet)
+    selected = select_users(users, args.user, config)
+    require_dest(config)
     now = time.time()
-    documents = []
-    status = EXIT_OK
-    for user in selected:
-        report = inventory_user(config, user).report
-        if not report.ok:
-            status = EXIT_FAILED
-        documents.append((user, report))
+    documents = [(user, inventory_user(config, user).report) for user in selected]
+    status = EXIT_FAILED if any(_failure_text(r) for _, r in documents) else EXIT_OK
     if args.json:
         payload = {
             "users": [
                 {
                     "user": user.name,
-                    "error": None if report.ok else f"{report.reason}: {report.message}",
-                    "snapshots": [_snapshot_json(info) for info in reversed(report.snapshots)],
+                    "error": _failure_text(report),
+                    "snapshots": [_snapshot_json(info) for info in newest_first(report.snapshots)],
                 }
                 for user, report in documents
             ]
         }
         print(json.dumps(payload, indent=2))
         return status
+    if not selected:
+        out.result(no_users_line(config))
     for user, report in documents:
-        if not report.ok:
-            print(f"{user.name}: cannot list: {report.reason}: {report.message}")
+        failure = _failure_text(report)
+        if failure is not None:
+            out.problem(f"{user.name}: cannot list: {failure}")
+            continue
+        if report.reason == "no_directory":
+            out.result(f"{user.name}: no snapshots (never backed up: {report.message})")
             continue
         if not report.snapshots:
-            print(f"{user.name}: no snapshots")
+            out.result(f"{user.name}: no snapshots")
             continue
-        print(f"{user.name}: {len(report.snapshots)} snapshot(s)")
-        for info in reversed(report.snapshots):
+        out.result(f"{user.name}: {len(report.snapshots)} snapshot(s), newest first")
+        for info in newest_first(report.snapshots):
             when = datetime.fromtimestamp(info.time, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
             checksum = "" if info.has_checksum else "  (no checksum)"
             label = f"  [{info.label}]" if info.label else ""
-            print(
+            out.result(
                 f"  {info.name:<52} {when}  {_age(now - info.time):>6} ago  "
                 f"{_human_size(info.bytes):>10}{label}{checksum}"
             )
@@ -199,13 +501,33 @@ def command_list(args: argparse.Namespace) -> int:
 
 
 def command_check_config(args: argparse.Namespace) -> int:
+    from t3backupd.root.checkconfig import (
+        DEFAULT_WRITABLE,
+        effective_lines,
+        installed_unit,
+        warnings_for,
+        writable_paths,
+    )
+
     config, users, problems = load_context(args, strict_usermap=True)
-    print(f"config {config.path}: ok")
-    print(f"usermap {config.usermap}: {len(users)} user(s) served, {len(problems)} skipped")
+    out = Output(args.quiet)
+    out.result(f"config {config.path}: ok")
+    for line in effective_lines(config):
+        out.result(f"  {line}")
+    own = [p for p in problems if p.reason != NOT_ROOT_REASON]
+    others = len(problems) - len(own)
+    out.result(f"usermap {config.usermap}: {len(users)} user(s) served, {len(own)} skipped")
     for user in users:
-        print(f"  {user.name} (uid {user.uid}): {config.source_for(user.name, user.home)}")
-    for problem in problems:
-        print(f"  skipped {problem}")
+        out.result(f"  {user.name} (uid {user.uid}): {config.source_for(user.name, user.home)}")
+    for problem in own:
+        out.problem(f"  skipped {problem}")
+    if others:
+        out.result(f"  {others} other user(s) not served: not running as root")
+    unit, texts = installed_unit()
+    writable = writable_paths(texts) if texts else list(DEFAULT_WRITABLE)
+    warnings = warnings_for(config, users, unit, writable)
+    for warning in warnings:
+        out.problem(f"warning: {warning}")
     # Imported here: APScheduler (behind the scheduler) is for `run` and this listing
     # only; every other command starts without loading it.
     from t3backupd.root.scheduler import next_run_times, trigger_for
@@ -214,9 +536,12 @@ def command_check_config(args: argparse.Namespace) -> int:
         runs = next_run_times(trigger_for(config.schedule), datetime.now(UTC), 3)
     except CronError as error:  # validated already; kept for a clear line if not
         raise ConfigError(config.path, [f"schedule.cron: {error}"]) from None
-    print(f"schedule '{config.schedule.cron}' ({config.schedule.timezone}), next runs:")
+    out.result(f"schedule '{config.schedule.cron}' ({config.schedule.timezone}), next runs:")
     for run in runs:
-        print(f"  {run.isoformat()}")
+        out.result(f"  {run.isoformat()}")
+    if args.strict and (own or warnings):
+        out.problem(f"--strict: {len(own)} skipped usermap line(s), {len(warnings)} warning(s)")
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -231,46 +556,69 @@ VERIFY_WORDS = {
 
 def command_verify(args: argparse.Namespace) -> int:
     config, users, _ = load_context(args)
-    selected = select_users(users, args.user, config.usermap)
+    out = Output(args.quiet)
+    selected = select_users(users, args.user, config)
+    require_dest(config)
     results = run_verify_pass(config, selected, args.latest, args.quick)
     reports = [(result.user, result.report) for result in results]
     checked = sum(len(report.verified) for _, report in reports)
-    bad = sum(verify_failures(report) for _, report in reports)
-    errors = sum(1 for _, report in reports if not report.ok)
+    bad = sum(verify_failures(report) for _, report in reports if report.ok)
+    errors = [user for user, report in reports if report.status == "failed"]
+    empty = [user for user, report in reports if report.status != "failed" and not report.verified]
+    failed_run = bool(bad or errors or empty)
     if args.json:
         payload = {
-            "ok": bad == 0,
+            "ok": not failed_run,
             "check": "quick_check" if args.quick else "integrity_check",
-            "summary": {"users": len(reports), "snapshots": checked, "bad": bad},
+            "summary": {
+                "users": len(reports),
+                "snapshots": checked,
+                "bad": bad,
+                "users_failed": len(errors),
+                "users_without_snapshots": len(empty),
+            },
             "users": [
                 {
                     "user": user.name,
-                    "error": None if report.ok else f"{report.reason}: {report.message}",
+                    "error": None
+                    if report.status != "failed"
+                    else f"{report.reason}: {report.message}",
                     "snapshots": [
                         {"name": result.name, "outcome": result.outcome, "detail": result.detail}
-                        for result in report.verified
+                        for result in newest_results_first(report.verified)
                     ],
                 }
                 for user, report in reports
             ],
         }
         print(json.dumps(payload, indent=2))
-        return EXIT_FAILED if bad else EXIT_OK
+        return EXIT_FAILED if failed_run else EXIT_OK
+    if not selected:
+        out.result(no_users_line(config))
     for user, report in reports:
-        if not report.ok:
-            print(f"{user.name}: cannot verify: {report.reason}: {report.message}")
+        if report.status == "failed":
+            out.problem(f"{user.name}: cannot verify: {report.reason}: {report.message}")
             continue
         if not report.verified:
-            print(f"{user.name}: no snapshots")
-        for result in report.verified:
+            why = "never backed up" if report.reason == "no_directory" else "directory is empty"
+            out.problem(f"{user.name}: NO SNAPSHOTS to verify ({why})")
+            continue
+        for result in newest_results_first(report.verified):
             detail = f"  ({result.detail})" if result.detail else ""
-            print(f"{user.name}: {result.name}  {VERIFY_WORDS[result.outcome]}{detail}")
-    failed_users = f", {errors} user(s) could not be verified" if errors else ""
-    print(
-        f"verified {checked} snapshot(s) of {len(reports)} user(s): "
-        f"{checked - bad + errors} ok, {bad - errors} bad{failed_users}"
-    )
-    return EXIT_FAILED if bad else EXIT_OK
+            line = f"{user.name}: {result.name}  {VERIFY_WORDS[result.outcome]}{detail}"
+            (out.result if result.outcome == "ok" else out.problem)(line)
+    parts = [f"{checked - bad} ok", f"{bad} bad"]
+    if errors:
+        parts.append(f"{len(errors)} user(s) could not be verified")
+    if empty:
+        parts.append(f"{len(empty)} user(s) without any snapshot")
+    summary = f"verified {checked} snapshot(s) of {len(reports)} user(s): {', '.join(parts)}"
+    (out.problem if failed_run else out.result)(summary)
+    return EXIT_FAILED if failed_run else EXIT_OK
+
+
+def _refused(report: Report) -> None:
+    sys.stderr.write(f"t3backupd: restore refused ({report.reason}): {report.message}\n")
 
 
 def command_restore(args: argparse.Namespace) -> int:
@@ -278,22 +626,29 @@ def command_restore(args: argparse.Namespace) -> int:
     if args.force and not args.in_place:
         raise UsageError("--force applies only to --in-place")
     config, users, _ = load_context(args)
-    user = select_users(users, [args.user], config.usermap)[0]
+    out = Output(args.quiet)
+    user = select_users(users, [args.user], config)[0]
+    require_dest(config)
     if args.to is not None:
         # Relative to the caller's cwd, not normalised: '..' keeps the kernel's meaning.
         target = args.to if os.path.isabs(args.to) else os.path.join(os.getcwd(), args.to)
         report = restore_to(config, user, args.snapshot, target)
         if not report.ok:
-            sys.stderr.write(f"t3backupd: restore refused ({report.reason}): {report.message}\n")
+            _refused(report)
             return EXIT_FAILED
-        print(f"{user.name}: restored {report.extra.get('restored_from')}: {report.message}")
+        out.result(f"{user.name}: restored {report.extra.get('restored_from')}: {report.message}")
         return EXIT_OK
+    if not running_as_root() and os.lstat(config.dest).st_uid != os.geteuid():
+        raise T3BackupError(
+            f"restore --in-place first takes a pre-restore snapshot into {config.dest}, "
+            "which only root can write: run it as root (restore --to PATH works as the user)"
+        )
     result = restore_in_place(config, user, args.snapshot, force=args.force)
     report = result.report
     if result.pre_restore is not None:
-        print(f"{user.name}: pre-restore snapshot {result.pre_restore} taken")
+        out.result(f"{user.name}: pre-restore snapshot {result.pre_restore} taken")
     if not report.ok:
-        sys.stderr.write(f"t3backupd: restore refused ({report.reason}): {report.message}\n")
+        _refused(report)
         if result.undo is not None:
             sys.stderr.write(
                 f"t3backupd: {result.pre_restore} holds the state before this attempt; "
@@ -301,13 +656,40 @@ def command_restore(args: argparse.Namespace) -> int:
             )
         return EXIT_FAILED
     for verified in report.verified:
-        print(f"{user.name}: verified {verified.name}: {VERIFY_WORDS[verified.outcome]}")
-    print(f"{user.name}: {report.message}")
+        out.result(f"{user.name}: verified {verified.name}: {VERIFY_WORDS[verified.outcome]}")
+    out.result(f"{user.name}: {report.message}")
     if result.undo is not None:
-        print(f"to undo: {result.undo}")
+        out.result(f"to undo: {result.undo}")
     else:
-        print("no database existed before the restore: nothing to undo")
+        out.result("no database existed before the restore: nothing to undo")
     return EXIT_OK
+
+
+def command_adopt(args: argparse.Namespace) -> int:
+    config, users, _ = load_context(args)
+    out = Output(args.quiet)
+    selected = select_users(users, args.user, config)
+    require_dest(config)
+    status = EXIT_OK
+    for result in run_adopt(config, selected):
+        name, report = result.user.name, result.report
+        if not report.ok:
+            status = EXIT_FAILED
+            out.problem(f"{name}: cannot adopt: {report.reason}: {report.message}")
+            continue
+        if not report.verified:
+            out.result(f"{name}: nothing to adopt (every snapshot has a checksum)")
+            continue
+        for item in newest_results_first(report.verified):
+            if item.outcome == "ok":
+                out.result(f"{name}: {item.name}  adopted ({item.detail})")
+            else:
+                status = EXIT_FAILED
+                detail = f"  ({item.detail})" if item.detail else ""
+                out.problem(
+                    f"{name}: {item.name}  NOT ADOPTED: {VERIFY_WORDS[item.outcome]}{detail}"
+                )
+    return status
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -324,6 +706,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "snapshot": command_snapshot,
     "list": command_list,
     "check-config": command_check_config,
+    "adopt": command_adopt,
 }
 
 
@@ -336,4 +719,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("t3backupd: interrupted\n")
-        return 130
+        return EXIT_INTERRUPTED

@@ -255,6 +255,7 @@ class Daemon:
         """The optional `[verify] cron` job: (re)placed, or removed when the cron is ""."""
         if self._scheduler.get_job(VERIFY_JOB_ID) is not None:
             self._scheduler.remove_job(VERIFY_JOB_ID)
+        self._metrics.set_verify_enabled(bool(config.verify.cron))
         if not config.verify.cron:
             return
         self._scheduler.add_job(

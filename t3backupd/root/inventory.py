@@ -53,6 +53,9 @@ class Inventory:
     def apply(self, result: UserResult) -> float | None:
         """Put one user's listing into the metrics; their newest snapshot time, or None."""
         user, report = result.user, result.report
+        if report.reason == "no_directory":
+            self._metrics.restore(user.name, ())  # nothing on disk: never backed up
+            return None
         if not report.ok:
             get_logger().warning(
                 "cannot list snapshots", user=user.name, reason=report.reason,

@@ -9,8 +9,9 @@ from typing import Any, TextIO
 
 import structlog
 
+# "off": no event at all (a CLI command on a terminal prints its human result only).
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}  # fmt: skip
+           "error": logging.ERROR, "off": logging.CRITICAL + 10}  # fmt: skip
 
 
 def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:

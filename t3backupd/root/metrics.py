@@ -79,6 +79,9 @@ class Metrics:
         self._reload_successful = 0.0
         self._reload_success_time = 0.0
         self._build = (version, sqlite_version)
+        # Verify series exist only while `[verify] cron` schedules verification: a 0
+        # timestamp for a check that never runs would read as "56 years ago".
+        self._verify_enabled = False
         # Bumped by every update; a scrape reuses the families built for the current
         # generation (between passes every scrape is the same: no rebuild for 16k series).
         self._generation = 0
@@ -150,6 +153,12 @@ class Metrics:
             record.verify_failures += max(0, failures)
             record.last_verify = when
 
+    def set_verify_enabled(self, enabled: bool) -> None:
+        """Export the per-user verify series (only while verification is scheduled)."""
+        with self._lock:
+            self._generation += 1
+            self._verify_enabled = enabled
+
     def set_next_run(self, when: float | None) -> None:
         """Epoch seconds of the next scheduled pass (None: none scheduled -> 0)."""
         with self._lock:
@@ -168,7 +177,7 @@ class Metrics:
 
     def describe(self) -> Iterator[Metric]:
         """The families without samples (lets the registry detect name clashes)."""
-        yield from self._families(_State({}, 0.0, 0.0, 0.0))
+        yield from self._families(_State({}, 0.0, 0.0, 0.0, True))
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
@@ -179,6 +188,7 @@ class Metrics:
                     next_run=self._next_run,
                     reload_successful=self._reload_successful,
                     reload_success_time=self._reload_success_time,
+                    verify_enabled=self._verify_enabled,
                 )
                 self._cached = (self._generation, self._families(state))
             families = self._cached[1]
@@ -189,6 +199,9 @@ class Metrics:
         families: list[Metric] = []
         for suffix, help_text, attribute in _USER_GAUGES:
             gauge = GaugeMetricFamily(PREFIX + suffix, help_text, labels=["user"])
+            if attribute == "last_verify" and not state.verify_enabled:
+                families.append(gauge)
+                continue
             for name in names:
                 gauge.add_metric([name], float(getattr(state.users[name], attribute)))
             families.append(gauge)
@@ -210,7 +223,8 @@ class Metrics:
             attempts.add_metric([name], record.attempts)
             for reason in FAILURE_REASONS:
                 failures.add_metric([name, reason], record.failures[reason])
-            verify_failures.add_metric([name], record.verify_failures)
+            if state.verify_enabled:
+                verify_failures.add_metric([name], record.verify_failures)
         families += [attempts, failures, verify_failures]
         scalars = (
             ("users", "Users in the usermap that resolved.", len(state.users)),
@@ -246,6 +260,7 @@ class _State:
     next_run: float
     reload_successful: float
     reload_success_time: float
+    verify_enabled: bool
 
 
 # --- HTTP endpoint ----------------------------------------------------------------------

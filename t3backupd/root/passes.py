@@ -7,13 +7,12 @@ one log event.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 
 from t3backupd.core.checks import verify_failures
 from t3backupd.core.config import Config
-from t3backupd.core.jobs import inventory_spec, snapshot_spec, user_dir, verify_spec
-from t3backupd.core.protocol import Report, UserResult
+from t3backupd.core.jobs import adopt_spec, inventory_spec, snapshot_spec, verify_spec
+from t3backupd.core.protocol import UserResult
 from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
 from t3backupd.root.runner import run_for_users, run_user_job
@@ -61,17 +60,25 @@ def verify_user(
     """
     result = run_user_job(config, user, verify_spec(config, user, latest_only, quick), tracker)
     report = result.report
+    failures = verify_failures(report)
+    # `status` is the verdict on the user's snapshots, not only whether the job ran:
+    # a job that found bad snapshots is "failed" with reason verify_failed.
+    status, reason = report.status, report.reason
+    if report.ok and failures:
+        status, reason = "failed", "verify_failed"
     fields = {
         "user": user.name,
-        "status": report.status,
-        "reason": report.reason,
+        "status": status,
+        "reason": reason,
         "checked": len(report.verified),
-        "failures": verify_failures(report),
+        "failures": failures,
         "duration_s": round(result.duration_s, 3),
     }
     log = get_logger()
-    if not report.ok:
+    if report.status == "failed":
         log.error("verify", message=report.message, **fields)
+    elif report.status == "skipped":
+        log.warning("verify", message=report.message, **fields)
     else:
         bad = {r.name: r.outcome for r in report.verified if r.outcome != "ok"}
         (log.warning if bad else log.info)("verify", bad=bad, **fields)
@@ -79,10 +86,43 @@ def verify_user(
 
 
 def inventory_user(config: Config, user: User, tracker: ProcessTracker | None = None) -> UserResult:
-    """The user's snapshots, listed by a worker running as the user (none if no dir)."""
-    if not os.path.lexists(user_dir(config, user)):
-        return UserResult(user, Report(action="inventory", status="ok"), 0.0, 0.0)
+    """The user's snapshots, listed by a worker running as the user. No directory: a
+    `skipped` (`no_directory`) result, with nothing created."""
     return run_user_job(config, user, inventory_spec(config, user), tracker)
+
+
+def adopt_user(config: Config, user: User, tracker: ProcessTracker | None = None) -> UserResult:
+    """Write the missing checksums of the user's snapshots (worker as the user); log it."""
+    result = run_user_job(config, user, adopt_spec(config, user), tracker)
+    report = result.report
+    adopted = [r.name for r in report.verified if r.outcome == "ok"]
+    refused = {r.name: r.outcome for r in report.verified if r.outcome != "ok"}
+    log = get_logger()
+    (log.info if report.ok and not refused else log.warning)(
+        "adopt",
+        user=user.name,
+        status=report.status,
+        reason=report.reason,
+        message=report.message,
+        adopted=adopted,
+        refused=refused,
+        duration_s=round(result.duration_s, 3),
+    )
+    return result
+
+
+def run_adopt(
+    config: Config, users: Sequence[User], tracker: ProcessTracker | None = None
+) -> list[UserResult]:
+    """Adopt every user's legacy snapshots, one user at a time."""
+    tracker = tracker if tracker is not None else ProcessTracker()
+    return run_for_users(
+        users,
+        lambda user: adopt_user(config, user, tracker),
+        concurrency=1,
+        tracker=tracker,
+        action="adopt",
+    )
 
 
 def run_pass(

@@ -9,7 +9,9 @@ are isolated: a failure is a report, never an exception that stops the others.
 from __future__ import annotations
 
 import contextvars
+import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -17,10 +19,16 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from t3backupd.core.config import Config
-from t3backupd.core.protocol import Action, JobSpec, UserResult, failed
+from t3backupd.core.protocol import Action, JobSpec, Report, UserResult, failed
 from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
-from t3backupd.root.spawn import DirectoryRefused, ProcessTracker, prepare_user_dir, run_worker
+from t3backupd.root.spawn import (
+    DirectoryRefused,
+    ProcessTracker,
+    prepare_user_dir,
+    run_worker,
+    running_as_root,
+)
 
 # Parent-side slack on top of the worker's own deadline before it is killed.
 TIMEOUT_SLACK_SECONDS = 10.0
@@ -28,19 +36,85 @@ TIMEOUT_SLACK_SECONDS = 10.0
 JOIN_POLL_SECONDS = 0.2
 
 
+# Jobs that may create `<dest>` and `<dest>/<user>`; every other job only looks.
+CREATING_ACTIONS: frozenset[Action] = frozenset({"snapshot"})
+
+
+class NoBackupDirectory(Exception):
+    """`<dest>` or `<dest>/<user>` does not exist: nothing was ever backed up there."""
+
+
+def check_user_dir(dest: str, user: User) -> str:
+    """Check, creating nothing, that `<dest>/<user>` exists and is safe to hand a worker.
+
+    Only lstat()s: never follows a link, never creates. `<dest>` must be a real directory
+    owned by root or by us (a user listing their own backups under the daemon's root-owned
+    `<dest>` is fine) and not writable by group or others; `<dest>/<user>` a real directory
+    owned by the user or by us. Returns the path. Raises NoBackupDirectory if either is
+    missing, DirectoryRefused if either is unsafe.
+    """
+    try:
+        info = os.lstat(dest)
+    except FileNotFoundError:
+        raise NoBackupDirectory(f"no backup directory {dest}") from None
+    except OSError as error:
+        raise DirectoryRefused(f"cannot check {dest}: {error.strerror}") from None
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise DirectoryRefused(f"{dest} is not a directory (or is a symlink)")
+    if info.st_uid not in (0, os.geteuid()):
+        raise DirectoryRefused(f"{dest} is owned by uid {info.st_uid}, not by root")
+    if info.st_mode & 0o022:
+        raise DirectoryRefused(f"{dest} is writable by group or others")
+    path = os.path.join(dest, user.name)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise NoBackupDirectory(f"no backup directory {path}") from None
+    except PermissionError:
+        raise DirectoryRefused(f"cannot look into {dest} (permission denied)") from None
+    except OSError as error:
+        raise DirectoryRefused(f"cannot check {path}: {error.strerror}") from None
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise DirectoryRefused(f"{path} is not a plain directory")
+    if info.st_uid not in (user.uid, os.geteuid()):
+        raise DirectoryRefused(f"{path} is owned by uid {info.st_uid}, not {user.name}")
+    return path
+
+
+def _prepare(config: Config, user: User, spec: JobSpec) -> Report | None:
+    """Make (snapshot) or check (every other job) the user's directory; a report if the
+    worker must not run."""
+    try:
+        if spec.action in CREATING_ACTIONS:
+            prepare_user_dir(config.dest, user)
+        else:
+            check_user_dir(config.dest, user)
+    except NoBackupDirectory as error:
+        return Report(action=spec.action, status="skipped", reason="no_directory",
+                      message=str(error))  # fmt: skip
+    except DirectoryRefused as error:
+        message = str(error)
+        if not running_as_root() and spec.action in CREATING_ACTIONS:
+            message += " (only root can write there: run this command as root)"
+        return failed(spec.action, "permission", message)
+    except OSError as error:
+        return failed(spec.action, "permission", f"{config.dest}: {error.strerror}")
+    return None
+
+
 def run_user_job(
     config: Config, user: User, spec: JobSpec, tracker: ProcessTracker | None
 ) -> UserResult:
-    """Prepare the user's directory (as root), then run one worker for `spec` as the user."""
+    """Prepare (snapshot) or only check (read-only jobs) the user's directory as root,
+    then run one worker for `spec` as the user.
+
+    A read-only job creates nothing: if `<dest>` or `<dest>/<user>` is missing its result
+    is `skipped` with reason `no_directory`, and no worker runs.
+    """
     started = time.time()
     clock = time.monotonic()
-    try:
-        prepare_user_dir(config.dest, user)
-    except DirectoryRefused as error:
-        report = failed(spec.action, "permission", str(error))
-    except OSError as error:
-        report = failed(spec.action, "permission", f"{config.dest}: {error.strerror}")
-    else:
+    report = _prepare(config, user, spec)
+    if report is None:
         report = run_worker(spec, user, spec.timeout_seconds + TIMEOUT_SLACK_SECONDS, tracker)
     return UserResult(user, report, started, time.monotonic() - clock)
 

@@ -18,6 +18,7 @@ from contextlib import suppress
 from types import FrameType
 
 from t3backupd.core.protocol import (
+    AdoptSpec,
     InventorySpec,
     JobSpec,
     Report,
@@ -27,6 +28,7 @@ from t3backupd.core.protocol import (
     failed,
 )
 from t3backupd.worker import files as ops
+from t3backupd.worker.adopt import adopt_job
 from t3backupd.worker.inventory import inventory_job
 from t3backupd.worker.job import Job
 from t3backupd.worker.restore import restore_job
@@ -48,6 +50,8 @@ def dispatch(job: Job) -> Report:
             return verify_job(job, spec)
         case RestoreSpec() as spec:
             return restore_job(job, spec)
+        case AdoptSpec() as spec:
+            return adopt_job(job, spec)
     raise ValueError(f"no job for action {job.spec.action!r}")  # from_json refuses these
 
 

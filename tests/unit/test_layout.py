@@ -142,6 +142,7 @@ PROBE = (
         {"action": "inventory"},
         {"action": "verify"},
         {"action": "restore", "snapshot": "latest", "target": "/nonexistent/x"},
+        {"action": "adopt"},
     ],
     ids=lambda fields: str(fields["action"]),
 )

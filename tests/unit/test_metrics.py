@@ -57,7 +57,9 @@ def registry() -> CollectorRegistry:
 
 @pytest.fixture
 def metrics(registry: CollectorRegistry) -> Metrics:
-    return Metrics(registry, version="9.9.9", sqlite_version="3.40.1")
+    exported = Metrics(registry, version="9.9.9", sqlite_version="3.40.1")
+    exported.set_verify_enabled(True)  # every series of the contract
+    return exported
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
@@ -79,6 +81,22 @@ def test_exposition_has_exactly_the_design_names_and_types(
 ) -> None:
     metrics.set_users(["alice"])
     assert exposed_names(registry) == {name: kind for name, (kind, _) in DESIGN_METRICS.items()}
+
+
+def test_verify_series_are_not_exported_while_verification_is_off(
+    registry: CollectorRegistry,
+) -> None:
+    """`[verify] cron` off: no per-user verify sample (a 0 timestamp read as "56 years
+    ago"); the families stay declared, so the exposition's names do not change."""
+    metrics = Metrics(registry)
+    metrics.set_users(["alice"])
+    assert value(registry, "t3backup_last_verify_timestamp_seconds", user="alice") is None
+    assert value(registry, "t3backup_verify_failures_total", user="alice") is None
+    assert value(registry, "t3backup_last_success_timestamp_seconds", user="alice") == 0.0
+    assert "t3backup_last_verify_timestamp_seconds" in exposed_names(registry)
+    metrics.set_verify_enabled(True)
+    assert value(registry, "t3backup_last_verify_timestamp_seconds", user="alice") == 0.0
+    assert value(registry, "t3backup_verify_failures_total", user="alice") == 0.0
 
 
 def test_counters_carry_no_created_series(registry: CollectorRegistry, metrics: Metrics) -> None:

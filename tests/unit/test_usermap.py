@@ -103,7 +103,7 @@ def test_empty_file_has_no_entries_and_no_problems() -> None:
 
 
 def test_problem_text_names_line_and_value() -> None:
-    assert str(Problem(7, "bob", "no such user")) == "line 7: 'bob' skipped: no such user"
+    assert str(Problem(7, "bob", "no such user")) == "line 7 ('bob'): no such user"
 
 
 # --- resolution -----------------------------------------------------------------------
