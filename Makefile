@@ -17,13 +17,14 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv sqlite3 prometheus util-linux procps passwd systemd
 DEMO_DIR ?= /var/tmp/t3backupd-demo
 
-.PHONY: help apt venv install test lint typecheck unit demo demo-clean bench bench-history
+.PHONY: help apt venv install test lint typecheck unit demo demo-clean bench bench-history man
 
 help:
 	@echo "make demo   - sandbox with a live T3-shaped database, daemon in the foreground"
 	@echo "make test   - ruff, mypy --strict, pytest (as root: real users, real daemon)"
 	@echo "make bench  - benchmarks (prints a Markdown table, writes bench/results.json)"
 	@echo "make bench-history - offsite history per engine (restic, borg) over simulated days"
+	@echo "make man    - regenerate man/t3backupd.8 from the command line definitions"
 
 # Tools only: a temporary policy-rc.d keeps package services (prometheus) from starting.
 apt:
@@ -78,6 +79,10 @@ demo: install
 
 demo-clean: install
 	$(PY) -m t3backupd.demo --dir $(DEMO_DIR) --clean
+
+# The man page is generated from the argparse definitions; tests fail if it is stale.
+man: install
+	$(PY) -m t3backupd.root.manpage man/t3backupd.8
 
 bench: install
 	$(PY) bench/run.py --json bench/results.json $(BENCH_ARGS)

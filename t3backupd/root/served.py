@@ -12,7 +12,7 @@ from pathlib import Path
 
 from t3backupd.core.config import Config, load_config
 from t3backupd.core.errors import ConfigError
-from t3backupd.core.usermap import Problem, User, load_users
+from t3backupd.core.usermap import NOT_ROOT_REASON, Problem, User, load_users
 from t3backupd.root.log import get_logger
 from t3backupd.root.spawn import running_as_root
 
@@ -49,7 +49,8 @@ def log_problems(served: Served) -> None:
     if served.usermap_error:
         log.error("usermap unreadable", usermap=served.config.usermap, error=served.usermap_error)
     for problem in served.problems:
-        log.warning(
+        # Run by a user for themselves, the other users' lines are expected: debug only.
+        (log.debug if problem.reason == NOT_ROOT_REASON else log.warning)(
             "usermap entry skipped",
             usermap=served.config.usermap,
             line=problem.line,

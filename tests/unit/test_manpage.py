@@ -1,0 +1,48 @@
+"""The man page t3backupd(8) is generated from the argparse definitions: the checked-in
+`man/t3backupd.8` must be exactly what `make man` writes now, and name every command
+and option, so it cannot drift from the CLI."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from t3backupd.root.cli import DOCS, build_parser
+from t3backupd.root.manpage import render
+
+PAGE = Path(__file__).resolve().parents[2] / "man" / "t3backupd.8"
+
+
+def roff(text: str) -> str:
+    return text.replace("-", "\\-")
+
+
+def test_the_checked_in_man_page_is_what_make_man_generates() -> None:
+    assert PAGE.read_text(encoding="utf-8") == render(), "stale man page: run `make man`"
+
+
+def test_the_man_page_names_every_command_option_and_exit_status() -> None:
+    page = render()
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subparsers.choices) == set(DOCS)
+    for name, sub in [("", parser), *subparsers.choices.items()]:
+        if name:
+            assert f".SS {roff(name)}\n" in page, name
+            for line in DOCS[name].exits:
+                assert roff(line.split("  ", 1)[1]) in page.replace("\n", " "), line
+        for action in sub._actions:
+            for option in action.option_strings:
+                if option not in ("-h", "--help", "--version"):
+                    assert f"\\fB{roff(option)}\\fR" in page, f"{name} {option}"
+    for variable in ("T3BACKUPD_CONFIG", "T3_BACKUP_DEST", "T3_BACKUP_KEEP", "T3_BACKUP_TIMEOUT"):
+        assert f"\\fB{variable}\\fR" in page
+    assert "`" not in page
+
+
+def test_a_new_option_makes_the_checked_in_page_stale() -> None:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    subparsers.choices["list"].add_argument("--newest", action="store_true", help="only one")
+    assert "\\fB\\-\\-newest\\fR" in render(parser)
+    assert render(parser) != PAGE.read_text(encoding="utf-8")
