@@ -46,3 +46,16 @@ def test_a_new_option_makes_the_checked_in_page_stale() -> None:
     subparsers.choices["list"].add_argument("--newest", action="store_true", help="only one")
     assert "\\fB\\-\\-newest\\fR" in render(parser)
     assert render(parser) != PAGE.read_text(encoding="utf-8")
+
+
+def test_the_readme_command_table_and_the_docs_cover_every_command() -> None:
+    root = PAGE.parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    operations = (root / "docs" / "operations.md").read_text(encoding="utf-8")
+    for name in DOCS:
+        assert f"| `t3backupd {name}" in readme, f"README command table lacks {name}"
+    assert "systemd-analyze security --offline=true packaging/systemd/t3backupd.service" in (
+        operations
+    )
+    assert "## Uninstall" in operations
+    assert "t3backupd adopt --user U" in operations and "exits 1 on these snapshots" in operations
