@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from support import need
 from support.snapshots import MakeUser, json_config, take_snapshot
-from support.system import create_state_db, sha256sum_check, write_config
+from support.system import create_state_db, log_events, sha256sum_check, write_config
 
 from t3backupd.core.config import all_keys
 
@@ -396,6 +396,9 @@ def test_adopt_checksums_good_legacy_snapshots_refuses_bad_ones_and_never_overwr
     before = console("-c", str(config), "verify")
     assert before.returncode == 1
     assert f"{good.name}  MISSING CHECKSUM" in before.stdout
+    # The verify event says the user's snapshots failed, not "ok" beside failures=3.
+    event = next(e for e in log_events(before.stderr) if e["event"] == "verify")
+    assert (event["status"], event["reason"], event["failures"]) == ("failed", "verify_failed", 3)
 
     result = console("-c", str(config), "adopt", "--user", user.name)
     assert result.returncode == 1, result.stdout + result.stderr
