@@ -24,7 +24,7 @@ help:
 	@echo "make test   - ruff, mypy --strict, pytest (as root: real users, real daemon)"
 	@echo "make bench  - benchmarks (prints a Markdown table, writes bench/results.json)"
 	@echo "make bench-history - offsite history per engine (restic, borg) over simulated days"
-	@echo "make man    - regenerate man/t3backupd.8 from the command line definitions"
+	@echo "make man    - regenerate docs/t3backupd.8 from the command line definitions"
 
 # Tools only: a temporary policy-rc.d keeps package services (prometheus) from starting.
 apt:
@@ -82,7 +82,7 @@ demo-clean: install
 
 # The man page is generated from the argparse definitions; tests fail if it is stale.
 man: install
-	$(PY) -m t3backupd.root.manpage man/t3backupd.8
+	$(PY) -m t3backupd.root.manpage docs/t3backupd.8
 
 bench: install
 	$(PY) bench/run.py --json bench/results.json $(BENCH_ARGS)

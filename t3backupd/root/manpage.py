@@ -1,7 +1,7 @@
 """The man page t3backupd(8), generated from the argparse definitions (`make man`).
 
 `python -m t3backupd.root.manpage [FILE]` writes it (stdout without FILE). The
-checked-in `man/t3backupd.8` is this output; a test regenerates it and compares, so the
+checked-in `docs/t3backupd.8` is this output; a test regenerates it and compares, so the
 page cannot drift from the commands.
 """
 

@@ -1,5 +1,5 @@
 """The man page t3backupd(8) is generated from the argparse definitions: the checked-in
-`man/t3backupd.8` must be exactly what `make man` writes now, and name every command
+`docs/t3backupd.8` must be exactly what `make man` writes now, and name every command
 and option, so it cannot drift from the CLI."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 from t3backupd.root.cli import DOCS, build_parser
 from t3backupd.root.manpage import render
 
-PAGE = Path(__file__).resolve().parents[2] / "man" / "t3backupd.8"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "t3backupd.8"
 
 
 def roff(text: str) -> str:
