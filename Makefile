@@ -16,6 +16,10 @@ endif
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv sqlite3 prometheus util-linux procps passwd systemd
 DEMO_DIR ?= /var/tmp/t3backupd-demo
+DEMO_USER ?= t3demo
+# The dev-only distribution (t3backupd_dev: sample databases, live writer, demo): installed
+# into the dev venv only, never part of the t3backupd wheel.
+DEVTOOLS := tests/devtools
 
 .PHONY: help apt venv install test lint typecheck unit demo demo-clean bench bench-history man
 
@@ -59,9 +63,13 @@ $(VENV)/.deps: pyproject.toml | apt
 
 venv: $(VENV)/.deps
 
-# Reinstalled on every run (not editable, see above); takes a few seconds.
+# Reinstalled on every run (not editable, see above); takes a few seconds. build/ goes
+# first: setuptools copies whatever is left in build/lib into the wheel, so a module
+# deleted from the tree would otherwise still be installed.
 install: apt venv
+	rm -rf build $(DEVTOOLS)/build
 	$(PY) -m pip install -q --no-deps --no-build-isolation --force-reinstall .
+	$(PY) -m pip install -q --no-deps --no-build-isolation --force-reinstall ./$(DEVTOOLS)
 	chmod -R a+rX $(VENV)
 
 lint: install
@@ -69,16 +77,16 @@ lint: install
 	$(VENV)/bin/ruff format --check t3backupd tests $(wildcard bench)
 
 typecheck: install
-	$(VENV)/bin/mypy --strict t3backupd
+	$(VENV)/bin/mypy --strict t3backupd $(DEVTOOLS)/t3backupd_dev
 
 test: lint typecheck
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m t3backupd.demo --dir $(DEMO_DIR)
+	$(PY) -m t3backupd_dev.demo --dir $(DEMO_DIR) --user $(DEMO_USER)
 
 demo-clean: install
-	$(PY) -m t3backupd.demo --dir $(DEMO_DIR) --clean
+	$(PY) -m t3backupd_dev.demo --dir $(DEMO_DIR) --user $(DEMO_USER) --clean
 
 # The man page is generated from the argparse definitions; tests fail if it is stale.
 man: install

@@ -1,6 +1,6 @@
 """t3backupd benchmarks: `make bench` (or `python bench/run.py [--quick]`).
 
-Four parts, each against the same realistic T3 database (t3backupd.sampledb):
+Four parts, each against the same realistic T3 database (t3backupd_dev.sampledb):
 
 * throughput: our worker (both methods, copy stage alone and the whole pipeline with
   fsync, verification and checksum) vs the old script's `sqlite3 SRC "VACUUM INTO 'DST'"`
@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from t3backupd import sampledb
 from t3backupd.core.config import Config, SnapshotConfig
 from t3backupd.core.protocol import Report, SnapshotSpec
 from t3backupd.core.retention import RetentionPolicy
@@ -48,6 +47,7 @@ from t3backupd.root.log import configure_logging
 from t3backupd.root.passes import run_pass
 from t3backupd.root.spawn import run_worker
 from t3backupd.worker import files as ops
+from t3backupd_dev import sampledb
 
 MIB = 1 << 20
 MB = 1_000_000
@@ -305,7 +305,7 @@ def bench_throughput(source: Path, work: Path, sizes: Sizes) -> dict[str, Any]:
 
 
 class Writer:
-    """The live app: `python -m t3backupd.sampledb write` in its own process."""
+    """The live app: `python -m t3backupd_dev.sampledb write` in its own process."""
 
     def __init__(self, source: Path, work: Path, rate: float | None) -> None:
         self.stats = work / "writer.json"
@@ -313,7 +313,7 @@ class Writer:
         self.stop = work / "writer.stop"
         for path in (self.stats, self.ready, self.stop):
             path.unlink(missing_ok=True)
-        command = [sys.executable, "-I", "-m", "t3backupd.sampledb", "write", str(source)]
+        command = [sys.executable, "-I", "-m", "t3backupd_dev.sampledb", "write", str(source)]
         command += ["--stats", str(self.stats), "--ready-file", str(self.ready)]
         command += ["--stop-file", str(self.stop)]
         if rate is not None:

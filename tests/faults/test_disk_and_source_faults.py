@@ -177,7 +177,7 @@ def test_source_larger_than_the_free_space_is_refused_before_copying(
     before = take_first_snapshot(config, user, user_dir)
 
     # The app's database grew past what the destination can hold.
-    run_as(user, [PYTHON, "-I", "-m", "t3backupd.sampledb", "create", str(database),
+    run_as(user, [PYTHON, "-I", "-m", "t3backupd_dev.sampledb", "create", str(database),
                   "--size-mb", "20", "--seed", "8", "--force"])  # fmt: skip
     assert source_bytes(database) > free_bytes(small_dest)
 

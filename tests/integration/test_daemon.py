@@ -422,7 +422,7 @@ def test_sigterm_during_a_slow_snapshot_stops_cleanly(site: Site) -> None:
 def make_database_large(site: Site, user: User) -> None:
     """Replace the user's DB with one large enough that a snapshot takes a while."""
     path = Path(site.source.format(user=user.name, home=user.home))
-    run_as(user, [PYTHON, "-I", "-m", "t3backupd.sampledb", "create", str(path),
+    run_as(user, [PYTHON, "-I", "-m", "t3backupd_dev.sampledb", "create", str(path),
                   "--size-mb", "200", "--force"])  # fmt: skip
 
 

@@ -26,7 +26,8 @@ from t3backupd.core.usermap import User
 
 # Content of a database, read as its owner (never as root: SQLite may create -shm).
 DIGEST_SCRIPT = (
-    "import sys; from t3backupd.sampledb import content_digest; print(content_digest(sys.argv[1]))"
+    "import sys; from t3backupd_dev.sampledb import content_digest;"
+    " print(content_digest(sys.argv[1]))"
 )
 FINGERPRINT_SQL = (
     "SELECT (SELECT count(*) FROM orchestration_events),"
@@ -87,7 +88,7 @@ def is_wal(path: Path) -> bool:
 
 def change_database(user: User, database: Path) -> None:
     """Simulate the app (and a forward schema migration) changing the live database."""
-    run_as(user, [PYTHON, "-I", "-m", "t3backupd.sampledb", "write", str(database),
+    run_as(user, [PYTHON, "-I", "-m", "t3backupd_dev.sampledb", "write", str(database),
                   "--duration", "0.3", "--rate", "200"])  # fmt: skip
     migrate = (
         "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"

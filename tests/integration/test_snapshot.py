@@ -26,7 +26,7 @@ from support.system import (
 
 from t3backupd.core.naming import parse_name
 from t3backupd.core.usermap import User
-from t3backupd.sampledb import check_consistent_prefix
+from t3backupd_dev.sampledb import check_consistent_prefix
 
 
 def config_for(sandbox: Path, users: list[User], method: str = "backup", keep: int = 14) -> Path:

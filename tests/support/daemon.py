@@ -188,7 +188,7 @@ def make_database(site: Site, user: User, size_mb: float) -> Path:
         return create_state_db(user, size_mb)
     path = Path(site.source.format(user=user.name, home=user.home))
     path.parent.mkdir(parents=True, exist_ok=True)
-    run_as(user, [PYTHON, "-I", "-m", "t3backupd.sampledb", "create", str(path),
+    run_as(user, [PYTHON, "-I", "-m", "t3backupd_dev.sampledb", "create", str(path),
                   "--size-mb", str(size_mb), "--force"])  # fmt: skip
     return path
 

@@ -106,7 +106,7 @@ def create_state_db(user: User, size_mb: float = 2, seed: int = 0) -> Path:
     run_as(user, ["mkdir", "-p", str(path.parent)])
     run_as(
         user,
-        [PYTHON, "-I", "-m", "t3backupd.sampledb", "create", str(path),
+        [PYTHON, "-I", "-m", "t3backupd_dev.sampledb", "create", str(path),
          "--size-mb", str(size_mb), "--seed", str(seed)],
     )  # fmt: skip
     return path
@@ -125,7 +125,7 @@ def live_writer(user: User, db: Path, rate: float | None = 200.0) -> Iterator[Li
     scratch = Path(user.home) / f".writer-{secrets.token_hex(3)}"
     run_as(user, ["mkdir", "-p", str(scratch)])
     stats_path, ready = scratch / "stats.json", scratch / "ready"
-    command = [PYTHON, "-I", "-m", "t3backupd.sampledb", "write", str(db),
+    command = [PYTHON, "-I", "-m", "t3backupd_dev.sampledb", "write", str(db),
                "--stats", str(stats_path), "--ready-file", str(ready)]  # fmt: skip
     if rate is not None:
         command += ["--rate", str(rate)]

@@ -1,9 +1,9 @@
-"""Tests for t3backupd.sampledb: T3-shaped databases and the simulated live writer."""
+"""Tests for t3backupd_dev.sampledb (the dev-only distribution in tests/devtools):
+T3-shaped databases, the simulated live writer, the consistency checker."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from t3backupd import sampledb
+from t3backupd_dev import sampledb
+from t3backupd_dev.sampledb import schema
 
-REPO_ROOT = Path(sampledb.__file__).resolve().parents[1]
 MIB = 1 << 20
 
 
@@ -29,12 +29,6 @@ def _header_journal_mode_is_wal(path: Path) -> bool:
     # Bytes 18 and 19 of the database header are 2 for WAL (1 for rollback journal).
     header = path.read_bytes()[:20]
     return header[18] == 2 and header[19] == 2
-
-
-def _subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    return env
 
 
 # --------------------------------------------------------------------------- schema
@@ -163,10 +157,9 @@ def test_writer_subprocess_rate_sigterm_stats_and_consistent_backup(tmp_path: Pa
     ready = tmp_path / "ready"
     rate = 50.0
     proc = subprocess.Popen(
-        [sys.executable, "-m", "t3backupd.sampledb", "write", str(db), "--rate", str(rate),
-         "--stats", str(stats_path), "--ready-file", str(ready)],
+        [sys.executable, "-I", "-m", "t3backupd_dev.sampledb", "write", str(db),
+         "--rate", str(rate), "--stats", str(stats_path), "--ready-file", str(ready)],
         cwd="/",
-        env=_subprocess_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -238,7 +231,7 @@ def test_writer_counts_busy_instead_of_crashing(
     db = tmp_path / "state.sqlite"
     sampledb.open_app_db(db).close()
     pragmas = tuple((k, 50 if k == "busy_timeout" else v) for k, v in sampledb.APP_PRAGMAS)
-    monkeypatch.setattr(sampledb, "APP_PRAGMAS", pragmas)
+    monkeypatch.setattr(schema, "APP_PRAGMAS", pragmas)  # what open_app_db reads
     result: dict[str, Any] = {}
 
     def write() -> None:

@@ -5,6 +5,11 @@ privilege drop; as a normal user it runs in non-root mode for that user. Steps: 
 WAL database of realistic shape, start a live writer as the owner, take a snapshot pass,
 list it, then run the daemon in the foreground (every minute, catch-up on) until Ctrl-C.
 `--clean` removes the demo user and the sandbox.
+
+The demo user (`--user`, default `t3demo`) belongs to one sandbox: its home is inside it.
+A user of that name whose home is elsewhere (another sandbox, or a real account) is
+refused, never adopted, and `--clean` removes only a user whose home is in its sandbox,
+so demos with different `--dir` and `--user` (the test's) never meet.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -20,6 +26,7 @@ import time
 from pathlib import Path
 
 DEMO_USER = "t3demo"
+PROG = "t3backupd_dev.demo"
 PYTHON = sys.executable
 
 
@@ -27,19 +34,35 @@ def _say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def _ensure_user(sandbox: Path) -> pwd.struct_passwd:
+class _Refused(Exception):
+    pass
+
+
+def _home_is_in(record: pwd.struct_passwd, sandbox: Path) -> bool:
+    return Path(os.path.abspath(record.pw_dir)).is_relative_to(sandbox / "home")
+
+
+def _ensure_user(sandbox: Path, name: str) -> pwd.struct_passwd:
     try:
-        return pwd.getpwnam(DEMO_USER)
+        record = pwd.getpwnam(name)
     except KeyError:
         pass
-    home = sandbox / "home" / DEMO_USER
+    else:
+        if not _home_is_in(record, sandbox):
+            raise _Refused(
+                f"user {name} exists with home {record.pw_dir}, outside {sandbox}: not a demo"
+                f" user of this sandbox (clean its demo with --dir <its sandbox> --clean,"
+                f" or pick another --user)"
+            )
+        return record
+    home = sandbox / "home" / name
     home.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         ["useradd", "--create-home", "--home-dir", str(home), "--user-group",
-         "--shell", "/usr/sbin/nologin", DEMO_USER],
+         "--shell", "/usr/sbin/nologin", name],
         check=True,
     )  # fmt: skip
-    return pwd.getpwnam(DEMO_USER)
+    return pwd.getpwnam(name)
 
 
 def _as(record: pwd.struct_passwd) -> dict[str, object]:
@@ -74,44 +97,65 @@ def _write_config(sandbox: Path, record: pwd.struct_passwd, source: str, listen:
     return config
 
 
-def clean(sandbox: Path) -> int:
+def clean(sandbox: Path, name: str) -> int:
     if os.geteuid() == 0:
         try:
-            record = pwd.getpwnam(DEMO_USER)
+            record = pwd.getpwnam(name)
         except KeyError:
             record = None
-        if record is not None and record.pw_dir.startswith(str(sandbox)):
-            subprocess.run(["pkill", "-u", DEMO_USER], check=False)
-            subprocess.run(["userdel", "--remove", DEMO_USER], check=False,
+        if record is not None and _home_is_in(record, sandbox):
+            # The user exists only for this demo: end whatever still runs as it.
+            subprocess.run(["pkill", "-u", str(record.pw_uid)], check=False)
+            subprocess.run(["userdel", "--remove", name], check=False,
                            stderr=subprocess.DEVNULL)  # fmt: skip
-            print(f"removed user {DEMO_USER}")
+            print(f"removed user {name}")
+        elif record is not None:
+            print(f"kept user {name}: home {record.pw_dir} is not in {sandbox}")
     shutil.rmtree(sandbox, ignore_errors=True)
     print(f"removed {sandbox}")
     return 0
 
 
+def _user_name(text: str) -> str:
+    if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,30}", text):
+        raise argparse.ArgumentTypeError(f"not a valid user name: {text!r}")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="t3backupd.demo", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     # A fixed, world-traversable place (workers run as another user); checked below.
-    default_dir = "/var/tmp/t3backupd-demo"  # noqa: S108
+    default_dir = "/var/tmp/t3backupd-demo"
     parser.add_argument("--dir", default=default_dir, help="sandbox directory")
     parser.add_argument("--size-mb", type=float, default=200, help="database size")
     parser.add_argument("--listen", default="127.0.0.1:9745", help="metrics address")
     parser.add_argument("--no-serve", action="store_true", help="stop after the first pass")
+    parser.add_argument(
+        "--user",
+        default=DEMO_USER,
+        type=_user_name,
+        help=f"demo user as root (default {DEMO_USER})",
+    )
     parser.add_argument("--clean", action="store_true", help="remove demo user and sandbox")
     args = parser.parse_args(argv)
     sandbox = Path(os.path.abspath(args.dir))
     if args.clean:
-        return clean(sandbox)
+        return clean(sandbox, args.user)
 
     sandbox.mkdir(parents=True, exist_ok=True)
     info = os.lstat(sandbox)
     if info.st_uid != os.geteuid() or not Path(sandbox).is_dir() or Path(sandbox).is_symlink():
-        print(f"t3backupd.demo: {sandbox} exists and is not our directory", file=sys.stderr)
+        print(f"{PROG}: {sandbox} exists and is not our directory", file=sys.stderr)
         return 2
     sandbox.chmod(0o755)  # workers (as the demo user) must traverse it
     if os.geteuid() == 0:
-        record = _ensure_user(sandbox)
+        try:
+            record = _ensure_user(sandbox, args.user)
+        except _Refused as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return 2
         source = "{home}/.t3/userdata/state.sqlite"
         database = Path(record.pw_dir) / ".t3" / "userdata" / "state.sqlite"
         _say(f"running as root: demo user {record.pw_name} (uid {record.pw_uid}), "
@@ -130,13 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["mkdir", "-p", str(database.parent)], check=True, cwd="/",
                        env=environment, **user_kwargs)  # type: ignore[call-overload]  # fmt: skip
         subprocess.run(
-            [PYTHON, "-I", "-m", "t3backupd.sampledb", "create", str(database),
+            [PYTHON, "-I", "-m", "t3backupd_dev.sampledb", "create", str(database),
              "--size-mb", str(args.size_mb)],
             check=True, cwd="/", env=environment, **user_kwargs,
         )  # type: ignore[call-overload]  # fmt: skip
     _say(f"starting the live writer (as {record.pw_name}, 50 commits/s)")
     writer = subprocess.Popen(
-        [PYTHON, "-I", "-m", "t3backupd.sampledb", "write", str(database), "--rate", "50"],
+        [PYTHON, "-I", "-m", "t3backupd_dev.sampledb", "write", str(database), "--rate", "50"],
         cwd="/", env=environment, **user_kwargs,
     )  # type: ignore[call-overload]  # fmt: skip
     cli = [PYTHON, "-m", "t3backupd", "-c", str(config)]
