@@ -42,19 +42,22 @@ def _home_is_in(record: pwd.struct_passwd, sandbox: Path) -> bool:
     return Path(os.path.abspath(record.pw_dir)).is_relative_to(sandbox / "home")
 
 
-def _ensure_user(sandbox: Path, name: str) -> pwd.struct_passwd:
+def _existing_user(sandbox: Path, name: str) -> pwd.struct_passwd | None:
+    """The demo user if it exists and is this sandbox's; raises _Refused if it is not."""
     try:
         record = pwd.getpwnam(name)
     except KeyError:
-        pass
-    else:
-        if not _home_is_in(record, sandbox):
-            raise _Refused(
-                f"user {name} exists with home {record.pw_dir}, outside {sandbox}: not a demo"
-                f" user of this sandbox (clean its demo with --dir <its sandbox> --clean,"
-                f" or pick another --user)"
-            )
-        return record
+        return None
+    if not _home_is_in(record, sandbox):
+        raise _Refused(
+            f"user {name} exists with home {record.pw_dir}, outside {sandbox}: not a demo"
+            f" user of this sandbox (clean its demo with --dir <its sandbox> --clean,"
+            f" or pick another --user)"
+        )
+    return record
+
+
+def _create_user(sandbox: Path, name: str) -> pwd.struct_passwd:
     home = sandbox / "home" / name
     home.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
@@ -144,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.clean:
         return clean(sandbox, args.user)
 
+    existing = None
+    if os.geteuid() == 0:  # before anything is made: a refused demo leaves nothing behind
+        try:
+            existing = _existing_user(sandbox, args.user)
+        except _Refused as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return 2
     sandbox.mkdir(parents=True, exist_ok=True)
     info = os.lstat(sandbox)
     if info.st_uid != os.geteuid() or not Path(sandbox).is_dir() or Path(sandbox).is_symlink():
@@ -151,11 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sandbox.chmod(0o755)  # workers (as the demo user) must traverse it
     if os.geteuid() == 0:
-        try:
-            record = _ensure_user(sandbox, args.user)
-        except _Refused as exc:
-            print(f"{PROG}: {exc}", file=sys.stderr)
-            return 2
+        record = existing or _create_user(sandbox, args.user)
         source = "{home}/.t3/userdata/state.sqlite"
         database = Path(record.pw_dir) / ".t3" / "userdata" / "state.sqlite"
         _say(f"running as root: demo user {record.pw_name} (uid {record.pw_uid}), "
@@ -204,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         writer.send_signal(signal.SIGTERM)
         writer.wait(timeout=30)
-        print(f"\nsandbox kept in {sandbox}; `make demo-clean` removes it", flush=True)
+        again = f"python -m {PROG} --dir {sandbox} --user {args.user} --clean"
+        print(f"\nsandbox kept in {sandbox}; `{again}` (make demo-clean) removes it", flush=True)
 
 
 if __name__ == "__main__":
