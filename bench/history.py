@@ -38,8 +38,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from t3backupd import sampledb
 from t3backupd.worker import files as ops
+from t3backupd_dev import sampledb
 
 MIB = 1 << 20
 PASSWORD = "bench-only-password"  # noqa: S105  # a throwaway repository made by this run
