@@ -234,19 +234,30 @@ def test_writer_counts_busy_instead_of_crashing(
     monkeypatch.setattr(schema, "APP_PRAGMAS", pragmas)  # what open_app_db reads
     result: dict[str, Any] = {}
 
+    ready = tmp_path / "ready"
+    stop = threading.Event()
+
     def write() -> None:
-        result["stats"] = sampledb.run_writer(db, rate=200, duration=1.2)
+        result["stats"] = sampledb.run_writer(db, rate=200, stop_event=stop, ready_file=ready)
 
     locker = sqlite3.connect(db, isolation_level=None)
     try:
         writer = threading.Thread(target=write)
         writer.start()
-        time.sleep(0.3)
+        # Lock only once the writer is committing (on a loaded machine it may take a
+        # while to start), and long enough for several of its 50 ms busy timeouts.
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert time.monotonic() < deadline, "writer never committed"
+            time.sleep(0.02)
         locker.execute("BEGIN EXCLUSIVE")
-        time.sleep(0.4)
+        time.sleep(0.8)
         locker.execute("ROLLBACK")
-        writer.join(timeout=10)
+        time.sleep(0.3)
+        stop.set()
+        writer.join(timeout=30)
     finally:
+        stop.set()
         locker.close()
     stats = result["stats"]
     assert stats.errors > 0
