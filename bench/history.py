@@ -96,17 +96,25 @@ def database_bytes(path: Path) -> int:
     )
 
 
-def grow(path: Path, target_bytes: int, seed: int) -> None:
-    """Append app-like commits until the database (+WAL) reaches `target_bytes`, then
-    checkpoint, as the app's autocheckpoint would."""
-    while database_bytes(path) < target_bytes:
-        sampledb.run_writer(path, duration=0.3, seed=seed, stats_interval=60.0)
-        seed += 1
+def checkpoint(path: Path) -> None:
     connection = sqlite3.connect(path)
     try:
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     finally:
         connection.close()
+
+
+def grow(path: Path, target_bytes: int, seed: int) -> None:
+    """Append app-like commits until the checkpointed database file reaches
+    `target_bytes`, as the app's autocheckpoint would leave it. Small steps for small
+    deltas (an hour's growth is a few dozen commits), bigger ones for a day's."""
+    checkpoint(path)
+    while (size := path.stat().st_size) < target_bytes:
+        missing = target_bytes - size
+        rate, duration = (None, 0.3) if missing > 4 * MIB else (40.0, 0.05)
+        sampledb.run_writer(path, rate=rate, duration=duration, seed=seed, stats_interval=60.0)
+        seed += 1
+        checkpoint(path)
 
 
 def snapshot(source: Path, directory: Path, method: str) -> Path:
@@ -311,7 +319,7 @@ def scenario(work: Path, method: str, size_mb: int, days: int, per_day: int,
     source = work / "live" / "state.sqlite"
     source.parent.mkdir(parents=True)
     sampledb.populate(source, size_mb * MIB, seed=seed)
-    grow(source, database_bytes(source), seed)  # checkpointed, WAL mode as the app has it
+    checkpoint(source)  # WAL mode as the app has it, checkpointed
     snaps = work / "snaps"
     snaps.mkdir()
     first = snapshot(source, snaps, method)
@@ -323,7 +331,7 @@ def scenario(work: Path, method: str, size_mb: int, days: int, per_day: int,
     for index in range(count):
         when = START + timedelta(hours=24 * index / per_day)
         if index:
-            target = int(database_bytes(source) * (1 + growth / per_day))
+            target = int(source.stat().st_size * (1 + growth) ** (1 / per_day))
             grow(source, target, seed + 1000 * index)
         clock = time.monotonic()
         path = snapshot(source, snaps, method)
@@ -385,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="simulated days of hourly snapshots (0: skip)")  # fmt: skip
     parser.add_argument("--hourly-size-mb", type=int, default=64)
     parser.add_argument("--growth", type=float, default=0.02, help="daily growth fraction")
-    parser.add_argument("--methods", default="backup,vacuum")
+    parser.add_argument("--methods", default="backup,vacuum", help="daily runs ('' = none)")
     parser.add_argument("--engines", default="plain,zstd,restic,borg,borg-fixed")
     parser.add_argument("--hourly-engines", default="restic,borg-fixed")
     parser.add_argument("--json", type=Path, help="write every number here")
@@ -397,20 +405,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="t3b-history-", dir="/var/tmp") as scratch:
-        for number, method in enumerate(args.methods.split(",")):
+        for number, method in enumerate(m for m in args.methods.split(",") if m):
             work = Path(scratch) / f"daily-{method}"
             results += scenario(work, method, args.size_mb, args.days, 1, args.growth,
                                 args.engines.split(","), seed=11 + number)  # fmt: skip
             shutil.rmtree(work)
+            save(results, args.json)
         if args.hourly_days:
             work = Path(scratch) / "hourly-backup"
             results += scenario(work, "backup", args.hourly_size_mb, args.hourly_days, 24,
                                 args.growth, args.hourly_engines.split(","), seed=31)  # fmt: skip
+            save(results, args.json)
     print(table(results))
-    if args.json:
-        args.json.write_text(json.dumps([{**r.__dict__, "ratio": r.ratio} for r in results],
-                                        indent=2) + "\n")  # fmt: skip
     return 0
+
+
+def save(results: Sequence[Result], path: Path | None) -> None:
+    """Every number so far (a long run keeps what it measured if it is stopped)."""
+    if path is not None:
+        rows = [{**result.__dict__, "ratio": result.ratio} for result in results]
+        path.write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":
