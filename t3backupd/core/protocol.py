@@ -28,7 +28,7 @@ Status = Literal["ok", "failed", "skipped"]
 # Failures counted in the metrics (`t3backup_failures_total{reason}`).
 FailureReason = Literal[
     "timeout", "sqlite_error", "verify_failed", "permission", "disk_space", "worker_crashed",
-    "busy",
+    "busy", "worker_stuck",
 ]  # fmt: skip
 # no_source: the user has no database (snapshot); no_directory: `<dest>` or
 # `<dest>/<user>` does not exist (read-only jobs, decided by the root side: nothing runs).
@@ -45,6 +45,7 @@ FaultPoint = Literal["after_copy", "during_verify", "after_publish"]
 
 STATUSES: tuple[Status, ...] = get_args(Status)
 FAILURE_REASONS: tuple[FailureReason, ...] = get_args(FailureReason)
+PARENT_ONLY_REASONS: tuple[FailureReason, ...] = ("worker_stuck",)
 SKIP_REASONS: tuple[SkipReason, ...] = get_args(SkipReason)
 RESTORE_FAILURE_REASONS: tuple[RestoreFailureReason, ...] = get_args(RestoreFailureReason)
 VERIFY_OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
@@ -333,7 +334,8 @@ def parse_report(raw: bytes, expected_action: Action) -> Report:
     if status == "ok" and reason is not None:
         raise ReportError("reason: must be null when ok")
     allowed_failures = FAILURE_REASONS + (RESTORE_FAILURE_REASONS if action == "restore" else ())
-    if status == "failed" and reason not in allowed_failures:
+    # `worker_stuck` is the parent's finding about a worker, never a worker's to claim.
+    if status == "failed" and (reason not in allowed_failures or reason in PARENT_ONLY_REASONS):
         raise ReportError("reason: not a known failure reason")
     if status == "skipped" and reason not in SKIP_REASONS:
         raise ReportError("reason: not a known skip reason")

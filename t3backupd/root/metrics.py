@@ -46,6 +46,7 @@ class _UserRecord:
     failures: dict[str, int] = field(default_factory=_new_failures)
     verify_failures: int = 0
     last_verify: float = 0.0
+    worker_stuck: int = 0
 
 
 # (name, help, attribute of _UserRecord) for the per-user gauges, in exposition order.
@@ -61,6 +62,8 @@ _USER_GAUGES = (
     ("snapshot_duration_seconds", "Duration of the last snapshot attempt.", "duration"),
     ("last_verify_timestamp_seconds", "Time of the last verification of the user's snapshots.",
      "last_verify"),
+    ("worker_stuck", "1 while the user's worker outlived SIGKILL unreaped (user skipped).",
+     "worker_stuck"),
 )  # fmt: skip
 
 
@@ -130,6 +133,7 @@ class Metrics:
                 return
             record.attempts += 1
             record.last_attempt = result.started
+            record.worker_stuck = int(report.reason == "worker_stuck")
             record.duration = result.duration_s
             if report.source_bytes:
                 record.source_size = report.source_bytes

@@ -23,11 +23,14 @@ from t3backupd.core.protocol import Action, JobSpec, Report, UserResult, failed
 from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
 from t3backupd.root.spawn import (
+    ABANDONED,
     DirectoryRefused,
     ProcessTracker,
+    os_error_reason,
     prepare_user_dir,
     run_worker,
     running_as_root,
+    stuck_report,
 )
 
 # Parent-side slack on top of the worker's own deadline before it is killed.
@@ -58,7 +61,9 @@ def check_user_dir(dest: str, user: User) -> str:
     except FileNotFoundError:
         raise NoBackupDirectory(f"no backup directory {dest}") from None
     except OSError as error:
-        raise DirectoryRefused(f"cannot check {dest}: {error.strerror}") from None
+        raise DirectoryRefused(
+            f"cannot check {dest}: {error.strerror}", os_error_reason(error)
+        ) from None
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise DirectoryRefused(f"{dest} is not a directory (or is a symlink)")
     if info.st_uid not in (0, os.geteuid()):
@@ -73,7 +78,9 @@ def check_user_dir(dest: str, user: User) -> str:
     except PermissionError:
         raise DirectoryRefused(f"cannot look into {dest} (permission denied)") from None
     except OSError as error:
-        raise DirectoryRefused(f"cannot check {path}: {error.strerror}") from None
+        raise DirectoryRefused(
+            f"cannot check {path}: {error.strerror}", os_error_reason(error)
+        ) from None
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise DirectoryRefused(f"{path} is not a plain directory")
     if info.st_uid not in (user.uid, os.geteuid()):
@@ -96,9 +103,10 @@ def _prepare(config: Config, user: User, spec: JobSpec) -> Report | None:
         message = str(error)
         if not running_as_root() and spec.action in CREATING_ACTIONS:
             message += " (only root can write there: run this command as root)"
-        return failed(spec.action, "permission", message)
+        return failed(spec.action, error.reason, message)
     except OSError as error:
-        return failed(spec.action, "permission", f"{config.dest}: {error.strerror}")
+        # Reported as what it is (no descriptor left is not "permission").
+        return failed(spec.action, os_error_reason(error), f"{config.dest}: {error.strerror}")
     return None
 
 
@@ -109,10 +117,18 @@ def run_user_job(
     then run one worker for `spec` as the user.
 
     A read-only job creates nothing: if `<dest>` or `<dest>/<user>` is missing its result
-    is `skipped` with reason `no_directory`, and no worker runs.
+    is `skipped` with reason `no_directory`, and no worker runs. A user whose previous
+    worker was abandoned (outlived SIGKILL) and is not reaped yet is skipped at once
+    (`worker_stuck`): no second worker, no wait.
     """
     started = time.time()
     clock = time.monotonic()
+    stuck = ABANDONED.get(user.uid)
+    if stuck is not None:
+        get_logger().warning(
+            "user skipped: worker stuck", user=user.name, pid=stuck.pid, action=spec.action
+        )
+        return UserResult(user, stuck_report(spec.action, stuck), started, 0.0)
     report = _prepare(config, user, spec)
     if report is None:
         report = run_worker(spec, user, spec.timeout_seconds + TIMEOUT_SLACK_SECONDS, tracker)

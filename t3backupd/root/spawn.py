@@ -7,7 +7,9 @@ The parent runs as root and never opens a path the user controls: it only create
 
 from __future__ import annotations
 
+import errno
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -15,45 +17,111 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
-from typing import IO
+from dataclasses import dataclass
+from typing import IO, Any
 
-from t3backupd.core.protocol import JobSpec, Report, ReportError, failed, parse_report, printable
+from t3backupd.core.protocol import (
+    Action,
+    FailureReason,
+    JobSpec,
+    Report,
+    ReportError,
+    failed,
+    parse_report,
+    printable,
+)
 from t3backupd.core.usermap import User
+from t3backupd.root.log import get_logger
 
+# SIGTERM -> SIGKILL, then SIGKILL -> abandoned; an exited worker not reapable within
+# REAP_GRACE is abandoned too. Abandoned workers are polled every REAP_POLL_SECONDS.
 STOP_GRACE_SECONDS = 5.0
+KILL_GRACE_SECONDS = 5.0
+REAP_GRACE_SECONDS = 1.0
+REAP_POLL_SECONDS = 1.0
+MAX_REPORT_BYTES = 1 << 20
 STDERR_TAIL_BYTES = 4096
 WORKER_MODULE = "t3backupd.worker"
 
 
 class DirectoryRefused(Exception):
-    """`<dest>` or `<dest>/<user>` is not safe to use (symlink, wrong owner...)."""
+    """`<dest>` or `<dest>/<user>` is not safe to use (symlink, wrong owner...), or could
+    not be made; `reason` is the failure reason it is reported as."""
+
+    def __init__(self, message: str, reason: FailureReason = "permission") -> None:
+        super().__init__(message)
+        self.reason: FailureReason = reason
+
+
+def os_error_reason(error: OSError) -> FailureReason:
+    """The failure reason an OSError of the root side is reported as: what it is.
+
+    No space/quota is `disk_space`; access, links and read-only file systems are
+    `permission`; anything else (no descriptor left, no memory, I/O error) is the
+    daemon's own failure to run the worker, `worker_crashed`, with the error's text.
+    """
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk_space"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.ELOOP, errno.ENOTDIR, errno.EROFS):
+        return "permission"
+    return "worker_crashed"
+
+
+def _refused(what: str, error: OSError) -> DirectoryRefused:
+    """A DirectoryRefused that names the error as it is (never 'is a symlink' for EMFILE)."""
+    if error.errno in (errno.ELOOP, errno.ENOTDIR):
+        text = f"{what} is not a directory (or is a symlink)"
+    else:
+        text = f"{what}: {error.strerror or error}"
+    return DirectoryRefused(text, os_error_reason(error))
 
 
 def running_as_root() -> bool:
     return os.geteuid() == 0
 
 
+def _make_parents(path: str) -> None:
+    """Create the missing parents of `path` 0755 whatever the umask (the daemon runs
+    with UMask=0077: a 0700 parent would lock every worker out of `<dest>`)."""
+    parent = os.path.dirname(path.rstrip("/")) or "/"
+    missing: list[str] = []
+    while not os.path.lexists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent) or "/"
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o755)
+        except FileExistsError:
+            continue
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, 0o755)
+        finally:
+            os.close(fd)
+
+
 def ensure_dest_root(dest: str) -> None:
-    """Create `<dest>` (0755, owned by us) if missing and check it is safe.
+    """Create `<dest>` (0755, owned by us; missing parents 0755) and check it is safe.
 
     Checked through a descriptor opened O_NOFOLLOW (no window for a swapped-in link).
     Raises DirectoryRefused if it is a symlink, not a directory, not owned by us, or
-    writable by group or others (anyone who can write there could plant links for us).
+    writable by group or others (anyone who can write there could plant links for us),
+    or if it cannot be opened or made (the error as it is).
     """
     created = False
     if not os.path.lexists(dest):
         try:
-            os.makedirs(os.path.dirname(dest.rstrip("/")) or "/", mode=0o755, exist_ok=True)
+            _make_parents(dest)
             os.mkdir(dest, 0o700)  # private until checked; 0755 below
             created = True
         except FileExistsError:
             pass
         except OSError as error:
-            raise DirectoryRefused(f"cannot create {dest}: {error.strerror}") from None
+            raise _refused(f"cannot create {dest}", error) from None
     try:
         fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        raise DirectoryRefused(f"{dest} is not a directory (or is a symlink)") from None
+    except OSError as error:
+        raise _refused(dest, error) from None
     try:
         info = os.fstat(fd)
         if info.st_uid != os.geteuid():
@@ -75,10 +143,17 @@ def prepare_user_dir(dest: str, user: User) -> str:
     changed through that descriptor. Returns the path. Raises DirectoryRefused.
     """
     ensure_dest_root(dest)
-    dest_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        with suppress(FileExistsError):
+        dest_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        raise _refused(dest, error) from None
+    try:
+        try:
             os.mkdir(user.name, 0o700, dir_fd=dest_fd)
+        except FileExistsError:
+            pass
+        except OSError as error:
+            raise _refused(f"cannot create {dest}/{user.name}", error) from None
         try:
             fd = os.open(
                 user.name,
@@ -86,9 +161,11 @@ def prepare_user_dir(dest: str, user: User) -> str:
                 dir_fd=dest_fd,
             )
         except OSError as error:
-            raise DirectoryRefused(
-                f"{dest}/{user.name} is not a plain directory ({error.strerror})"
-            ) from None
+            if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise DirectoryRefused(
+                    f"{dest}/{user.name} is not a plain directory ({error.strerror})"
+                ) from None
+            raise _refused(f"{dest}/{user.name}", error) from None
         try:
             info = os.fstat(fd)
             if info.st_uid not in (user.uid, os.geteuid()):
@@ -158,27 +235,192 @@ def _stop_signal(process: subprocess.Popen[bytes]) -> None:
     _signal_group(process, signal.SIGCONT)
 
 
-def _stop_group(process: subprocess.Popen[bytes]) -> None:
-    """Stop the worker's group: SIGTERM (+SIGCONT), a grace, then SIGKILL; reap it."""
-    _stop_signal(process)
-    try:
-        process.wait(timeout=STOP_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        _signal_group(process, signal.SIGKILL)
-        process.wait()
-
-
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
-    with suppress(ProcessLookupError):
+    if process.returncode is not None:
+        return  # reaped: the number may belong to someone else by now
+    with suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signum)
 
 
-def _read_capped(stream: IO[bytes], limit: int, sink: list[bytes]) -> None:
-    """Read up to `limit`+1 bytes (enough to know the cap was exceeded), drain the rest."""
-    data = stream.read(limit + 1)
-    sink.append(data)
-    while stream.read(1 << 16):
-        pass
+def _wait_exit(process: subprocess.Popen[bytes], pidfd: int | None, seconds: float) -> bool:
+    """True once the worker has exited (a zombie counts), within `seconds`; never longer.
+
+    With a pidfd, poll(2) on it; without one (pidfd_open failed, e.g. no descriptor
+    left), short polls of waitpid(WNOHANG).
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        if pidfd is not None:
+            remaining = max(0.0, deadline - time.monotonic())
+            with suppress(InterruptedError):
+                ready, _, _ = select.select([pidfd], [], [], remaining)
+                if ready:
+                    return True
+        elif process.poll() is not None:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        if pidfd is None:
+            time.sleep(REAP_POLL_SECONDS / 10)
+
+
+def _reap(process: subprocess.Popen[bytes], seconds: float) -> bool:
+    """Collect an exited worker's status within `seconds`. False if it cannot be reaped
+    (a zombie its user holds by ptrace is only released when the tracer lets go)."""
+    deadline = time.monotonic() + seconds
+    while process.poll() is None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _stop_group(process: subprocess.Popen[bytes], pidfd: int | None) -> bool:
+    """SIGTERM (+SIGCONT) the worker's group, a grace, SIGKILL, a grace; reap it.
+
+    Returns False if the worker outlived all of it (abandon it): it is never waited for.
+    """
+    _stop_signal(process)
+    if not _wait_exit(process, pidfd, STOP_GRACE_SECONDS):
+        _signal_group(process, signal.SIGKILL)
+        if not _wait_exit(process, pidfd, KILL_GRACE_SECONDS):
+            return False
+    _signal_group(process, signal.SIGKILL)  # grandchildren left in the group
+    return _reap(process, REAP_GRACE_SECONDS)
+
+
+@dataclass(frozen=True)
+class StuckWorker:
+    """A worker that could not be ended and reaped: its user is skipped until it is."""
+
+    user: str
+    uid: int
+    pid: int
+    action: str
+    since: float  # wall-clock epoch seconds when it was abandoned
+
+
+class Abandoned:
+    """Workers given up on (outlived SIGKILL plus a grace, or exited but unreapable).
+
+    One background thread reaps them whenever they finally go; until then their user is
+    skipped (`worker_stuck`). At most one per uid can exist: a stuck user starts no worker.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[int, tuple[StuckWorker, subprocess.Popen[bytes]]] = {}
+        self._reaper: threading.Thread | None = None
+
+    def add(self, user: User, action: str, process: subprocess.Popen[bytes]) -> StuckWorker:
+        stuck = StuckWorker(user.name, user.uid, process.pid, action, time.time())
+        with self._lock:
+            self._entries[user.uid] = (stuck, process)
+            if self._reaper is None or not self._reaper.is_alive():
+                self._reaper = threading.Thread(
+                    target=self._reap_loop, name="stuck-worker-reaper", daemon=True
+                )
+                self._reaper.start()
+        _log().error(
+            "worker abandoned",
+            user=user.name,
+            pid=process.pid,
+            action=action,
+            message=(
+                "the worker outlived SIGKILL (held by a ptrace tracer or blocked in the "
+                "kernel); this user is skipped until it is reaped"
+            ),
+        )
+        return stuck
+
+    def get(self, uid: int) -> StuckWorker | None:
+        with self._lock:
+            entry = self._entries.get(uid)
+        return entry[0] if entry is not None else None
+
+    def stuck(self) -> list[StuckWorker]:
+        with self._lock:
+            return [entry[0] for entry in self._entries.values()]
+
+    def reap_now(self) -> None:
+        """One reaping round (the reaper thread calls this every REAP_POLL_SECONDS)."""
+        with self._lock:
+            entries = list(self._entries.items())
+        for uid, (stuck, process) in entries:
+            # The pid is ours until reaped, so signalling its group again is safe.
+            _signal_group(process, signal.SIGKILL)
+            if process.poll() is None:
+                continue
+            with self._lock:
+                self._entries.pop(uid, None)
+            _log().info(
+                "stuck worker reaped",
+                user=stuck.user,
+                pid=stuck.pid,
+                action=stuck.action,
+                stuck_s=round(time.time() - stuck.since, 1),
+            )
+
+    def _reap_loop(self) -> None:
+        while True:
+            time.sleep(REAP_POLL_SECONDS)
+            self.reap_now()
+            with self._lock:
+                if not self._entries:
+                    self._reaper = None
+                    return
+
+
+# The process-wide registry: one daemon (or CLI run) has one set of abandoned workers.
+ABANDONED = Abandoned()
+
+
+def _log() -> Any:
+    return get_logger()
+
+
+def stuck_report(action: Action, stuck: StuckWorker) -> Report:
+    """The report of a user skipped because their previous worker is still unreaped."""
+    return failed(
+        action,
+        "worker_stuck",
+        f"skipped: worker pid {stuck.pid} ({stuck.action}) outlived SIGKILL and is not "
+        f"reaped yet (abandoned {time.time() - stuck.since:.0f}s ago)",
+    )
+
+
+class _Capped:
+    """Bytes read from one of the worker's pipes: the first `limit`+1 kept, rest counted."""
+
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        self.fd = stream.fileno()
+        self.limit = limit
+        self.data = bytearray()
+        self.open = True
+        os.set_blocking(self.fd, False)
+
+    def read_available(self, budget: int = 1 << 20) -> None:
+        """Read what is there now (never waits), at most `budget` bytes this round."""
+        while self.open and budget > 0:
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return
+            except InterruptedError:
+                continue
+            except OSError:
+                self.open = False
+                return
+            if not chunk:
+                self.open = False
+                return
+            budget -= len(chunk)
+            self.data += chunk[: self.limit + 1 - len(self.data)]
+            if len(self.data) > self.limit:
+                # Over the cap: the report is invalid whatever follows; stop reading (a
+                # worker that then blocks on a full pipe runs into its deadline).
+                self.open = False
+                return
 
 
 def _tail(data: bytes) -> str:
@@ -186,6 +428,70 @@ def _tail(data: bytes) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     last = lines[-1] if lines else ""
     return printable(last)[:300]
+
+
+def _exchange(
+    process: subprocess.Popen[bytes],
+    pidfd: int | None,
+    request: bytes,
+    outputs: list[_Capped],
+    deadline: float,
+) -> bool:
+    """Send the spec, read both pipes, until the worker exits or the deadline passes.
+
+    Never blocks on a pipe: every descriptor is non-blocking and polled with a timeout.
+    EOF is never waited for (a user may hold a copy of the pipes): the worker's exit,
+    seen on its pidfd, ends the exchange. Returns True if it exited in time.
+    """
+    stdin = process.stdin
+    if stdin is None:
+        raise RuntimeError("Popen without stdin")
+    in_fd: int | None = stdin.fileno()
+    os.set_blocking(stdin.fileno(), False)
+    pending = memoryview(request)
+    poller = select.poll()
+    poller.register(stdin.fileno(), select.POLLOUT)
+    if pidfd is not None:
+        poller.register(pidfd, select.POLLIN)
+    for output in outputs:
+        poller.register(output.fd, select.POLLIN)
+    exited = False
+    while not exited:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        # Without a pidfd, wake up regularly to poll waitpid.
+        wait = remaining if pidfd is not None else min(remaining, REAP_POLL_SECONDS / 10)
+        try:
+            events = poller.poll(max(1, int(wait * 1000)))
+        except InterruptedError:
+            continue
+        for fd, _ in events:
+            if fd == pidfd:
+                exited = True
+            elif fd == in_fd:
+                try:
+                    written = os.write(fd, pending)
+                except BlockingIOError:
+                    written = 0
+                except OSError:  # EPIPE: the worker is gone or closed its stdin
+                    written = len(pending)
+                pending = pending[written:]
+                if not pending:
+                    poller.unregister(fd)
+                    stdin.close()
+                    in_fd = None
+        for output in outputs:
+            if output.open:
+                output.read_available()
+                if not output.open:
+                    poller.unregister(output.fd)
+        if pidfd is None and process.poll() is not None:
+            exited = True
+    # What the worker wrote before it exited is in the pipes: take it, without waiting.
+    for output in outputs:
+        output.read_available(budget=output.limit + (1 << 16))
+    return exited
 
 
 def run_worker(
@@ -196,8 +502,10 @@ def run_worker(
 ) -> Report:
     """Run one worker as `user` and return its (strictly parsed) report.
 
-    On timeout the worker's process group gets SIGTERM, then SIGKILL after a grace.
-    Never raises for worker misbehaviour: that is a `worker_crashed` report.
+    Nothing here waits on the worker without a deadline: on timeout its process group
+    gets SIGTERM, then SIGKILL after a grace; a worker that outlives SIGKILL plus a grace
+    (or that exits but cannot be reaped) is abandoned to the background reaper and
+    reported as `worker_stuck`. Never raises for worker misbehaviour.
     """
     command = [sys.executable, "-I", "-m", WORKER_MODULE]
     # As root: the user's uid, primary gid and *their own* supplementary groups (without
@@ -221,55 +529,66 @@ def run_worker(
         )
     except OSError as error:
         return failed(spec.action, "worker_crashed", f"cannot start worker: {error}")
-    stdout: list[bytes] = []
-    stderr: list[bytes] = []
     if process.stdin is None or process.stdout is None or process.stderr is None:
         raise RuntimeError("Popen without pipes")  # cannot happen: all three are PIPE
-    with tracker.track(process) if tracker is not None else nullcontext():
-        # Daemon threads: a pipe held open by something that escaped the worker's
-        # group must not keep this process from exiting.
-        readers = [
-            threading.Thread(
-                target=_read_capped, args=(process.stdout, 1 << 20, stdout), daemon=True
-            ),
-            threading.Thread(
-                target=_read_capped,
-                args=(process.stderr, STDERR_TAIL_BYTES * 16, stderr),
-                daemon=True,
-            ),
-        ]
-        for reader in readers:
-            reader.start()
-        timed_out = False
-        try:
-            with suppress(BrokenPipeError):
-                process.stdin.write(spec.to_json())
-                process.stdin.close()
+    pidfd: int | None
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except OSError:
+        pidfd = None  # e.g. EMFILE: fall back to short waitpid polls, still bounded
+    stdout = _Capped(process.stdout, MAX_REPORT_BYTES)
+    stderr = _Capped(process.stderr, STDERR_TAIL_BYTES * 16)
+    timed_out = False
+    reaped = True
+    try:
+        with tracker.track(process) if tracker is not None else nullcontext():
             try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _stop_group(process)
-        except BaseException:
-            # Ctrl-C (or any error) while waiting: the worker must not run on unwatched.
-            _stop_group(process)
-            raise
-        finally:
-            # Anything left in the group (a grandchild) must not outlive its worker.
-            _signal_group(process, signal.SIGKILL)
-        for reader in readers:
-            reader.join(STOP_GRACE_SECONDS)
+                exited = _exchange(
+                    process, pidfd, spec.to_json(), [stdout, stderr], started + timeout
+                )
+                if exited:
+                    _signal_group(process, signal.SIGKILL)  # grandchildren left behind
+                    reaped = _reap(process, REAP_GRACE_SECONDS)
+                else:
+                    timed_out = True
+                    reaped = _stop_group(process, pidfd)
+            except BaseException:
+                # Ctrl-C (or any error) while waiting: the worker must not run on unwatched.
+                if not _stop_group(process, pidfd):
+                    ABANDONED.add(user, spec.action, process)
+                raise
+    finally:
+        # Close and forget our ends: whatever copy the user holds is theirs.
+        for stream in (process.stdin, process.stdout, process.stderr):
+            with suppress(OSError):
+                stream.close()
+        if pidfd is not None:
+            os.close(pidfd)
     duration = time.monotonic() - started
-    raw = stdout[0] if stdout else b""
+    if not reaped:
+        stuck = ABANDONED.add(user, spec.action, process)
+        if timed_out:
+            return failed(
+                spec.action,
+                "worker_stuck",
+                f"no result after {timeout:.0f}s, and worker pid {stuck.pid} outlived "
+                f"SIGKILL by {KILL_GRACE_SECONDS:.0f}s (held by a tracer or blocked in the "
+                "kernel): abandoned, user skipped until it is reaped",
+                duration_s=duration,
+            )
     if timed_out:
         return failed(
             spec.action, "timeout", f"no result after {timeout:.0f}s", duration_s=duration
         )
     try:
-        return parse_report(raw, spec.action)
+        # An exited but unreapable worker's report still counts: it did its job, and
+        # the user is skipped from now on until it is reaped.
+        return parse_report(bytes(stdout.data), spec.action)
     except ReportError as error:
-        detail = _tail(stderr[0] if stderr else b"")
-        message = f"invalid report ({error}); exit status {process.returncode}"
+        detail = _tail(bytes(stderr.data))
+        status = process.returncode if reaped else "unknown (not reaped)"
+        message = f"invalid report ({error}); exit status {status}"
         if detail:
             message += f"; stderr: {detail}"
-        return failed(spec.action, "worker_crashed", message, duration_s=duration)
+        reason: FailureReason = "worker_crashed" if reaped else "worker_stuck"
+        return failed(spec.action, reason, message, duration_s=duration)
