@@ -1,0 +1,282 @@
+"""Issue 10: no user's worker can stall the root side or leak its descriptors/threads.
+
+Real users, real setuid workers through the one runner (`run_pass` in this process, as
+root), real attacks run as the hostile user (tests/support/hostile.py): a ptrace tracer
+that holds its worker stopped and then as an unreapable zombie, and a descriptor thief
+that holds copies of the worker's pipes. In each, the other user's snapshot is published
+on time and the hostile user's failure is named. Needs root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from support import need
+from support.system import IS_ROOT, PYTHON, create_state_db, snapshot_files, spawn_as
+
+from t3backupd.core.config import Config, SnapshotConfig
+from t3backupd.core.protocol import UserResult
+from t3backupd.core.usermap import User
+from t3backupd.root import runner, spawn
+from t3backupd.root.metrics import Metrics
+from t3backupd.root.passes import run_pass
+
+HOSTILE = Path(__file__).parent.parent / "support" / "hostile.py"
+
+MakeUser = Callable[[], User]
+Attack = Callable[[User, str], tuple[subprocess.Popen[str], Path]]
+
+
+@pytest.fixture
+def fast_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shorter graces so one attack takes seconds, not half a minute (same code paths)."""
+    monkeypatch.setattr(runner, "TIMEOUT_SLACK_SECONDS", 1.0)
+    monkeypatch.setattr(spawn, "STOP_GRACE_SECONDS", 1.0)
+    monkeypatch.setattr(spawn, "KILL_GRACE_SECONDS", 1.0)
+    monkeypatch.setattr(spawn, "REAP_POLL_SECONDS", 0.2)
+
+
+def config_in(sandbox: Path, timeout: int = 3) -> Config:
+    return Config(
+        dest=str(sandbox / "dest"),
+        snapshot=replace(SnapshotConfig(), timeout_seconds=timeout, concurrency=2),
+    )
+
+
+@pytest.fixture
+def attack(sandbox: Path) -> Iterator[Attack]:
+    """Start tests/support/hostile.py MODE as a user; killed by pid afterwards."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(user: User, mode: str) -> tuple[subprocess.Popen[str], Path]:
+        script = sandbox / "hostile.py"
+        shutil.copy(HOSTILE, script)
+        os.chmod(script, 0o644)
+        out = Path(user.home) / f"{mode}.log"
+        process = spawn_as(user, [PYTHON, "-I", str(script), mode, str(out)])
+        started.append(process)
+        deadline = time.monotonic() + 30
+        while not (out.exists() and out.read_text().startswith("ready")):
+            assert process.poll() is None, f"{mode} attacker exited: {process.returncode}"
+            assert time.monotonic() < deadline, f"{mode} attacker did not start"
+            time.sleep(0.02)
+        return process, out
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def attacked(out: Path) -> list[tuple[int, str]]:
+    """(worker pid, attack result) lines an attacker wrote."""
+    lines = out.read_text().splitlines()[1:]
+    return [(int(pid), result) for pid, result in (line.split() for line in lines)]
+
+
+def by_user(results: list[UserResult]) -> dict[str, UserResult]:
+    return {result.user.name: result for result in results}
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def stuck_gauges(metrics: Metrics) -> dict[str, float]:
+    return {
+        sample.labels["user"]: sample.value
+        for family in metrics.collect()
+        if family.name == "t3backup_worker_stuck"
+        for sample in family.samples
+    }
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.usefixtures("fast_deadlines")
+def test_a_user_holding_their_worker_by_ptrace_never_stalls_anyone(
+    sandbox: Path, make_user: MakeUser, attack: Attack
+) -> None:
+    need(IS_ROOT, "needs root to run workers as real users")
+    hostile, other = make_user(), make_user()
+    for user in (hostile, other):
+        create_state_db(user, size_mb=1)
+    config = config_in(sandbox)
+    tracer, out = attack(hostile, "ptrace")
+    metrics = Metrics(CollectorRegistry())
+    metrics.set_users([hostile.name, other.name])
+    finished: dict[str, float] = {}
+
+    def record(result: UserResult) -> None:
+        finished[result.user.name] = time.monotonic()
+        metrics.record_result(result)
+
+    started = time.monotonic()
+    results = by_user(run_pass(config, [hostile, other], on_result=record))
+    seized = attacked(out)
+    if seized and seized[0][1] == "EPERM":
+        pytest.skip("the kernel forbids same-uid ptrace here (Yama ptrace_scope or LSM)")
+    assert seized and seized[0][1] == "ok", seized
+    # The other user's snapshot was published at once, not after the hostile one's wait.
+    assert results[other.name].report.ok, results[other.name].report
+    assert finished[other.name] - started < 3 + 2, "the other user waited on the hostile one"
+    assert len(snapshot_files(sandbox / "dest" / other.name)) == 1
+    # The hostile worker: stopped (timeout), killed, then an unreapable zombie: stuck.
+    stuck = results[hostile.name].report
+    assert (stuck.status, stuck.reason) == ("failed", "worker_stuck"), stuck
+    assert "outlived SIGKILL" in stuck.message
+    # Bounded: timeout 3 + slack 1 + SIGTERM grace 1 + SIGKILL grace 1 + reap grace 1.
+    assert time.monotonic() - started < 3 + 1 + 1 + 1 + 1 + 3
+    pid = seized[0][0]
+    assert Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
+    assert spawn.ABANDONED.get(hostile.uid) is not None
+
+    # Next pass: the hostile user is skipped at once (no second worker), the other runs.
+    before = len(attacked(out))
+    again = by_user(run_pass(config, [hostile, other], on_result=record))
+    skipped = again[hostile.name]
+    assert (skipped.report.reason, skipped.duration_s < 0.5) == ("worker_stuck", True)
+    assert "skipped" in skipped.report.message
+    assert again[other.name].report.ok
+    assert len(attacked(out)) == before, "a second worker was started for a stuck user"
+    assert stuck_gauges(metrics) == {hostile.name: 1.0, other.name: 0.0}
+
+    # The tracer goes: the zombie comes back to us and is reaped in the background.
+    tracer.kill()
+    tracer.wait(10)
+    wait_until(lambda: spawn.ABANDONED.get(hostile.uid) is None, 10, "the stuck worker's reaping")
+    assert not Path(f"/proc/{pid}").exists()
+    final = by_user(run_pass(config, [hostile, other], on_result=record))
+    assert final[hostile.name].report.ok, final[hostile.name].report
+    assert len(snapshot_files(sandbox / "dest" / hostile.name)) == 1
+    assert stuck_gauges(metrics)[hostile.name] == 0.0
+
+
+def test_a_descriptor_thief_leaks_no_descriptor_or_thread_and_delays_nothing(
+    sandbox: Path, make_user: MakeUser, attack: Attack
+) -> None:
+    need(IS_ROOT, "needs root to run workers as real users")
+    thief_user, other = make_user(), make_user()
+    for user in (thief_user, other):
+        create_state_db(user, size_mb=1)
+    config = config_in(sandbox, timeout=30)
+    _, out = attack(thief_user, "thief")
+    run_pass(config, [thief_user, other])  # warm-up: imports, the reaper, logging
+    fds, threads = open_fds(), threading.active_count()
+    durations = []
+    for _ in range(4):
+        results = by_user(run_pass(config, [thief_user, other]))
+        assert results[thief_user.name].report.ok, results[thief_user.name].report
+        assert results[other.name].report.ok, results[other.name].report
+        durations.append(results[thief_user.name].duration_s)
+    stolen = [pid for pid, result in attacked(out) if result == "ok"]
+    assert len(stolen) >= 3, attacked(out)  # the thief really held the pipes
+    # Waiting for EOF on a stolen pipe would take the whole timeout (or forever).
+    assert max(durations) < 10, durations
+    assert open_fds() == fds, "descriptors leaked per pass"
+    assert threading.active_count() == threads, "threads leaked per pass"
+    assert len(snapshot_files(sandbox / "dest" / other.name)) == 5
+
+
+FUSE_STALLER = Path(__file__).parent.parent / "support" / "fuse_staller.py"
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def process_state(pid: int) -> str:
+    """The kernel's one-letter states of `pid`'s threads (R, S, D, Z...), "" if gone."""
+    states = ""
+    try:
+        for task in sorted(os.listdir(f"/proc/{pid}/task")):
+            with suppress(OSError, IndexError):
+                states += Path(f"/proc/{pid}/task/{task}/stat").read_text().rsplit(") ", 1)[1][0]
+    except OSError:
+        return ""
+    return states
+
+
+@pytest.fixture
+def stalled_userdata(
+    sandbox: Path,
+) -> Iterator[Callable[[User], tuple[Path, subprocess.Popen[bytes]]]]:
+    """Mount a FUSE file system that never answers over a user's ~/.t3/userdata."""
+    need(IS_ROOT, "needs root to mount FUSE and run workers as real users")
+    need(os.path.exists("/dev/fuse"), "needs /dev/fuse (the fuse kernel module)")
+    need(shutil.which("fusermount3") is not None, "needs fusermount3 (Debian package fuse3)")
+    have_pyfuse3 = subprocess.run([SYSTEM_PYTHON, "-c", "import pyfuse3"], capture_output=True)
+    need(have_pyfuse3.returncode == 0, "needs Debian package python3-pyfuse3")
+    mounted: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def mount(user: User) -> tuple[Path, subprocess.Popen[bytes]]:
+        mountpoint = Path(user.home) / ".t3" / "userdata"
+        ready = sandbox / f"fuse-{user.name}.ready"
+        server = subprocess.Popen(
+            [SYSTEM_PYTHON, "-I", str(FUSE_STALLER), str(mountpoint), str(ready),
+             str(user.uid), str(user.gid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        mounted.append((server, mountpoint))
+        wait_until(lambda: ready.exists() or server.poll() is not None, 30, "the FUSE mount")
+        if server.poll() is not None:
+            pytest.fail(f"FUSE staller failed: {server.stderr.read() if server.stderr else ''}")
+        return ready, server
+
+    yield mount
+    for server, mountpoint in mounted:
+        server.kill()  # aborts the connection: every stalled request fails, waiters go
+        server.wait(30)
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+
+
+@pytest.mark.usefixtures("fast_deadlines")
+def test_a_worker_blocked_in_the_kernel_is_abandoned_and_nobody_waits(
+    sandbox: Path,
+    make_user: MakeUser,
+    stalled_userdata: Callable[[User], tuple[Path, subprocess.Popen[bytes]]],
+) -> None:
+    hostile, other = make_user(), make_user()
+    for user in (hostile, other):
+        create_state_db(user, size_mb=1)
+    ready, server = stalled_userdata(hostile)
+    config = config_in(sandbox)
+    started = time.monotonic()
+    results = by_user(run_pass(config, [hostile, other]))
+    elapsed = time.monotonic() - started
+    assert results[other.name].report.ok, results[other.name].report
+    assert results[other.name].duration_s < 3, "the other user waited on the stalled one"
+    assert len(snapshot_files(sandbox / "dest" / other.name)) == 1
+    stuck = results[hostile.name].report
+    assert (stuck.status, stuck.reason) == ("failed", "worker_stuck"), stuck
+    assert Path(str(ready) + ".stalled").read_text().split()[0] == "state.sqlite"
+    # Bounded: timeout 3 + slack 1 + SIGTERM grace 1 + SIGKILL grace 1 (+ start-up).
+    assert elapsed < 3 + 1 + 1 + 1 + 3, elapsed
+    (entry,) = [s for s in spawn.ABANDONED.stuck() if s.uid == hostile.uid]
+    # Killed, and still there: a thread in uninterruptible sleep on the FUSE request.
+    assert "D" in process_state(entry.pid), process_state(entry.pid)
+
+    again = by_user(run_pass(config, [hostile, other]))
+    assert again[hostile.name].report.reason == "worker_stuck"
+    assert again[hostile.name].duration_s < 0.5
+    assert again[other.name].report.ok
+
+    # The file system's server goes: the request is aborted, the worker dies, is reaped.
+    server.kill()
+    server.wait(30)
+    wait_until(lambda: spawn.ABANDONED.get(hostile.uid) is None, 15, "the stuck worker's reaping")
+    assert process_state(entry.pid) == ""
