@@ -7,16 +7,26 @@ Policy (documented in the README):
   unlabelled snapshot of each of the newest N days / ISO weeks / months that have one
   (calendar periods in UTC);
 - names in `protect` (the snapshot just published) are never pruned;
-- order is by the timestamp parsed from the name, never by mtime or string.
+- order is by the timestamp parsed from the name, never by mtime or string;
+- names dated more than FUTURE_SLACK after `now` (a clock fault, or a user's doing) are
+  kept and not counted: they never push a current snapshot out of `keep` or a period.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from t3backupd.core.naming import SnapshotName
+
+# A snapshot dated later than this after "now" is future-dated.
+FUTURE_SLACK = timedelta(minutes=5)
+
+
+def is_future_dated(when: datetime, now: datetime) -> bool:
+    """Whether a snapshot time is in the future (beyond the slack) as seen at `now`."""
+    return when > now + FUTURE_SLACK
 
 
 @dataclass(frozen=True)
@@ -49,14 +59,20 @@ def select_expired(
     snapshots: Iterable[SnapshotName],
     policy: RetentionPolicy,
     protect: Iterable[str] = (),
+    now: datetime | None = None,
 ) -> list[SnapshotName]:
     """Return the snapshots the policy lets go, oldest first.
 
     `snapshots` are parsed names of one user's directory (non-matching files never
-    reach this function, so they are never touched).
+    reach this function, so they are never touched). With `now`, future-dated names
+    are left out entirely: neither pruned nor counted.
     """
     candidates = sorted(
-        (snapshot for snapshot in snapshots if snapshot.label is None),
+        (
+            snapshot
+            for snapshot in snapshots
+            if snapshot.label is None and (now is None or not is_future_dated(snapshot.time, now))
+        ),
         key=lambda snapshot: (snapshot.time, snapshot.filename),
         reverse=True,
     )

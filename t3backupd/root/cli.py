@@ -28,8 +28,14 @@ from t3backupd.core.protocol import Report, SnapshotInfo, VerifyResult
 from t3backupd.core.selection import parse_snapshot_request
 from t3backupd.core.usermap import NOT_ROOT_REASON, Problem, User
 from t3backupd.root.log import configure_logging
-from t3backupd.root.passes import inventory_user, run_adopt, run_pass, run_verify_pass
-from t3backupd.root.restore import restore_in_place, restore_to
+from t3backupd.root.passes import (
+    future_dated,
+    inventory_user,
+    run_adopt,
+    run_pass,
+    run_verify_pass,
+)
+from t3backupd.root.restore import future_note, restore_in_place, restore_to
 from t3backupd.root.served import Served, load_served, log_problems
 from t3backupd.root.spawn import running_as_root
 
@@ -489,10 +495,13 @@ def command_list(args: argparse.Namespace) -> int:
             out.result(f"{user.name}: no snapshots")
             continue
         out.result(f"{user.name}: {len(report.snapshots)} snapshot(s), newest first")
+        future = set(future_dated(report.snapshots, now))
         for info in newest_first(report.snapshots):
             when = datetime.fromtimestamp(info.time, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
             checksum = "" if info.has_checksum else "  (no checksum)"
             label = f"  [{info.label}]" if info.label else ""
+            if info.name in future:
+                checksum += "  (dated in the future: clock fault or planted)"
             out.result(
                 f"  {info.name:<52} {when}  {_age(now - info.time):>6} ago  "
                 f"{_human_size(info.bytes):>10}{label}{checksum}"
@@ -637,6 +646,9 @@ def command_restore(args: argparse.Namespace) -> int:
             _refused(report)
             return EXIT_FAILED
         out.result(f"{user.name}: restored {report.extra.get('restored_from')}: {report.message}")
+        note = future_note(report)
+        if note is not None:
+            out.result(f"{user.name}: {note}")
         return EXIT_OK
     if not running_as_root() and os.lstat(config.dest).st_uid != os.geteuid():
         raise T3BackupError(
@@ -658,6 +670,9 @@ def command_restore(args: argparse.Namespace) -> int:
     for verified in report.verified:
         out.result(f"{user.name}: verified {verified.name}: {VERIFY_WORDS[verified.outcome]}")
     out.result(f"{user.name}: {report.message}")
+    note = future_note(report)
+    if note is not None:
+        out.result(f"{user.name}: {note}")
     if result.undo is not None:
         out.result(f"to undo: {result.undo}")
     else:

@@ -7,16 +7,21 @@ one log event.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 from t3backupd.core.checks import verify_failures
 from t3backupd.core.config import Config
 from t3backupd.core.jobs import adopt_spec, inventory_spec, snapshot_spec, verify_spec
-from t3backupd.core.protocol import UserResult
+from t3backupd.core.protocol import SnapshotInfo, UserResult
+from t3backupd.core.retention import is_future_dated
 from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
 from t3backupd.root.runner import run_for_users, run_user_job
 from t3backupd.root.spawn import ProcessTracker
+
+MAX_NAMED = 5  # names listed in one log event
 
 
 def snapshot_user(
@@ -43,7 +48,26 @@ def snapshot_user(
         log.info("snapshot", message=report.message, **fields)
     else:
         log.info("snapshot", pruned=list(report.pruned), **fields)
+    future = future_dated(report.snapshots)
+    if future:
+        log.warning(
+            "future-dated snapshots",
+            user=user.name,
+            names=future[:MAX_NAMED],
+            count=len(future),
+            message="named after now (clock fault, or planted): kept, not counted by retention",
+        )
     return result
+
+
+def future_dated(snapshots: Sequence[SnapshotInfo], now: float | None = None) -> list[str]:
+    """Names of `snapshots` dated in the future (beyond the retention slack), sorted."""
+    moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    return sorted(
+        info.name
+        for info in snapshots
+        if is_future_dated(datetime.fromtimestamp(info.time, UTC), moment)
+    )
 
 
 def verify_user(

@@ -12,18 +12,34 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import structlog
 
 from t3backupd.core.config import DEFAULT_CONFIG_PATH, Config
 from t3backupd.core.errors import UsageError
 from t3backupd.core.jobs import restore_spec
+from t3backupd.core.naming import parse_name
 from t3backupd.core.protocol import Report, failed
+from t3backupd.core.retention import is_future_dated
 from t3backupd.core.selection import PRE_RESTORE_LABEL, parse_snapshot_request, undo_command
 from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
 from t3backupd.root.passes import snapshot_user
 from t3backupd.root.runner import run_user_job
+
+
+def future_note(report: Report, now: float | None = None) -> str | None:
+    """A warning line when the snapshot restored is dated in the future ("latest" picks by
+    the time in the name: a clock fault, or a planted name, makes it the newest)."""
+    parsed = parse_name(report.extra.get("restored_from", ""))
+    moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    if parsed is None or not is_future_dated(parsed.time, moment):
+        return None
+    return (
+        f"note: {parsed.filename} is dated in the future ({parsed.time:%Y-%m-%d %H:%M:%SZ}); "
+        "it was picked as the newest by its name: a clock fault, or a planted name"
+    )
 
 
 def _log(report: Report, **fields: object) -> None:
@@ -88,7 +104,16 @@ def restore_in_place(
         if not check.ok:
             _log(check, mode="in-place", phase="check")
             return InPlaceResult(check, None, None)
-        chosen = check.extra["restored_from"]  # a snapshot name: the parser checked it
+        chosen = check.extra.get("restored_from")  # if there, the parser checked the name
+        if chosen is None:
+            # A well-formed report that names no snapshot: the worker is not ours to trust.
+            report = failed(
+                "restore",
+                "worker_crashed",
+                "the check worker's report names no snapshot; nothing was restored",
+            )
+            _log(report, mode="in-place", phase="check")
+            return InPlaceResult(report, None, None)
         pre = snapshot_user(config, user, label=PRE_RESTORE_LABEL)
         if pre.report.status == "failed":
             report = failed(

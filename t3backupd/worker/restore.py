@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import sqlite3
 import stat
 from collections.abc import Sequence
 from urllib.parse import quote
 
 from t3backupd.core.errors import SnapshotNotFound, UsageError
-from t3backupd.core.naming import SnapshotName
+from t3backupd.core.naming import TEMP_PREFIX, TEMP_SUFFIX, SnapshotName
 from t3backupd.core.protocol import Report, RestoreSpec, SnapshotInfo, printable
 from t3backupd.core.selection import (
     RESTORABLE_OUTCOMES,
@@ -131,31 +132,63 @@ def _copy_fd(source: int, target: int) -> int:
     return total
 
 
-def _create_target(path: str) -> int:
-    """Create `path` (O_EXCL, 0600, never through a link). Raises StepFailed."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
+def _refuse_existing(path: str) -> None:
+    """Refuse early (before any copy) if `path` exists (never overwritten). StepFailed."""
+    if os.path.lexists(path):
         raise ops.StepFailed(
             "exists", f"{path} already exists; restore never overwrites, choose a new path"
-        ) from None
+        )
+    if not os.path.isdir(os.path.dirname(path) or "/"):
+        raise ops.StepFailed("not_found", f"directory of {path} does not exist")
+
+
+def _create_temp_beside(path: str) -> tuple[str, int]:
+    """A hidden 0600 temp file (O_EXCL, never through a link) in `path`'s directory:
+    the copy is written there and only renamed to `path` once verified, so a killed
+    worker never leaves a truncated file at the final name. Raises StepFailed."""
+    directory = os.path.dirname(path) or "/"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    temp = os.path.join(directory, f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}")
+    try:
+        fd = os.open(temp, flags, 0o600)
     except FileNotFoundError:
         raise ops.StepFailed("not_found", f"directory of {path} does not exist") from None
     except OSError as error:
         raise ops.StepFailed(
-            ops.classify_os_error(error), f"cannot create {path}: {error.strerror}"
+            ops.classify_os_error(error), f"cannot create a file in {directory}: {error.strerror}"
         ) from None
     os.fchmod(fd, 0o600)
-    return fd
+    return temp, fd
+
+
+def _publish_no_replace(temp: str, path: str) -> None:
+    """Give the verified temp its final name, never replacing an existing `path`: a hard
+    link (fails if `path` exists) then unlink of the temp; where the file system has no
+    hard links, a rename after a last existence check. Raises StepFailed."""
+    try:
+        os.link(temp, path, follow_symlinks=False)
+    except FileExistsError:
+        raise ops.StepFailed(
+            "exists", f"{path} appeared during the restore; restore never overwrites"
+        ) from None
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise ops.StepFailed(
+                ops.classify_os_error(error), f"cannot create {path}: {error.strerror}"
+            ) from None
+        _refuse_existing(path)
+        os.rename(temp, path)
+        return
+    os.unlink(temp)
 
 
 def _restore_copy(job: Job, spec: RestoreSpec, parsed: SnapshotName, checked: Checked) -> Report:
     """Write the verified snapshot to `spec.target`, then verify the copy."""
     target = spec.target
     source = os.path.join(spec.dest_dir, parsed.filename)
-    target_fd = _create_target(target)
-    job.temps.add(target)
+    _refuse_existing(target)
+    temp, target_fd = _create_temp_beside(target)
+    job.temps.add(temp)
     try:
         try:
             source_fd, info = open_snapshot(source)
@@ -169,17 +202,18 @@ def _restore_copy(job: Job, spec: RestoreSpec, parsed: SnapshotName, checked: Ch
             target_info = os.fstat(target_fd)
         finally:
             os.close(target_fd)
-        ops.fsync_path(os.path.dirname(target) or "/", directory=True)
-        if not same_file(target, (target_info.st_dev, target_info.st_ino)):
-            raise ops.StepFailed("verify_failed", f"{target} was replaced while being written")
-        problems, digest = ops.verify_and_hash(target, "quick")
+        if not same_file(temp, (target_info.st_dev, target_info.st_ino)):
+            raise ops.StepFailed("verify_failed", f"{temp} was replaced while being written")
+        problems, digest = ops.verify_and_hash(temp, "quick")
         if digest != checked.digest or problems:
             why = "; ".join(problems[:3]) or "sha256 of the copy differs from the snapshot's"
             raise ops.StepFailed("verify_failed", f"restored copy failed verification: {why}")
+        _publish_no_replace(temp, target)
+        ops.fsync_path(os.path.dirname(target) or "/", directory=True)
     except BaseException:
         job.temps.remove_all()
         raise
-    job.temps.discard(target)
+    job.temps.discard(temp)
     return Report(
         action="restore",
         status="ok",

@@ -45,6 +45,7 @@ def snapshot_job(job: Job, spec: SnapshotSpec) -> Report:
             [parsed for parsed, _ in ops.scan(spec.dest_dir)],
             RetentionPolicy(spec.keep, spec.keep_daily, spec.keep_weekly, spec.keep_monthly),
             protect={name},
+            now=when,
         )
         pruned = ops.prune(spec.dest_dir, expired)
         kept = ops.inventory(spec.dest_dir)

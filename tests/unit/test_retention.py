@@ -225,3 +225,32 @@ def test_default_policy_matches_the_legacy_script() -> None:
     assert RetentionPolicy() == RetentionPolicy(
         keep=14, keep_daily=0, keep_weekly=0, keep_monthly=0
     )
+
+
+# --- future-dated names (issue 10): a clock fault, or planted names ------------------------
+
+
+def test_future_dated_names_never_push_a_current_snapshot_out() -> None:
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    current = [parse(format_name(now - timedelta(days=day))) for day in range(3)]
+    future = [parse(format_name(now + timedelta(days=365 + day))) for day in range(5)]
+    # keep=3: without `now`, the five future names are "the newest" and all three
+    # current snapshots, the just-published one aside, would go.
+    naive = select_expired(current + future, RetentionPolicy(keep=3), protect={current[0].filename})
+    assert {current[1].filename, current[2].filename} <= {s.filename for s in naive}
+    expired = select_expired(
+        current + future, RetentionPolicy(keep=3), protect={current[0].filename}, now=now
+    )
+    assert expired == []  # the current three are the three kept; future ones untouched
+
+
+def test_future_dated_names_are_never_pruned_and_current_retention_still_applies() -> None:
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    current = [parse(format_name(now - timedelta(hours=hour))) for hour in range(6)]
+    future = [parse(format_name(now + timedelta(minutes=minutes))) for minutes in (6, 60, 9999)]
+    within_slack = parse(format_name(now + timedelta(minutes=4)))  # clock jitter: current
+    expired = select_expired(current + future + [within_slack], RetentionPolicy(keep=2), now=now)
+    names = {s.filename for s in expired}
+    assert not names & {s.filename for s in future}
+    # within_slack and current[0] are the newest two current ones; the rest go.
+    assert names == {s.filename for s in current[1:]}
