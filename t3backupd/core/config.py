@@ -20,6 +20,7 @@ from t3backupd.core.cron import CronError, parse_crontab
 from t3backupd.core.errors import ConfigError
 from t3backupd.core.protocol import METHODS, VERIFY_MODES, Method, VerifyMode
 from t3backupd.core.retention import RetentionPolicy
+from t3backupd.core.usermap import system_uid_max
 
 DEFAULT_CONFIG_PATH = Path("/etc/t3backupd/config.toml")
 LOG_FORMATS = ("auto", "json", "console")
@@ -76,6 +77,8 @@ class Config:
     dest: str = "/var/backups/t3-state"
     source: str = "{home}/.t3/userdata/state.sqlite"
     min_uid: int = 1000
+    # Default: UID_MAX of /etc/login.defs (so `nobody`, 65534, is never served).
+    max_uid: int = field(default_factory=system_uid_max)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
@@ -215,6 +218,7 @@ SECTIONS: tuple[Section, ...] = (
         Key("dest", str, _absolute, env="T3_BACKUP_DEST"),
         Key("source", str, _check_source_template),
         Key("min_uid", int, _between(1, None, " (root is never served)")),
+        Key("max_uid", int, _between(1, None)),
     )),
     Section("schedule", ScheduleConfig, (
         Key("cron", str, _cron),
@@ -351,6 +355,10 @@ def parse_config(
         else:
             top = values
     metrics: MetricsConfig = sections["metrics"]
+    if top.get("min_uid", 0) > top.get("max_uid", 0) and not any(
+        problem.startswith(("min_uid", "max_uid")) for problem in problems
+    ):
+        problems.append(f"max_uid: must be >= min_uid ({top['min_uid']}); no user would be served")
     if bool(metrics.tls_cert) != bool(metrics.tls_key):
         problems.append("metrics.tls_key: tls_cert and tls_key must be set together")
     if problems:

@@ -76,10 +76,14 @@ Lookup = Callable[[str], "pwd.struct_passwd"]
 
 
 def resolve_users(
-    entries: Iterable[UsermapEntry], min_uid: int, lookup: Lookup = pwd.getpwnam
+    entries: Iterable[UsermapEntry],
+    min_uid: int,
+    lookup: Lookup = pwd.getpwnam,
+    max_uid: int | None = None,
 ) -> tuple[list[User], list[Problem]]:
     """Resolve entries through `lookup`; refuse invalid names, unknown users, root and
-    uids below `min_uid`. One bad line never stops the others."""
+    uids below `min_uid` or above `max_uid` (`nobody`). One bad line never stops the
+    others."""
     users: list[User] = []
     problems: list[Problem] = []
     seen_uids: set[int] = set()
@@ -100,6 +104,11 @@ def resolve_users(
                 Problem(entry.line, entry.name, f"uid {record.pw_uid} is below min_uid {min_uid}")
             )
             continue
+        if max_uid is not None and record.pw_uid > max_uid:
+            problems.append(
+                Problem(entry.line, entry.name, f"uid {record.pw_uid} is above max_uid {max_uid}")
+            )
+            continue
         if record.pw_uid in seen_uids:
             problems.append(Problem(entry.line, entry.name, "same uid as an earlier entry"))
             continue
@@ -115,22 +124,45 @@ def resolve_users(
 NOT_ROOT_REASON = "not running as root: cannot switch to another user"
 
 
+# /etc/login.defs' UID_MAX when it has none (shadow's own default).
+DEFAULT_UID_MAX = 60000
+
+
+def system_uid_max(login_defs: str = "/etc/login.defs") -> int:
+    """UID_MAX from /etc/login.defs (the highest uid useradd gives a regular user), or
+    60000 when it is missing or unreadable: `nobody` (65534) is above either."""
+    try:
+        text = Path(login_defs).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return DEFAULT_UID_MAX
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "UID_MAX" and fields[1].isdigit():
+            return int(fields[1])
+    return DEFAULT_UID_MAX
+
+
 def read_usermap(path: str) -> str:
     """Text of the usermap. Raises OSError if it cannot be read."""
     return Path(path).read_text(encoding="utf-8", errors="replace")
 
 
 def load_users(
-    path: str, min_uid: int, own_uid: int | None = None
+    path: str,
+    min_uid: int,
+    own_uid: int | None = None,
+    *,
+    max_uid: int | None = None,
+    reader: Callable[[str], str] = read_usermap,
 ) -> tuple[list[User], list[Problem]]:
     """Read and resolve the usermap at `path`.
 
     `own_uid`: when not running as root, only entries naming this uid can be served
     (no uid switch is possible); the others are returned as problems.
-    Raises OSError if the file cannot be read.
+    Raises OSError if the file cannot be read (or what `reader` raises).
     """
-    entries, problems = parse_usermap(read_usermap(path))
-    users, refused = resolve_users(entries, min_uid)
+    entries, problems = parse_usermap(reader(path))
+    users, refused = resolve_users(entries, min_uid, max_uid=max_uid)
     problems = sorted(problems + refused, key=lambda problem: problem.line)
     if own_uid is None:
         return users, problems

@@ -81,6 +81,7 @@ def describe_changes(old: Served, new: Served) -> list[str]:
             "dest",
             "source",
             "min_uid",
+            "max_uid",
             "snapshot",
             "retention",
             "log",

@@ -35,6 +35,8 @@ DESIGN_METRICS = {
     "t3backup_build_info": ("gauge", {"version", "sqlite_version"}),
     "t3backup_verify_failures_total": ("counter", {"user"}),
     "t3backup_last_verify_timestamp_seconds": ("gauge", {"user"}),
+    # issue 10: a user skipped because their worker outlived SIGKILL unreaped.
+    "t3backup_worker_stuck": ("gauge", {"user"}),
 }
 PER_USER = [name for name, (_, labels) in DESIGN_METRICS.items() if "user" in labels]
 

@@ -1,0 +1,92 @@
+"""Files the daemon trusts (config, usermap, TLS certificate and key): root's alone.
+
+A file is trusted when it, and every directory and link on the way to it, is owned by
+root (or, when not running as root, by the invoking user) and is not writable by group
+or others. A world-writable directory is allowed only with the sticky bit (/tmp,
+/var/tmp), where nobody else can rename or remove what root put there. Anything else
+is refused with one line naming the path and what is wrong: a user who could write the
+usermap (or a directory or link leading to it) could have root serve any account.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+MAX_LINKS = 40
+
+
+class UntrustedFile(Exception):
+    """One clear line: which path, and why it is not trusted."""
+
+
+def _trusted_owners() -> tuple[int, ...]:
+    return (0,) if os.geteuid() == 0 else (0, os.geteuid())
+
+
+def _check_owner_and_mode(path: str, info: os.stat_result, kind: str) -> None:
+    if info.st_uid not in _trusted_owners():
+        raise UntrustedFile(f"{path}: {kind} is owned by uid {info.st_uid}, not by root")
+    if stat.S_ISLNK(info.st_mode):
+        return
+    writable = info.st_mode & 0o022
+    if writable and not (stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX):
+        raise UntrustedFile(f"{path}: {kind} is writable by group or others")
+
+
+def resolve_trusted(path: str) -> tuple[str, os.stat_result]:
+    """Walk `path` from `/`, checking every directory, link and the file itself.
+
+    Returns the resolved path and the file's stat. Raises UntrustedFile (or
+    FileNotFoundError / OSError for what cannot be looked at).
+    """
+    if not path.startswith("/"):
+        raise UntrustedFile(f"{path}: not an absolute path")
+    pending = [part for part in path.split("/") if part not in ("", ".")]
+    pending.reverse()
+    current = "/"
+    _check_owner_and_mode("/", os.lstat("/"), "directory")
+    links = 0
+    while pending:
+        part = pending.pop()
+        if part == "..":
+            current = os.path.dirname(current.rstrip("/")) or "/"
+            continue
+        candidate = os.path.join(current, part)
+        info = os.lstat(candidate)
+        if stat.S_ISLNK(info.st_mode):
+            _check_owner_and_mode(candidate, info, "link")
+            links += 1
+            if links > MAX_LINKS:
+                raise UntrustedFile(f"{path}: too many links")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                current = "/"
+            pending.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
+            continue
+        last = not pending
+        if not last and not stat.S_ISDIR(info.st_mode):
+            raise UntrustedFile(f"{candidate}: not a directory")
+        _check_owner_and_mode(candidate, info, "file" if last else "directory")
+        current = candidate
+    info = os.lstat(current)
+    if not stat.S_ISREG(info.st_mode):
+        raise UntrustedFile(f"{path}: not a regular file")
+    return current, info
+
+
+def read_trusted(path: str) -> bytes:
+    """The content of a trusted file, read through a descriptor that is checked to be the
+    file just walked (no window for a swap). Raises UntrustedFile or OSError."""
+    resolved, info = resolve_trusted(path)
+    fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
+            raise UntrustedFile(f"{path}: replaced while being checked")
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
