@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from support.snapshots import MakeUser, json_config, take_snapshot
+from support.snapshots import MakeUser, json_config, take_snapshot, temps_in, worker_pids
 from support.system import (
     PYTHON,
     create_state_db,
@@ -326,3 +328,38 @@ def test_in_place_restore_of_a_lost_database_recreates_it_in_wal_mode(
     info = os.stat(database)
     assert (info.st_uid, info.st_gid) == (user.uid, user.gid)
     assert digest_as(user, database) == digest_as(user, sandbox / "dest" / user.name / name)
+
+
+@pytest.mark.root
+def test_a_killed_restore_worker_leaves_no_file_at_the_final_name(
+    sandbox: Path, make_user: MakeUser
+) -> None:
+    """The copy is written to a hidden temp beside the target and linked into place only
+    once verified: SIGKILL at any point before leaves nothing at `--to`."""
+    user = make_user()
+    create_state_db(user, size_mb=48, seed=5)
+    config = json_config(sandbox, [user])
+    take_snapshot(config, user)
+    target_dir = Path(user.home) / "restore-here"
+    run_as(user, ["mkdir", str(target_dir)])
+    target = target_dir / "restored.sqlite"
+    command = [PYTHON, "-I", "-m", "t3backupd", "-c", str(config), "restore",
+               "--user", user.name, "--to", str(target)]  # fmt: skip
+    cli = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "T3BACKUPD_CONFIG": ""},
+    )  # fmt: skip
+    killed = None
+    deadline = time.monotonic() + 60
+    while killed is None and time.monotonic() < deadline and cli.poll() is None:
+        if temps_in(target_dir) and not target.exists():
+            for pid in worker_pids(user):
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+        time.sleep(0.001)
+    stdout, stderr = cli.communicate(timeout=60)
+    assert killed is not None, f"never saw the restore in progress: {stdout}{stderr}"
+    assert cli.returncode != 0, stdout
+    assert "worker_crashed" in stderr, stderr
+    assert not target.exists(), "a killed restore left a file at the final name"
+    assert all(name.startswith(".t3backupd-") for name in os.listdir(target_dir))
