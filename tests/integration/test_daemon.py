@@ -59,6 +59,7 @@ DESIGN_TYPES = {
     "t3backup_build_info": "gauge",
     "t3backup_verify_failures_total": "counter",
     "t3backup_last_verify_timestamp_seconds": "gauge",
+    "t3backup_worker_stuck": "gauge",  # issue 10
 }
 
 
