@@ -219,6 +219,9 @@ class Report:
     verified: tuple[VerifyResult, ...] = ()
     protocol: int = PROTOCOL_VERSION
     extra: dict[str, str] = field(default_factory=dict)
+    # Bytes on disk of everything in the user's directory (snapshots or not), measured
+    # by their worker (snapshot, inventory) and capped: a lower bound when capped.
+    dir_bytes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -383,4 +386,5 @@ def parse_report(raw: bytes, expected_action: Action) -> Report:
         pruned=tuple(pruned),
         verified=tuple(verified),
         extra=extra,
+        dir_bytes=_int(data.get("dir_bytes", 0), "dir_bytes"),
     )

@@ -38,6 +38,7 @@ from t3backupd.root.passes import (
 from t3backupd.root.restore import future_note, restore_in_place, restore_to
 from t3backupd.root.served import Served, load_served, log_problems
 from t3backupd.root.spawn import running_as_root
+from t3backupd.root.usage import DIR_SIZES, destination_space, human
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -474,6 +475,7 @@ def command_list(args: argparse.Namespace) -> int:
                 {
                     "user": user.name,
                     "error": _failure_text(report),
+                    "dir_bytes": report.dir_bytes,
                     "snapshots": [_snapshot_json(info) for info in newest_first(report.snapshots)],
                 }
                 for user, report in documents
@@ -494,7 +496,8 @@ def command_list(args: argparse.Namespace) -> int:
         if not report.snapshots:
             out.result(f"{user.name}: no snapshots")
             continue
-        out.result(f"{user.name}: {len(report.snapshots)} snapshot(s), newest first")
+        usage = f", directory {human(report.dir_bytes)}" if report.dir_bytes else ""
+        out.result(f"{user.name}: {len(report.snapshots)} snapshot(s), newest first{usage}")
         future = set(future_dated(report.snapshots, now))
         for info in newest_first(report.snapshots):
             when = datetime.fromtimestamp(info.time, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
@@ -506,6 +509,12 @@ def command_list(args: argparse.Namespace) -> int:
                 f"  {info.name:<52} {when}  {_age(now - info.time):>6} ago  "
                 f"{_human_size(info.bytes):>10}{label}{checksum}"
             )
+    space = destination_space(config.dest)
+    largest = DIR_SIZES.describe_largest()
+    if space is not None:
+        out.result(f"destination {config.dest}: {human(space[0])} free of {human(space[1])}")
+    if largest:
+        out.result(f"largest directories: {largest}")
     return status
 
 

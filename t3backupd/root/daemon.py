@@ -49,6 +49,7 @@ from t3backupd.root.scheduler import (
 )
 from t3backupd.root.served import Served, load_served, log_problems
 from t3backupd.root.spawn import ProcessTracker
+from t3backupd.root.usage import DestinationCollector
 
 JOB_ID = "pass"
 VERIFY_JOB_ID = "verify"
@@ -130,6 +131,7 @@ class Daemon:
         self._gate = PassGate(self._stopping)
         self._registry = CollectorRegistry()
         self._metrics = Metrics(self._registry)
+        DestinationCollector(self._registry, lambda: self._served.config.dest)
         self._inventory = Inventory(self._metrics, self._tracker)
         self._server: MetricsServer | None = None
         self._scheduler = BackgroundScheduler(

@@ -63,5 +63,6 @@ class Inventory:
             )  # fmt: skip
             return None
         self._metrics.restore(user.name, report.snapshots)
+        self._metrics.record_dir_bytes(user.name, report.dir_bytes)
         times = [info.time for info in report.snapshots]
         return max(times) if times else None

@@ -47,6 +47,7 @@ class _UserRecord:
     verify_failures: int = 0
     last_verify: float = 0.0
     worker_stuck: int = 0
+    dir_bytes: int = 0
 
 
 # (name, help, attribute of _UserRecord) for the per-user gauges, in exposition order.
@@ -64,6 +65,8 @@ _USER_GAUGES = (
      "last_verify"),
     ("worker_stuck", "1 while the user's worker outlived SIGKILL unreaped (user skipped).",
      "worker_stuck"),
+    ("user_dir_bytes", "Disk usage of the user's backup directory, all files (capped walk).",
+     "dir_bytes"),
 )  # fmt: skip
 
 
@@ -134,6 +137,8 @@ class Metrics:
             record.attempts += 1
             record.last_attempt = result.started
             record.worker_stuck = int(report.reason == "worker_stuck")
+            if report.dir_bytes:
+                record.dir_bytes = report.dir_bytes
             record.duration = result.duration_s
             if report.source_bytes:
                 record.source_size = report.source_bytes
@@ -146,6 +151,14 @@ class Metrics:
                 # The protocol only admits known reasons; anything else is a crash.
                 reason = report.reason if report.reason in record.failures else "worker_crashed"
                 record.failures[reason] += 1
+
+    def record_dir_bytes(self, user: str, size: int) -> None:
+        """The user's directory usage as their inventory worker measured it."""
+        with self._lock:
+            record = self._users.get(user)
+            if record is not None and size:
+                self._generation += 1
+                record.dir_bytes = size
 
     def record_verify(self, user: str, failures: int, when: float) -> None:
         """Count a verification run of `user`'s snapshots that found `failures` bad ones."""

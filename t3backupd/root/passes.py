@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from t3backupd.core.checks import verify_failures
@@ -20,6 +21,7 @@ from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
 from t3backupd.root.runner import run_for_users, run_user_job
 from t3backupd.root.spawn import ProcessTracker
+from t3backupd.root.usage import DIR_SIZES, destination_space, human
 
 MAX_NAMED = 5  # names listed in one log event
 
@@ -32,6 +34,12 @@ def snapshot_user(
 ) -> UserResult:
     """Snapshot one user and log the outcome as one event."""
     result = run_user_job(config, user, snapshot_spec(config, user, label), tracker)
+    DIR_SIZES.record(user.name, result.report.dir_bytes)
+    if result.report.reason == "disk_space":
+        result = replace(
+            result,
+            report=replace(result.report, message=_space_note(config, result.report.message)),
+        )
     report = result.report
     fields = {
         "user": user.name,  # explicit too: capture_logs() in tests drops contextvars
@@ -58,6 +66,15 @@ def snapshot_user(
             message="named after now (clock fault, or planted): kept, not counted by retention",
         )
     return result
+
+
+def _space_note(config: Config, message: str) -> str:
+    """A disk_space message with who fills the destination and what is left there."""
+    space = destination_space(config.dest)
+    free = f"{human(space[0])} free in {config.dest}" if space is not None else ""
+    largest = DIR_SIZES.describe_largest()
+    parts = [part for part in (free, f"largest directories: {largest}" if largest else "") if part]
+    return f"{message} ({'; '.join(parts)})" if parts else message
 
 
 def future_dated(snapshots: Sequence[SnapshotInfo], now: float | None = None) -> list[str]:
@@ -112,7 +129,9 @@ def verify_user(
 def inventory_user(config: Config, user: User, tracker: ProcessTracker | None = None) -> UserResult:
     """The user's snapshots, listed by a worker running as the user. No directory: a
     `skipped` (`no_directory`) result, with nothing created."""
-    return run_user_job(config, user, inventory_spec(config, user), tracker)
+    result = run_user_job(config, user, inventory_spec(config, user), tracker)
+    DIR_SIZES.record(user.name, result.report.dir_bytes)
+    return result
 
 
 def adopt_user(config: Config, user: User, tracker: ProcessTracker | None = None) -> UserResult:

@@ -16,6 +16,7 @@ import secrets
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
@@ -523,3 +524,40 @@ def prune(dest_dir: str, expired: list[SnapshotName]) -> list[str]:
     if removed:
         fsync_path(dest_dir, directory=True)
     return removed
+
+
+# Bounds of one directory-usage walk: a user may fill their directory with anything.
+USAGE_MAX_ENTRIES = 100_000
+USAGE_MAX_SECONDS = 2.0
+
+
+def dir_usage(dest_dir: str) -> int:
+    """Bytes on disk (st_blocks) of `dest_dir` and everything under it, never following a
+    link or leaving its file system; at most USAGE_MAX_ENTRIES entries and
+    USAGE_MAX_SECONDS (then what was counted: a lower bound). 0 if it cannot be read."""
+    deadline = time.monotonic() + USAGE_MAX_SECONDS
+    try:
+        top = os.lstat(dest_dir)
+    except OSError:
+        return 0
+    total = top.st_blocks * 512
+    pending = [dest_dir]
+    entries = 0
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as listing:
+                for entry in listing:
+                    entries += 1
+                    if entries > USAGE_MAX_ENTRIES or time.monotonic() > deadline:
+                        return total
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    total += info.st_blocks * 512
+                    if stat.S_ISDIR(info.st_mode) and info.st_dev == top.st_dev:
+                        pending.append(entry.path)
+        except OSError:
+            continue
+    return total

@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 from contextlib import suppress
+from dataclasses import replace
 from types import FrameType
 
 from t3backupd.core.protocol import (
@@ -56,7 +57,15 @@ def dispatch(job: Job) -> Report:
 
 
 def run_job(job: Job) -> Report:
-    """Run the job, turning expected failures into a failure report."""
+    """Run the job, turning expected failures into a failure report; snapshot and
+    inventory reports carry the user's directory usage (what fills the destination)."""
+    report = _run_job(job)
+    if job.spec.action in ("snapshot", "inventory"):
+        report = replace(report, dir_bytes=ops.dir_usage(job.spec.dest_dir))
+    return report
+
+
+def _run_job(job: Job) -> Report:
     action = job.spec.action
     try:
         return dispatch(job)

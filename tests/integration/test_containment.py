@@ -22,7 +22,16 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 from support import need
-from support.system import IS_ROOT, PYTHON, create_state_db, snapshot_files, spawn_as
+from support.snapshots import json_config
+from support.system import (
+    IS_ROOT,
+    PYTHON,
+    as_user,
+    create_state_db,
+    snapshot_files,
+    spawn_as,
+    t3backupd,
+)
 
 from t3backupd.core.config import Config, SnapshotConfig
 from t3backupd.core.protocol import UserResult
@@ -30,6 +39,7 @@ from t3backupd.core.usermap import User
 from t3backupd.root import runner, spawn
 from t3backupd.root.metrics import Metrics
 from t3backupd.root.passes import run_pass
+from t3backupd.root.usage import destination_space
 
 HOSTILE = Path(__file__).parent.parent / "support" / "hostile.py"
 
@@ -280,3 +290,63 @@ def test_a_worker_blocked_in_the_kernel_is_abandoned_and_nobody_waits(
     server.wait(30)
     wait_until(lambda: spawn.ABANDONED.get(hostile.uid) is None, 15, "the stuck worker's reaping")
     assert process_state(entry.pid) == ""
+
+
+@pytest.fixture
+def small_dest(sandbox: Path) -> Iterator[Path]:
+    """A 48 MiB tmpfs as the destination (root's, 0755), unmounted afterwards."""
+    need(IS_ROOT, "needs root to mount a tmpfs")
+    dest = sandbox / "dest"
+    dest.mkdir(mode=0o755)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48m,mode=0755", "t3bt-dest", str(dest)],
+        capture_output=True,
+        text=True,
+    )
+    need(mounted.returncode == 0, f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield dest
+    finally:
+        subprocess.run(["umount", "-l", str(dest)], capture_output=True)
+
+
+def test_a_destination_filled_from_one_users_dir_names_that_user(
+    sandbox: Path, make_user: MakeUser, small_dest: Path
+) -> None:
+    hostile, other = make_user(), make_user()
+    for user in (hostile, other):
+        create_state_db(user, size_mb=1)
+    config = replace(config_in(sandbox, timeout=60), dest=str(small_dest))
+    config = replace(config, snapshot=replace(config.snapshot, concurrency=1))
+    first = by_user(run_pass(config, [hostile, other]))
+    assert first[hostile.name].report.ok and first[other.name].report.ok
+    # The hostile user fills the shared destination from inside their own directory.
+    filler = small_dest / hostile.name / "not-a-snapshot"
+    fill = "import sys\nwith open(sys.argv[1], 'wb') as f:\n    while True: f.write(bytes(1 << 20))"
+    run = subprocess.run(
+        [PYTHON, "-I", "-c", fill, str(filler)], **as_user(hostile), capture_output=True
+    )
+    assert run.returncode != 0 and b"No space left" in run.stderr
+    metrics = Metrics(CollectorRegistry())
+    metrics.set_users([hostile.name, other.name])
+    second = by_user(run_pass(config, [hostile, other], on_result=metrics.record_result))
+    victim = second[other.name].report
+    assert (victim.status, victim.reason) == ("failed", "disk_space"), victim
+    # The failure points at the one responsible, with what is left.
+    assert f"largest directories: {hostile.name} " in victim.message, victim.message
+    assert f"free in {small_dest}" in victim.message
+    sizes = {
+        sample.labels["user"]: sample.value
+        for family in metrics.collect()
+        if family.name == "t3backup_user_dir_bytes"
+        for sample in family.samples
+    }
+    assert sizes[hostile.name] > 40 * (1 << 20) > 4 * sizes[other.name], sizes
+    space = destination_space(str(small_dest))
+    assert space is not None and space[0] < 1 << 20 and 40 << 20 < space[1] <= 48 << 20
+    # `list` names the largest directory too.
+    config_file = json_config(sandbox, [hostile, other], dest=small_dest)
+    listing = t3backupd(config_file, "list")
+    assert listing.returncode == 0, listing.stderr
+    assert f"largest directories: {hostile.name} " in listing.stdout, listing.stdout
+    assert f"destination {small_dest}:" in listing.stdout

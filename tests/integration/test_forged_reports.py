@@ -89,6 +89,7 @@ def report_docs(draw: st.DrawFn, action: str) -> dict[str, Any]:
         "message": texts,
         "snapshot": st.one_of(st.none(), snapshot_docs()),
         "source_bytes": st.integers(0, 1 << 62),
+        "dir_bytes": st.integers(0, 1 << 62),
         "duration_s": numbers,
         "snapshots": st.lists(snapshot_docs(), max_size=5),
         "pruned": st.lists(names, max_size=3),

@@ -37,6 +37,7 @@ DESIGN_METRICS = {
     "t3backup_last_verify_timestamp_seconds": ("gauge", {"user"}),
     # issue 10: a user skipped because their worker outlived SIGKILL unreaped.
     "t3backup_worker_stuck": ("gauge", {"user"}),
+    "t3backup_user_dir_bytes": ("gauge", {"user"}),
 }
 PER_USER = [name for name, (_, labels) in DESIGN_METRICS.items() if "user" in labels]
 
