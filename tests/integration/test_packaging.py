@@ -34,6 +34,10 @@ SECURITY_THRESHOLD = 27
 # which Prometheus itself records per scrape target.
 KNOWN_METRICS = frozenset(
     {
+        "t3backup_worker_stuck",
+        "t3backup_user_dir_bytes",
+        "t3backup_destination_free_bytes",
+        "t3backup_destination_size_bytes",
         "t3backup_last_success_timestamp_seconds",
         "t3backup_last_attempt_timestamp_seconds",
         "t3backup_last_snapshot_size_bytes",
