@@ -68,6 +68,7 @@ def restore_spec(
     in_place: bool = False,
     check_only: bool = False,
     force: bool = False,
+    safety_snapshot: bool = False,
 ) -> RestoreSpec:
     """A restore of `user`'s snapshot `request` to `target` or (`in_place`) their database."""
     return RestoreSpec(
@@ -80,6 +81,10 @@ def restore_spec(
         in_place=in_place,
         check_only=check_only,
         force=force,
+        safety_snapshot=safety_snapshot,
+        method=config.snapshot.method,
+        verify=config.snapshot.verify,
+        min_free_bytes=config.snapshot.min_free_bytes,
     )
 
 

@@ -165,6 +165,16 @@ class RestoreSpec(JobSpec):
     force: bool = False
     in_place: bool = False
     check_only: bool = False
+    # In place: take the `pre-restore` snapshot in the same worker, under the live
+    # database's write lock that the restore then holds until it has committed.
+    safety_snapshot: bool = False
+    method: Method = "backup"
+    verify: VerifyMode = "quick"
+    min_free_bytes: int = 0
+
+    def validate(self) -> None:
+        _require("method", self.method, METHODS)
+        _require("verify", self.verify, VERIFY_MODES)
 
 
 @dataclass(frozen=True)
@@ -367,10 +377,13 @@ def parse_report(raw: bytes, expected_action: Action) -> Report:
         verified.append(
             VerifyResult(name, entry["outcome"], _clean_text(entry.get("detail", ""), "detail"))
         )
-    extra_raw = _object(data.get("extra", {}), "extra", {"restored_from", "undo", "target"})
+    extra_raw = _object(
+        data.get("extra", {}), "extra", {"restored_from", "undo", "target", "pre_restore"}
+    )
     extra = {key: _clean_text(value, f"extra.{key}", 4096) for key, value in extra_raw.items()}
-    if "restored_from" in extra and parse_name(extra["restored_from"]) is None:
-        raise ReportError("extra.restored_from: not a snapshot name")
+    for key in ("restored_from", "pre_restore"):
+        if key in extra and parse_name(extra[key]) is None:
+            raise ReportError(f"extra.{key}: not a snapshot name")
     snapshot_raw = data.get("snapshot")
     return Report(
         action=action,

@@ -1,10 +1,12 @@
 """Restore, root side: `restore --to` and `restore --in-place` as workers run as the user.
 
-In place is two workers around a snapshot: a check-only worker chooses the snapshot,
-verifies it and looks for processes holding the database; the parent then takes a
-`pre-restore` snapshot through the normal snapshot path; a second worker repeats the
-checks and copies the snapshot into the live database with SQLite's backup API. The
-root parent never opens a path of the user's.
+In place is two workers: a check-only worker chooses the snapshot, verifies it and looks
+for processes holding the database; a second worker repeats the checks, takes the live
+database's write lock (BEGIN IMMEDIATE), takes the `pre-restore` snapshot of its
+committed state, replaces its contents with the snapshot's in that same transaction and
+commits. No commit of the app can land between the safety snapshot and the restore: it
+is in the safety snapshot, or it waits (busy) and applies on top of the restored state.
+The root parent never opens a path of the user's.
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ from t3backupd.core.jobs import restore_spec
 from t3backupd.core.naming import parse_name
 from t3backupd.core.protocol import Report, failed
 from t3backupd.core.retention import is_future_dated
-from t3backupd.core.selection import PRE_RESTORE_LABEL, parse_snapshot_request, undo_command
+from t3backupd.core.selection import parse_snapshot_request, undo_command
 from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
-from t3backupd.root.passes import snapshot_user
 from t3backupd.root.runner import run_user_job
 
 
@@ -87,10 +88,11 @@ def restore_in_place(
 
     1. check (worker): choose + verify the snapshot; refuse if a process of the user has
        the database open (unless `force`);
-    2. take a `pre-restore` snapshot of the current database (the normal snapshot path);
-    3. restore (worker): repeat the checks on the exact snapshot chosen in 1, back it up
-       into the live database, verify the result.
-    Nothing is written when 1 or 2 fails. Raises UsageError for an invalid `request`.
+    2. restore (worker): repeat the checks on the exact snapshot chosen in 1; under the
+       live database's write lock, take a `pre-restore` snapshot, replace the contents
+       with the snapshot's, commit; verify the result.
+    Nothing is written to the live database when 1 or the pre-restore snapshot fails.
+    Raises UsageError for an invalid `request`.
     """
     parse_snapshot_request(request)
     clock = time.monotonic()
@@ -114,22 +116,15 @@ def restore_in_place(
             )
             _log(report, mode="in-place", phase="check")
             return InPlaceResult(report, None, None)
-        pre = snapshot_user(config, user, label=PRE_RESTORE_LABEL)
-        if pre.report.status == "failed":
-            report = failed(
-                "restore",
-                pre.report.reason or "sqlite_error",
-                f"the pre-restore snapshot failed ({pre.report.message}); nothing was "
-                "restored. To recover anyway, stop the app and use `restore --to` on a new "
-                "path",
-                verified=check.verified,
-            )
-            _log(report, mode="in-place", phase="pre-restore")
-            return InPlaceResult(report, None, None)
-        pre_name = pre.report.snapshot.name if pre.report.snapshot is not None else None
+        # One worker takes the pre-restore snapshot and restores, holding the live
+        # database's write lock from before the one to after the other.
         report = run_user_job(
-            config, user, restore_spec(config, user, chosen, in_place=True, force=force), None
+            config,
+            user,
+            restore_spec(config, user, chosen, in_place=True, force=force, safety_snapshot=True),
+            None,
         ).report
+        pre_name = report.extra.get("pre_restore")  # if there, the parser checked the name
         config_path = None if config.path == str(DEFAULT_CONFIG_PATH) else config.path
         undo = undo_command(user.name, config_path) if pre_name is not None else None
         _log(

@@ -13,12 +13,15 @@ import secrets
 import sqlite3
 import stat
 from collections.abc import Sequence
+from contextlib import suppress
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 from t3backupd.core.errors import SnapshotNotFound, UsageError
 from t3backupd.core.naming import TEMP_PREFIX, TEMP_SUFFIX, SnapshotName
-from t3backupd.core.protocol import Report, RestoreSpec, SnapshotInfo, printable
+from t3backupd.core.protocol import Reason, Report, RestoreSpec, SnapshotInfo, printable
 from t3backupd.core.selection import (
+    PRE_RESTORE_LABEL,
     RESTORABLE_OUTCOMES,
     SnapshotRequest,
     choose_snapshot,
@@ -228,37 +231,147 @@ def _restore_copy(job: Job, spec: RestoreSpec, parsed: SnapshotName, checked: Ch
     )
 
 
-def _backup_into_live(job: Job, snapshot_path: str, live: str) -> tuple[str, list[str]]:
-    """Copy `snapshot_path` into the live database with the backup API, as one write
-    transaction (readers see the old state or the new, never a mix). Returns the
-    journal mode afterwards and the problems quick_check found."""
-    source = sqlite3.connect(
-        f"file:{quote(snapshot_path)}?mode=ro&immutable=1", uri=True, isolation_level=None
-    )
-    job.connections.append(source)
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _insert_columns(db: sqlite3.Connection, table: str) -> str:
+    """The column list to copy `table` with: ordinary columns (no generated or hidden
+    ones), plus `rowid` when the table has one that no INTEGER PRIMARY KEY aliases."""
+    info = db.execute(f"PRAGMA src.table_xinfo({_quoted(table)})").fetchall()
+    columns = [_quoted(row[1]) for row in info if row[6] == 0]
+    keys = [row for row in info if row[5] > 0]
+    alias = len(keys) == 1 and str(keys[0][2]).upper() == "INTEGER"
     try:
-        live_db = sqlite3.connect(live, timeout=APP_BUSY_TIMEOUT_SECONDS, isolation_level=None)
-        job.connections.append(live_db)
+        db.execute(f"SELECT rowid FROM src.{_quoted(table)} LIMIT 0")  # noqa: S608  # quoted identifier
+        has_rowid = True
+    except sqlite3.OperationalError:  # WITHOUT ROWID
+        has_rowid = False
+    return ", ".join((["rowid"] if has_rowid and not alias else []) + columns)
+
+
+def _replace_contents(db: sqlite3.Connection) -> None:
+    """Inside the caller's write transaction: make `main` hold exactly what the attached
+    `src` (the snapshot) holds — schema, rows (rowids kept), AUTOINCREMENT counters,
+    user_version and application_id. One transaction: readers see the old state or the
+    new, never a mix; writers wait (busy) and then apply on top of the restored state."""
+    src_objects = db.execute(
+        "SELECT type, name, tbl_name, sql FROM src.sqlite_schema "
+        "WHERE name NOT LIKE 'sqlite_%' ORDER BY rowid"
+    ).fetchall()
+    if any(str(sql or "").upper().startswith("CREATE VIRTUAL TABLE") for *_, sql in src_objects):
+        raise ops.StepFailed(
+            "sqlite_error", "the snapshot has virtual tables: restore it with --to instead"
+        )
+    main_objects = db.execute(
+        "SELECT type, name FROM main.sqlite_schema WHERE name NOT LIKE 'sqlite_%'"
+    ).fetchall()
+    for kind in ("trigger", "view", "table"):
+        for object_type, name in main_objects:
+            if object_type == kind:
+                db.execute(f"DROP {kind.upper()} IF EXISTS main.{_quoted(name)}")
+    tables = [name for kind, name, _, _ in src_objects if kind == "table"]
+    for kind, _, _, sql in src_objects:
+        if kind == "table":
+            db.execute(sql)  # CREATE TABLE: unqualified, so in main
+    for table in tables:
+        columns = _insert_columns(db, table)
+        # Identifiers from the snapshot's own schema, each quoted by _quoted.
+        copy = f"INSERT INTO main.{_quoted(table)} ({columns}) SELECT {columns} FROM src."  # noqa: S608
+        db.execute(copy + _quoted(table))
+    main_has_sequence = db.execute(
+        "SELECT 1 FROM main.sqlite_schema WHERE name = 'sqlite_sequence'"
+    ).fetchone()
+    if main_has_sequence:
+        db.execute("DELETE FROM main.sqlite_sequence")
+        if db.execute("SELECT 1 FROM src.sqlite_schema WHERE name = 'sqlite_sequence'").fetchone():
+            db.execute("INSERT INTO main.sqlite_sequence SELECT * FROM src.sqlite_sequence")
+    for kind in ("index", "view", "trigger"):
+        for object_kind, _, _, sql in src_objects:
+            if object_kind == kind and sql:
+                db.execute(sql)
+    for pragma in ("user_version", "application_id"):
+        value = int(db.execute(f"PRAGMA src.{pragma}").fetchone()[0])
+        db.execute(f"PRAGMA main.{pragma} = {value}")
+
+
+def _restore_holding_the_write_lock(
+    job: Job, spec: RestoreSpec, snapshot_path: str, exists: bool
+) -> tuple[str | None, str, list[str]]:
+    """The in-place restore, under one write lock of the live database from before the
+    pre-restore snapshot until the restored state is committed: no commit of the app can
+    land in between (it is in the safety snapshot, or it waits and applies on top).
+
+    Returns (pre-restore snapshot name or None, journal mode, quick_check problems).
+    """
+    live = spec.source
+    source_uri = f"file:{quote(snapshot_path)}?mode=ro&immutable=1"
+    db = sqlite3.connect(
+        f"file:{quote(live)}", uri=True, timeout=APP_BUSY_TIMEOUT_SECONDS, isolation_level=None
+    )
+    job.connections.append(db)
+    pre: str | None = None
+    try:
+        db.execute(f"PRAGMA journal_size_limit={APP_JOURNAL_SIZE_LIMIT}")
+        if not exists:
+            db.execute("PRAGMA journal_mode=WAL")
+        db.execute("ATTACH DATABASE ? AS src", (source_uri,))
+        # The app's busy handler waits (and retries) while we hold this.
+        db.execute("BEGIN IMMEDIATE")
         try:
-            live_db.execute(f"PRAGMA journal_size_limit={APP_JOURNAL_SIZE_LIMIT}")
-            # pages=-1: every page in one step, so it is one transaction on the live file;
-            # SQLite writes it through the live database's own WAL and locks.
-            source.backup(live_db, pages=-1, sleep=0.1)
-            # The snapshot is in rollback-journal mode; the app's database is WAL. A
-            # backup into a WAL database keeps WAL; a database created here does not.
-            mode = str(live_db.execute("PRAGMA journal_mode").fetchone()[0]).lower()
-            if mode != "wal":
-                mode = str(live_db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
-            # Fold the restored pages back into the main file; with a reader still open
-            # (--force) this does what it can and the app's next checkpoint does the rest.
-            live_db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-            rows = live_db.execute("PRAGMA quick_check(20)").fetchall()
-            problems = [str(row[0]) for row in rows if row[0] != "ok"]
-            return mode, problems
-        finally:
-            live_db.close()
+            if exists and spec.safety_snapshot:
+                pre = _safety_snapshot(job, spec)
+            _replace_contents(db)
+            db.execute("COMMIT")
+        except BaseException:
+            with suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        db.execute("DETACH DATABASE src")
+        mode = str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+        if mode != "wal":
+            mode = str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+        # Fold the restored pages back into the main file; with a reader still open
+        # (--force) this does what it can and the app's next checkpoint does the rest.
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        rows = db.execute("PRAGMA quick_check(20)").fetchall()
+        return pre, mode, [str(row[0]) for row in rows if row[0] != "ok"]
+    except ops.StepFailed as error:
+        raise _Failed(error.reason, error.message, pre) from None
+    except sqlite3.Error as error:
+        raise _Failed(ops.classify_sqlite_error(error), f"sqlite: {error}", pre) from None
     finally:
-        source.close()
+        db.close()
+
+
+class _Failed(Exception):
+    """A failure after the pre-restore snapshot was (maybe) taken: its name travels on."""
+
+    def __init__(self, reason: Reason, message: str, pre: str | None) -> None:
+        super().__init__(message)
+        self.reason, self.message, self.pre = reason, message, pre
+
+
+def _safety_snapshot(job: Job, spec: RestoreSpec) -> str:
+    """The `pre-restore` snapshot of the live database's committed state (the caller holds
+    its write lock, so this is the state the restore replaces). Published like any
+    snapshot (verified, checksummed); labelled, so never pruned. Returns its name."""
+    source_bytes = ops.source_size(spec.source)
+    ops.check_free_space(spec.dest_dir, source_bytes, spec.min_free_bytes)
+    temp = ops.create_temp(spec.dest_dir)
+    job.temps.add(temp)
+    try:
+        ops.copy_database(spec.source, temp, spec.method, spec.timeout_seconds, job.connections)
+        problems, digest = ops.seal_and_verify(temp, spec.verify)
+        if problems:
+            raise ops.StepFailed(
+                "verify_failed", "the pre-restore snapshot failed: " + "; ".join(problems[:3])
+            )
+        return ops.publish(
+            spec.dest_dir, temp, datetime.now(UTC), PRE_RESTORE_LABEL, digest, job.temps
+        )
+    finally:
+        job.temps.remove_all()
 
 
 def _restore_in_place(
@@ -290,17 +403,44 @@ def _restore_in_place(
     snapshot_path = os.path.join(spec.dest_dir, parsed.filename)
     if not same_file(snapshot_path, checked.identity):
         raise ops.StepFailed("verify_failed", f"{parsed.filename} changed after check")
-    mode, problems = _backup_into_live(job, snapshot_path, live)
+    try:
+        pre, mode, problems = _restore_holding_the_write_lock(
+            job, spec, snapshot_path, before is not None
+        )
+    except _Failed as failure:
+        undo = {"pre_restore": failure.pre} if failure.pre else {}
+        return Report(
+            action="restore",
+            status="failed",
+            reason=failure.reason,
+            message=failure.message,
+            duration_s=round(job.elapsed(), 6),
+            verified=(checked.result,),
+            extra={**extra, **undo},
+        )
+    if pre is not None:
+        extra["pre_restore"] = pre
     after = os.stat(live)
     if before is not None and stat.S_IMODE(after.st_mode) != stat.S_IMODE(before.st_mode):
         os.chmod(live, stat.S_IMODE(before.st_mode))  # SQLite writes in place; belt and braces
         after = os.stat(live)
+    failure_reason: Reason | None = None
     if problems:
-        raise ops.StepFailed(
-            "verify_failed", f"restored database fails quick_check: {'; '.join(problems[:3])}"
+        failure_reason = "verify_failed"
+        message = f"restored database fails quick_check: {'; '.join(problems[:3])}"
+    elif mode != "wal":
+        failure_reason = "sqlite_error"
+        message = f"restored, but journal_mode is {mode}, not wal"
+    if failure_reason is not None:
+        return Report(
+            action="restore",
+            status="failed",
+            reason=failure_reason,
+            message=message,
+            duration_s=round(job.elapsed(), 6),
+            verified=(checked.result,),
+            extra=extra,
         )
-    if mode != "wal":
-        raise ops.StepFailed("sqlite_error", f"restored, but journal_mode is {mode}, not wal")
     kept = "kept" if before is not None else "new file"
     return Report(
         action="restore",
@@ -308,7 +448,8 @@ def _restore_in_place(
         message=(
             f"restored {parsed.filename} into {live} (uid {after.st_uid}, gid {after.st_gid}, "
             f"mode {stat.S_IMODE(after.st_mode):04o} {kept}; journal_mode wal; "
-            f"quick_check ok){forced}"
+            f"quick_check ok; the database's write lock was held from before the "
+            f"pre-restore snapshot to the end){forced}"
         ),
         snapshot=_info(parsed, checked),
         duration_s=round(job.elapsed(), 6),

@@ -112,7 +112,7 @@ def report_docs(draw: st.DrawFn, action: str) -> dict[str, Any]:
             max_size=4,
         ),
         "extra": st.dictionaries(
-            st.sampled_from(["restored_from", "undo", "target"]),
+            st.sampled_from(["restored_from", "undo", "target", "pre_restore"]),
             st.one_of(names, texts),
             max_size=3,
         ),

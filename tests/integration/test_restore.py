@@ -363,3 +363,89 @@ def test_a_killed_restore_worker_leaves_no_file_at_the_final_name(
     assert "worker_crashed" in stderr, stderr
     assert not target.exists(), "a killed restore left a file at the final name"
     assert all(name.startswith(".t3backupd-") for name in os.listdir(target_dir))
+
+
+# The app as some apps are: a fresh connection for every transaction (so the holder check
+# may not see it), each commit recorded once COMMIT has returned.
+REOPENING_APP = """
+import os, sqlite3, sys, time
+database, ready, stop, out = sys.argv[1:5]
+seq = 0
+with open(out, "w", buffering=1) as log:
+    while not os.path.exists(stop):
+        seq += 1
+        connection = sqlite3.connect(database, timeout=30, isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("CREATE TABLE IF NOT EXISTS app_log (seq INTEGER PRIMARY KEY)")
+            connection.execute("INSERT INTO app_log VALUES (?)", (seq,))
+            connection.execute("COMMIT")
+            log.write(f"{seq}\\n")
+        except sqlite3.Error as error:
+            log.write(f"error {error}\\n")
+        finally:
+            connection.close()
+        if seq == 20:
+            open(ready, "w").close()
+        time.sleep(0.002)
+"""
+
+
+def app_log_seqs(user: User, path: Path) -> set[int]:
+    script = (
+        "import json, sqlite3, sys; c = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True);"
+        "print(json.dumps([r[0] for r in c.execute('SELECT seq FROM app_log')]))"
+    )
+    return set(json.loads(run_as(user, [PYTHON, "-I", "-c", script, str(path)]).stdout))
+
+
+@pytest.mark.root
+def test_no_commit_lands_between_the_pre_restore_snapshot_and_an_in_place_restore(
+    sandbox: Path, make_user: MakeUser
+) -> None:
+    """Every commit of an app that reopens between transactions is either in the
+    pre-restore snapshot or applied on top of the restored state: none is lost. (--force:
+    the app may be caught with the database open at the check; the lock is the point.)"""
+    user = make_user()
+    database = create_state_db(user, size_mb=4, seed=7)
+    create = (
+        "import sqlite3, sys; sqlite3.connect(sys.argv[1])"
+        ".execute('CREATE TABLE app_log (seq INTEGER PRIMARY KEY)')"
+    )
+    run_as(user, [PYTHON, "-I", "-c", create, str(database)])
+    config = json_config(sandbox, [user])
+    labelled = take_snapshot(config, user, label="good")
+    scratch = Path(user.home) / "app"
+    run_as(user, ["mkdir", str(scratch)])
+    ready, stop, out = scratch / "ready", scratch / "stop", scratch / "committed"
+    app = spawn_as(
+        user, [PYTHON, "-I", "-c", REOPENING_APP, str(database), str(ready), str(stop), str(out)]
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert app.poll() is None and time.monotonic() < deadline, "app did not start"
+            time.sleep(0.01)
+        result = t3backupd(
+            config, "restore", "--user", user.name, "--snapshot", labelled, "--in-place", "--force"
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        time.sleep(0.5)  # commits after the restore, on top of it
+    finally:
+        run_as(user, ["touch", str(stop)])
+        app.wait(30)
+    lines = out.read_text().splitlines()
+    assert not [line for line in lines if line.startswith("error")], lines[:5]
+    committed = {int(line) for line in lines}
+    (pre_name,) = [
+        name for name in snapshot_files(sandbox / "dest" / user.name) if "pre-restore" in name
+    ]
+    assert pre_name in result.stdout
+    in_safety = app_log_seqs(user, sandbox / "dest" / user.name / pre_name)
+    after = app_log_seqs(user, database)
+    assert in_safety and after, "the app did not commit on both sides of the restore"
+    # The restored state had no app_log rows: all rows now are commits after the restore.
+    assert min(after) > max(in_safety)
+    lost = committed - in_safety - after
+    assert not lost, f"{len(lost)} commits lost between the safety snapshot and the restore"
+    assert "write lock was held" in result.stdout
