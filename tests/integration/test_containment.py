@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 from support import need
+from support.daemon import Running, Site, daemon, sample, scrape
 from support.snapshots import json_config
 from support.system import (
     IS_ROOT,
@@ -350,3 +352,60 @@ def test_a_destination_filled_from_one_users_dir_names_that_user(
     assert listing.returncode == 0, listing.stderr
     assert f"largest directories: {hostile.name} " in listing.stdout, listing.stdout
     assert f"destination {small_dest}:" in listing.stdout
+
+
+def passes_finished(running: Running) -> int:
+    return running.log_text().count('"event": "pass finished"')
+
+
+def test_the_daemon_stays_up_and_truthful_with_a_ptrace_holding_user(
+    site: Site, attack: Attack
+) -> None:
+    """The real daemon (SIGUSR1 passes, real scrape): the other user's snapshot is
+    published at once in both passes, the hostile user is worker_stuck, then skipped at
+    once, and served again once the tracer goes. Real graces: timeout 2 s + 10 s slack +
+    5 s SIGTERM grace + 5 s SIGKILL grace."""
+    need(IS_ROOT, "needs root to run workers as real users")
+    hostile, other = site.add_user(), site.add_user()
+    site.write([hostile, other], snapshot="[snapshot]\ntimeout_seconds = 2\nconcurrency = 2\n")
+    tracer, out = attack(hostile, "ptrace")
+    with daemon(site) as running:
+        started = time.monotonic()
+        running.signal(signal.SIGUSR1)
+        other_dir = site.dest / other.name
+        wait_until(
+            lambda: other_dir.is_dir() and len(snapshot_files(other_dir)) == 1,
+            10,
+            "other's snapshot",
+        )
+        published = time.monotonic() - started
+        wait_until(lambda: passes_finished(running) == 1, 60, "the first pass")
+        seized = attacked(out)
+        if seized and seized[0][1] == "EPERM":
+            pytest.skip("the kernel forbids same-uid ptrace here (Yama ptrace_scope or LSM)")
+        text = scrape(site.port)
+        assert sample(text, "t3backup_worker_stuck", user=hostile.name) == 1
+        assert (
+            sample(text, "t3backup_failures_total", user=hostile.name, reason="worker_stuck") == 1
+        )
+        assert sample(text, "t3backup_worker_stuck", user=other.name) == 0
+        assert (sample(text, "t3backup_last_success_timestamp_seconds", user=other.name) or 0) > 0
+        # Second pass: the hostile user is skipped at once, the other served.
+        running.signal(signal.SIGUSR1)
+        wait_until(lambda: passes_finished(running) == 2, 15, "the second pass")
+        assert len(snapshot_files(site.dest / other.name)) == 2
+        assert len(attacked(out)) == 1, "a second worker was started for a stuck user"
+        text = scrape(site.port)
+        assert (
+            sample(text, "t3backup_failures_total", user=hostile.name, reason="worker_stuck") == 2
+        )
+        # The tracer goes; the worker is reaped; the next pass serves the user again.
+        tracer.kill()
+        tracer.wait(10)
+        wait_until(lambda: "stuck worker reaped" in running.log_text(), 10, "the reaping")
+        running.signal(signal.SIGUSR1)
+        wait_until(lambda: passes_finished(running) == 3, 30, "the third pass")
+        assert '"result": "2 ok"' in running.log_text()
+        assert running.process.poll() is None
+    assert published < 8, f"the other user's snapshot took {published:.1f}s"
+    assert len(snapshot_files(site.dest / hostile.name)) == 1
