@@ -9,6 +9,7 @@ on time and the hostile user's failure is named. Needs root.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -409,3 +410,44 @@ def test_the_daemon_stays_up_and_truthful_with_a_ptrace_holding_user(
         assert running.process.poll() is None
     assert published < 8, f"the other user's snapshot took {published:.1f}s"
     assert len(snapshot_files(site.dest / hostile.name)) == 1
+
+
+EXHAUSTED = """
+import json, os, resource, sys
+from t3backupd.core.config import Config
+from t3backupd.core.jobs import snapshot_spec
+from t3backupd.core.usermap import User
+from t3backupd.root.runner import run_user_job
+dest, name, uid, gid, home = sys.argv[1:6]
+user = User(name, int(uid), int(gid), home)
+config = Config(dest=dest)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+held = []
+try:
+    while True:
+        held.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+report = run_user_job(config, user, snapshot_spec(config, user, None), None).report
+for fd in held:
+    os.close(fd)
+print(json.dumps({"reason": report.reason, "message": report.message}))
+"""
+
+
+def test_descriptor_exhaustion_is_reported_as_what_it_is(
+    sandbox: Path, make_user: MakeUser
+) -> None:
+    """No descriptor left in the daemon: the failure says so, never "is a symlink"."""
+    need(IS_ROOT, "needs root to prepare a real user's directory")
+    user = make_user()
+    dest = sandbox / "dest"
+    run = subprocess.run(
+        [PYTHON, "-I", "-c", EXHAUSTED, str(dest), user.name, str(user.uid), str(user.gid),
+         user.home],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert "Too many open files" in report["message"], report
+    assert "symlink" not in report["message"] and report["reason"] != "permission", report

@@ -265,3 +265,21 @@ def test_restored_from_must_be_a_snapshot_name() -> None:
     bad = _report("restore", reason="busy", extra={"restored_from": "../../etc/shadow"})
     with pytest.raises(ReportError, match="restored_from"):
         parse_report(bad, "restore")
+
+
+def test_a_restore_of_a_future_dated_snapshot_says_so() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from t3backupd.core.naming import format_name
+    from t3backupd.root.restore import future_note
+
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    future = format_name(now + timedelta(days=400))
+    current = format_name(now - timedelta(hours=1))
+    note = future_note(
+        Report(action="restore", status="ok", extra={"restored_from": future}), now.timestamp()
+    )
+    assert note is not None and future in note and "dated in the future" in note
+    ok = Report(action="restore", status="ok", extra={"restored_from": current})
+    assert future_note(ok, now.timestamp()) is None
+    assert future_note(Report(action="restore", status="ok"), now.timestamp()) is None
