@@ -3,7 +3,8 @@
 Who does what:
 - the main thread owns signals, sd_notify, the watchdog and reloads (`Daemon.serve`);
 - APScheduler's thread fires passes, which `passes.run_pass` runs (one at a time);
-- `metrics.Metrics` records, prometheus-client's thread serves `/metrics`.
+- `metrics.Metrics` records, `http.Endpoint`'s threads serve `/metrics`;
+- `inventory.Inventory` lists users' snapshots in the background (READY=1 never waits).
 
 Signal handlers only queue the signal number; the main loop handles it. The served
 config + users are one immutable `Served` value: a reload builds and validates a new
@@ -34,10 +35,12 @@ from t3backupd.core.checks import verify_failures
 from t3backupd.core.config import Config, MetricsConfig
 from t3backupd.core.errors import ConfigError
 from t3backupd.core.protocol import UserResult
+from t3backupd.root import statefile
 from t3backupd.root.gate import WAITING_TRIGGERS, PassGate
-from t3backupd.root.inventory import Inventory
+from t3backupd.root.http import Endpoint, EndpointError, check_tls, inherited_sockets
+from t3backupd.root.inventory import Inventory, Newest
 from t3backupd.root.log import configure_logging, get_logger
-from t3backupd.root.metrics import Metrics, MetricsServer, serve
+from t3backupd.root.metrics import Metrics
 from t3backupd.root.notify import Notifier, monotonic_usec, status_line, watchdog_interval
 from t3backupd.root.passes import run_pass, run_verify_pass
 from t3backupd.root.scheduler import (
@@ -56,6 +59,7 @@ VERIFY_JOB_ID = "verify"
 STOP_GRACE_SECONDS = 30.0  # for running workers to clean up and report after SIGTERM
 IDLE_TICK_SECONDS = 30.0  # main-loop wake-up without a watchdog (clock-jump check)
 REFRESH = "refresh"  # queued (besides signal numbers) when STATUS / next run may change
+INVENTORY_DONE = "inventory-done"  # queued when the start-up inventory has finished
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 # Scheduler threads: a waiting scheduled pass, a waiting catch-up pass and the running one.
 SCHEDULER_THREADS = 3
@@ -133,7 +137,14 @@ class Daemon:
         self._metrics = Metrics(self._registry)
         DestinationCollector(self._registry, lambda: self._served.config.dest)
         self._inventory = Inventory(self._metrics, self._tracker)
-        self._server: MetricsServer | None = None
+        self._endpoint = Endpoint(
+            self._registry,
+            on_error=self._metrics.count_internal_error,
+            on_event=self._metrics.count_endpoint_event,
+            on_listening=lambda: self._events.put(REFRESH),
+        )
+        self._state_dir = statefile.state_directory(os.environ)
+        self._startup_newest: Newest = {}
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
             executors={"default": SchedulerExecutor(max_workers=SCHEDULER_THREADS)},
@@ -149,32 +160,63 @@ class Daemon:
 
     def serve(self) -> int:
         """Start, run until SIGTERM/SIGINT, stop. Raises ConfigError if the metrics
-        endpoint cannot be served at start (nothing else has started then)."""
+        endpoint is misconfigured at start (TLS files, passed sockets; nothing else has
+        started then). A port that cannot be bound is not fatal: logged, counted, in
+        STATUS, retried, and the backups run."""
         self._install_signal_handlers()
         served = self._served
         log_problems(served)  # an unreadable usermap: zero users until a reload reads it
-        self._metrics.set_users(user.name for user in served.users)
-        newest = self._inventory.restore_now(served.config, served.users)
+        names = [user.name for user in served.users]
+        self._metrics.set_users(names)
+        # The last known inventory serves until each user's fresh listing arrives.
+        known = statefile.load(self._state_dir, served.config.dest, names)
+        for name, (count, newest, size) in known.items():
+            self._metrics.restore_summary(name, count, newest, size)
         self._metrics.config_loaded(True, time.time())
-        self._server = self._start_server(served.config.metrics)
+        self._start_endpoint(served.config.metrics)
         self._start_scheduler(served.config)
+        self._inventory.start(
+            served.config,
+            served.users,
+            current=lambda: self._served.config.dest == served.config.dest,
+            on_done=self._startup_inventory_done,
+        )
         self._log.info(
             "daemon started",
             config=str(self._config_path),
             users=len(served.users),
             metrics=served.config.metrics.listen or None,
+            metrics_socket_activated=self._endpoint.activated,
+            state_file_users=len(known),
             next_run=_format_time(self._next_run_time()),
             watchdog_s=self._watchdog,
         )
+        self._notifier.send("READY=1", status_line(self._status()))
+        self._ping_watchdog()
+        self._loop()
+        return self._shutdown()
+
+    def _startup_inventory_done(self, newest: Newest) -> None:
+        # Inventory thread: hand the result to the main loop.
+        self._startup_newest = newest
+        self._events.put(INVENTORY_DONE)
+
+    def _after_startup_inventory(self) -> None:
+        """Every user listed: save the state file, then decide catch-up (it needs each
+        user's newest snapshot, so it waits for the listing, off the READY path)."""
+        served = self._served
+        self._save_state(served)
+        self._log.info("inventory finished", users=len(self._startup_newest))
+        newest = {user.name: self._startup_newest.get(user.name) for user in served.users}
         if served.config.schedule.catch_up and should_catch_up(
             trigger_for(served.config.schedule), datetime.now(UTC), newest
         ):
             self._log.info("catching up: the last scheduled pass was missed")
             self._request_pass("catch-up")
-        self._notifier.send("READY=1", status_line(self._status()))
-        self._ping_watchdog()
-        self._loop()
-        return self._shutdown()
+        self._refresh()
+
+    def _save_state(self, served: Served) -> None:
+        statefile.save(self._state_dir, served.config.dest, self._metrics.known())
 
     def _install_signal_handlers(self) -> None:
         def record(signum: int, frame: FrameType | None) -> None:
@@ -191,6 +233,7 @@ class Daemon:
             signal.SIGHUP: self._reload,
             signal.SIGUSR1: lambda: self._request_pass("manual"),
             REFRESH: self._refresh,
+            INVENTORY_DONE: self._after_startup_inventory,
         }
         while True:
             try:
@@ -201,10 +244,15 @@ class Daemon:
                 self._log.info("stop requested", signal=signal.Signals(event).name)
                 return
             handler = handlers.get(event) if event is not None else None
-            if handler is not None:
-                handler()
-            self._check_clock()
-            self._ping_watchdog()
+            try:
+                if handler is not None:
+                    handler()
+                self._check_clock()
+                self._ping_watchdog()
+            except Exception:
+                # A bug: the daemon must outlive it (the passes and the endpoint run on).
+                self._log.exception("main loop error", event=str(event))
+                self._metrics.count_internal_error("main_loop")
 
     def _shutdown(self) -> int:
         """No new passes, SIGTERM to running workers, wait a bounded grace. 0 if clean."""
@@ -219,8 +267,7 @@ class Daemon:
             if self._gate.wait_idle(timeout=0.2):
                 stopped = True
                 break
-        if self._server is not None:
-            self._server.stop()
+        self._endpoint.stop()
         self._notifier.close()
         if not stopped:
             self._log.error(
@@ -341,6 +388,7 @@ class Daemon:
                     tracker=self._tracker,
                     on_result=self._metrics.record_result,
                 )
+                self._save_state(served)
                 summary = summarize_pass(results)
                 failed = sum(result.report.status == "failed" for result in results)
                 (self._log.warning if failed else self._log.info)(
@@ -368,7 +416,7 @@ class Daemon:
         try:
             new = load_served(self._config_path)
             trigger = trigger_for(new.config.schedule)
-            self._replace_server(old.config.metrics, new.config.metrics)
+            self._reload_endpoint(new.config.metrics)
         except ConfigError as error:
             self._metrics.config_loaded(False, time.time())
             self._log.error("reload refused; previous config still in use", error=str(error))
@@ -399,6 +447,7 @@ class Daemon:
             new.config,
             [user for user in new.users if dest_changed or user.name in added],
             current=lambda: self._served.config.dest == new.config.dest,
+            on_done=lambda newest: self._save_state(new),
         )
         self._metrics.config_loaded(True, time.time())
         self._metrics.set_next_run(self._next_run_timestamp())
@@ -406,30 +455,39 @@ class Daemon:
         self._log.info("reloaded", changes=changes, users=len(new.users))
         self._notifier.send("READY=1", status_line(f"reloaded ({changes}); {self._status()}"))
 
-    def _replace_server(self, old: MetricsConfig, new: MetricsConfig) -> None:
-        """Restart the endpoint if its settings changed, or to pick up a renewed TLS
-        certificate. Raises ConfigError (old endpoint back in place) if it cannot start."""
-        if old == new and not new.tls_cert:
-            return
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
+    def _start_endpoint(self, settings: MetricsConfig) -> None:
+        """Serve /metrics on the sockets systemd passed (t3backupd.socket), else on
+        `metrics.listen`. Raises ConfigError for unusable TLS files or passed fds."""
         try:
-            self._server = self._start_server(new)
-        except ConfigError:
-            # Put the old endpoint back: its port was released a moment ago.
-            self._server = self._start_server(old)
-            raise
+            inherited = inherited_sockets(os.environ, os.getpid())
+            self._endpoint.start(inherited, settings.listen, settings.tls_cert, settings.tls_key)
+        except EndpointError as error:
+            raise ConfigError(str(self._config_path), [str(error)]) from None
+        finally:
+            for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+                os.environ.pop(name, None)  # as sd_listen_fds(unset_environment=1)
+        self._metrics.set_socket_activated(self._endpoint.activated)
+        if self._endpoint.activated:
+            self._log.info(
+                "metrics socket from systemd; metrics.listen not used for binding",
+                addresses=self._endpoint.addresses,
+                listen=settings.listen or None,
+            )
 
-    def _start_server(self, settings: MetricsConfig) -> MetricsServer | None:
-        if not settings.listen:
-            return None
+    def _reload_endpoint(self, new: MetricsConfig) -> None:
+        """Apply a reload's `[metrics]` without ever closing the listening socket first: a
+        new address is bound before the old one is closed; certificates are reloaded into
+        the live TLS context. Raises ConfigError (endpoint unchanged) if the new address
+        cannot be bound or the new TLS files cannot be loaded."""
         try:
-            return serve(self._registry, settings.listen, settings.tls_cert, settings.tls_key)
-        except (OSError, ValueError) as error:  # address in use, bad cert/key file
+            if new.tls_cert:
+                check_tls(new.tls_cert, new.tls_key)
+            self._endpoint.change_listen(new.listen)
+            self._endpoint.set_tls(new.tls_cert, new.tls_key)
+        except (EndpointError, OSError, ValueError) as error:
+            text = error.strerror if isinstance(error, OSError) and error.strerror else error
             raise ConfigError(
-                str(self._config_path),
-                [f"metrics.listen: cannot serve on {settings.listen!r}: {error}"],
+                str(self._config_path), [f"metrics.listen: cannot serve on {new.listen!r}: {text}"]
             ) from None
 
     # --- disk state, status, watchdog ----------------------------------------------
@@ -447,9 +505,14 @@ class Daemon:
         running = "; pass running" if self._gate.locked() else ""
         served = self._served
         unreadable = f" ({served.usermap_error})" if served.usermap_error else ""
+        pending = len(self._metrics.pending())
+        listing = f"; listing snapshots of {pending} user(s)" if pending else ""
+        problem = self._endpoint.problem
+        endpoint = f"; METRICS NOT SERVED: {problem} (retrying)" if problem else ""
         return (
             f"{len(served.users)} user(s){unreadable}; next pass "
-            f"{_format_time(self._next_run_time())}; last pass: {self._previous_result}{running}"
+            f"{_format_time(self._next_run_time())}; last pass: {self._previous_result}"
+            f"{running}{listing}{endpoint}"
         )
 
     def _refresh(self) -> None:

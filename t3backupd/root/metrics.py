@@ -16,13 +16,11 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from t3backupd import __version__
-from t3backupd.core.config import parse_listen
 from t3backupd.core.protocol import FAILURE_REASONS, SnapshotInfo, UserResult
 
 PREFIX = "t3backup_"
@@ -48,6 +46,8 @@ class _UserRecord:
     last_verify: float = 0.0
     worker_stuck: int = 0
     dir_bytes: int = 0
+    inventory_pending: bool = False
+    result_at: float = 0.0  # end of the last pass result recorded (wall clock), 0 = none
 
 
 # (name, help, attribute of _UserRecord) for the per-user gauges, in exposition order.
@@ -67,7 +67,12 @@ _USER_GAUGES = (
      "worker_stuck"),
     ("user_dir_bytes", "Disk usage of the user's backup directory, all files (capped walk).",
      "dir_bytes"),
+    ("inventory_pending", "1 while the user's snapshots are being listed (after start or a "
+     "reload); their values are the last known ones until then.", "inventory_pending"),
 )  # fmt: skip
+
+# Components whose unexpected exceptions are counted in internal_errors_total.
+COMPONENTS = ("main_loop", "metrics_endpoint")
 
 
 class Metrics:
@@ -88,6 +93,10 @@ class Metrics:
         # Verify series exist only while `[verify] cron` schedules verification: a 0
         # timestamp for a check that never runs would read as "56 years ago".
         self._verify_enabled = False
+        self._internal_errors = dict.fromkeys(COMPONENTS, 0)
+        self._bind_failures = 0
+        self._rejected = 0
+        self._socket_activated = 0.0
         # Bumped by every update; a scrape reuses the families built for the current
         # generation (between passes every scrape is the same: no rebuild for 16k series).
         self._generation = 0
@@ -112,18 +121,80 @@ class Metrics:
                 self._users[name] = _UserRecord()
         return added, removed
 
-    def restore(self, user: str, snapshots: Sequence[SnapshotInfo]) -> None:
-        """Set what is on disk (from an inventory): newest snapshot's time and size, count."""
+    def restore(
+        self, user: str, snapshots: Sequence[SnapshotInfo], listed_at: float | None = None
+    ) -> None:
+        """Set what is on disk (from an inventory): newest snapshot's time and size, count.
+
+        Ignored if a pass recorded a result for the user after the listing began at
+        `listed_at` (wall clock): that result saw the disk later.
+        """
+        newest = max(snapshots, key=lambda info: info.time, default=None)
+        # What is on disk is the truth: no snapshots there (e.g. dest moved) = never.
+        self.restore_summary(
+            user,
+            len(snapshots),
+            newest.time if newest is not None else 0.0,
+            newest.bytes if newest is not None else 0,
+            listed_at,
+        )
+
+    def restore_summary(
+        self, user: str, count: int, newest: float, newest_bytes: int,
+        listed_at: float | None = None,
+    ) -> None:  # fmt: skip
+        """`restore` from a summary (the state file's last known values)."""
         with self._lock:
             self._generation += 1
             record = self._users.get(user)
             if record is None:
                 return
-            record.snapshots = len(snapshots)
-            # What is on disk is the truth: no snapshots there (e.g. dest moved) = never.
-            newest = max(snapshots, key=lambda info: info.time, default=None)
-            record.last_success = newest.time if newest is not None else 0.0
-            record.last_snapshot_size = newest.bytes if newest is not None else 0
+            if listed_at is not None and record.result_at >= listed_at:
+                return
+            record.snapshots = count
+            record.last_success = newest
+            record.last_snapshot_size = newest_bytes
+
+    def set_pending(self, names: Iterable[str], pending: bool) -> None:
+        """Mark users as being inventoried (or done); unknown names are ignored."""
+        with self._lock:
+            self._generation += 1
+            for name in names:
+                record = self._users.get(name)
+                if record is not None:
+                    record.inventory_pending = pending
+
+    def pending(self) -> list[str]:
+        with self._lock:
+            return sorted(name for name, record in self._users.items() if record.inventory_pending)
+
+    def known(self) -> dict[str, tuple[int, float, int]]:
+        """Each user's (snapshots, newest time, newest bytes), for the state file."""
+        with self._lock:
+            return {
+                name: (record.snapshots, record.last_success, record.last_snapshot_size)
+                for name, record in self._users.items()
+            }
+
+    def count_internal_error(self, component: str) -> None:
+        with self._lock:
+            self._generation += 1
+            if component in self._internal_errors:
+                self._internal_errors[component] += 1
+
+    def count_endpoint_event(self, kind: str) -> None:
+        """ "bind_failed" (the endpoint could not listen) or "rejected" (connection bound)."""
+        with self._lock:
+            self._generation += 1
+            if kind == "bind_failed":
+                self._bind_failures += 1
+            elif kind == "rejected":
+                self._rejected += 1
+
+    def set_socket_activated(self, activated: bool) -> None:
+        with self._lock:
+            self._generation += 1
+            self._socket_activated = 1.0 if activated else 0.0
 
     def record_result(self, result: UserResult) -> None:
         """Count one snapshot attempt. Results for users no longer served are dropped
@@ -135,6 +206,7 @@ class Metrics:
             if record is None:
                 return
             record.attempts += 1
+            record.result_at = result.finished
             record.last_attempt = result.started
             record.worker_stuck = int(report.reason == "worker_stuck")
             if report.dir_bytes:
@@ -194,7 +266,7 @@ class Metrics:
 
     def describe(self) -> Iterator[Metric]:
         """The families without samples (lets the registry detect name clashes)."""
-        yield from self._families(_State({}, 0.0, 0.0, 0.0, True))
+        yield from self._families(_State({}, 0.0, 0.0, 0.0, True, {}, 0, 0, 0.0))
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
@@ -206,6 +278,10 @@ class Metrics:
                     reload_successful=self._reload_successful,
                     reload_success_time=self._reload_success_time,
                     verify_enabled=self._verify_enabled,
+                    internal_errors=dict(self._internal_errors),
+                    bind_failures=self._bind_failures,
+                    rejected=self._rejected,
+                    socket_activated=self._socket_activated,
                 )
                 self._cached = (self._generation, self._families(state))
             families = self._cached[1]
@@ -259,6 +335,29 @@ class Metrics:
         )
         for suffix, help_text, value in scalars:
             families.append(GaugeMetricFamily(PREFIX + suffix, help_text, value=value))
+        errors = CounterMetricFamily(
+            PREFIX + "internal_errors_total",
+            "Unexpected exceptions (bugs) caught and survived, by component.",
+            labels=["component"],
+        )
+        for component in COMPONENTS:
+            errors.add_metric([component], state.internal_errors.get(component, 0))
+        families.append(errors)
+        families.append(CounterMetricFamily(
+            PREFIX + "metrics_bind_failures_total",
+            "Failed attempts to listen on metrics.listen (retried every few seconds).",
+            value=state.bind_failures,
+        ))  # fmt: skip
+        families.append(CounterMetricFamily(
+            PREFIX + "metrics_connections_rejected_total",
+            "Connections to the endpoint dropped or refused at the concurrent-connection bound.",
+            value=state.rejected,
+        ))  # fmt: skip
+        families.append(GaugeMetricFamily(
+            PREFIX + "metrics_socket_activated",
+            "1 if the listening socket came from systemd (t3backupd.socket), 0 if bound here.",
+            value=state.socket_activated,
+        ))  # fmt: skip
         build = GaugeMetricFamily(
             PREFIX + "build_info",
             "Version of t3backupd and of the SQLite library it uses.",
@@ -278,40 +377,7 @@ class _State:
     reload_successful: float
     reload_success_time: float
     verify_enabled: bool
-
-
-# --- HTTP endpoint ----------------------------------------------------------------------
-
-
-class MetricsServer:
-    """The running `/metrics` endpoint (prometheus-client's WSGI server in a thread)."""
-
-    def __init__(self, server: WSGIServer, thread: threading.Thread, listen: str) -> None:
-        self.server = server
-        self.thread = thread
-        self.listen = listen
-
-    @property
-    def port(self) -> int:
-        return int(self.server.server_address[1])
-
-    def stop(self) -> None:
-        """Stop serving and release the port."""
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
-def serve(
-    registry: CollectorRegistry, listen: str, tls_cert: str = "", tls_key: str = ""
-) -> MetricsServer:
-    """Serve `registry` at `listen` ("host:port"), over TLS when cert and key are given.
-
-    Raises OSError if the address cannot be bound or the certificate cannot be loaded
-    (ssl.SSLError is an OSError), ValueError if `listen` is malformed.
-    """
-    host, port = parse_listen(listen)
-    server, thread = start_http_server(
-        port, addr=host, registry=registry, certfile=tls_cert or None, keyfile=tls_key or None
-    )
-    return MetricsServer(server, thread, listen)
+    internal_errors: dict[str, int]
+    bind_failures: int
+    rejected: int
+    socket_activated: float

@@ -63,6 +63,11 @@ DESIGN_TYPES = {
     "t3backup_user_dir_bytes": "gauge",
     "t3backup_destination_free_bytes": "gauge",
     "t3backup_destination_size_bytes": "gauge",
+    "t3backup_inventory_pending": "gauge",
+    "t3backup_internal_errors_total": "counter",
+    "t3backup_metrics_bind_failures_total": "counter",
+    "t3backup_metrics_connections_rejected_total": "counter",
+    "t3backup_metrics_socket_activated": "gauge",
 }
 
 

@@ -30,7 +30,8 @@ DASHBOARD = REPO / "packaging" / "grafana" / "t3backupd.json"
 # systemd count @resources as not filtered.)
 SECURITY_THRESHOLD = 27
 
-# The daemon's metrics (DESIGN.md "Metrics", plus the verify command's two), and `up`,
+# The daemon's metrics (DESIGN.md "Metrics", plus the verify command's two and the
+# endpoint/inventory ones of issue 10), and `up`,
 # which Prometheus itself records per scrape target.
 KNOWN_METRICS = frozenset(
     {
@@ -53,6 +54,11 @@ KNOWN_METRICS = frozenset(
         "t3backup_build_info",
         "t3backup_verify_failures_total",
         "t3backup_last_verify_timestamp_seconds",
+        "t3backup_inventory_pending",
+        "t3backup_internal_errors_total",
+        "t3backup_metrics_bind_failures_total",
+        "t3backup_metrics_connections_rejected_total",
+        "t3backup_metrics_socket_activated",
         "up",
     }
 )

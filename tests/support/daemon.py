@@ -193,6 +193,12 @@ def make_database(site: Site, user: User, size_mb: float) -> Path:
     return path
 
 
+def inventory_done(message: Message) -> bool:
+    """A STATUS= sent once no user's snapshots are still being listed."""
+    status = message.fields.get("STATUS")
+    return status is not None and "listing snapshots" not in status
+
+
 @dataclass
 class Running:
     process: subprocess.Popen[bytes]
@@ -217,36 +223,48 @@ def start_daemon(
     watchdog_usec: int | None = None,
     watchdog_pid: str | None = None,
     wait_ready: bool = True,
+    wait_inventory: bool = True,
     stop: signal.Signals = signal.SIGTERM,
+    env: dict[str, str] | None = None,
+    command: list[str] | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> Iterator[Running]:
     """The real `python -I -m t3backupd -c CONFIG run`, run from `/` (the installed package,
     as under systemd, never the checkout), with a NOTIFY_SOCKET of the test's and its log
-    `<workdir>/<name>.log`. With `wait_ready`, entered once READY=1 has come.
+    `<workdir>/<name>.log`. With `wait_ready`, entered once READY=1 has come, and with
+    `wait_inventory` too, once STATUS says the start-up listing of snapshots is done (it
+    runs after READY=1). `env` adds variables; `command` is put before the daemon's argv
+    (e.g. a socket-activation wrapper), with `pass_fds` inherited.
 
     If still running at the end: `stop=SIGTERM` sends it and waits out the daemon's grace
     (then SIGKILL); `stop=SIGKILL` kills it at once.
     """
     notify = NotifyListener(workdir / f"notify-{name}-{time.monotonic_ns()}", port)
     log = workdir / f"{name}.log"
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("WATCHDOG_", "T3_BACKUP_", "NOTIFY_"))}  # fmt: skip
-    env.update({"NOTIFY_SOCKET": str(notify.path), "T3BACKUPD_CONFIG": ""})
+    environment = {key: value for key, value in os.environ.items()
+                   if not key.startswith(("WATCHDOG_", "T3_BACKUP_", "NOTIFY_", "LISTEN_",
+                                          "STATE_DIRECTORY"))}  # fmt: skip
+    environment.update({"NOTIFY_SOCKET": str(notify.path), "T3BACKUPD_CONFIG": ""})
     if watchdog_usec is not None:
-        env["WATCHDOG_USEC"] = str(watchdog_usec)
+        environment["WATCHDOG_USEC"] = str(watchdog_usec)
     if watchdog_pid is not None:
-        env["WATCHDOG_PID"] = watchdog_pid
+        environment["WATCHDOG_PID"] = watchdog_pid
+    environment.update(env or {})
     with log.open("wb") as log_file:
         process = subprocess.Popen(
-            [PYTHON, "-I", "-m", "t3backupd", "-c", str(config), "run"],
+            [*(command or []), PYTHON, "-I", "-m", "t3backupd", "-c", str(config), "run"],
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=environment,
             cwd="/",
+            pass_fds=pass_fds,
         )
     running = Running(process, notify, log, time.monotonic())
     try:
         if wait_ready:
-            notify.wait_field("READY", "1", timeout=START_TIMEOUT)
+            ready = notify.wait_field("READY", "1", timeout=START_TIMEOUT)
+            if wait_inventory:
+                notify.wait_for(inventory_done, timeout=START_TIMEOUT, after=ready)
         yield running
     except BaseException:
         print(f"--- {name} log ---\n{running.log_text()}")
@@ -264,7 +282,8 @@ def start_daemon(
 
 @contextmanager
 def daemon(site: Site, watchdog_usec: int | None = None, watchdog_pid: str | None = None,
-           wait_ready: bool = True) -> Iterator[Running]:  # fmt: skip
+           wait_ready: bool = True, wait_inventory: bool = True,
+           env: dict[str, str] | None = None) -> Iterator[Running]:  # fmt: skip
     """The real daemon on `site`'s config (see start_daemon), stopped (SIGTERM) afterwards."""
     with start_daemon(
         site.config,
@@ -273,6 +292,8 @@ def daemon(site: Site, watchdog_usec: int | None = None, watchdog_pid: str | Non
         watchdog_usec=watchdog_usec,
         watchdog_pid=watchdog_pid,
         wait_ready=wait_ready,
+        wait_inventory=wait_inventory,
+        env=env,
     ) as running:
         yield running
 

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import ssl
-import subprocess
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from support import need
 
 from t3backupd.core.protocol import FAILURE_REASONS, Report, SnapshotInfo, UserResult, failed
 from t3backupd.core.usermap import User
-from t3backupd.root.metrics import Metrics, serve
+from t3backupd.root.metrics import Metrics
 
 # DESIGN.md, section Metrics (+ the verify feature's two series): name -> (type, labels).
 DESIGN_METRICS = {
@@ -38,6 +29,12 @@ DESIGN_METRICS = {
     # issue 10: a user skipped because their worker outlived SIGKILL unreaped.
     "t3backup_worker_stuck": ("gauge", {"user"}),
     "t3backup_user_dir_bytes": ("gauge", {"user"}),
+    # issue 10: start-up inventory in the background, the endpoint's own health
+    "t3backup_inventory_pending": ("gauge", {"user"}),
+    "t3backup_internal_errors_total": ("counter", {"component"}),
+    "t3backup_metrics_bind_failures_total": ("counter", set()),
+    "t3backup_metrics_connections_rejected_total": ("counter", set()),
+    "t3backup_metrics_socket_activated": ("gauge", set()),
 }
 PER_USER = [name for name, (_, labels) in DESIGN_METRICS.items() if "user" in labels]
 
@@ -257,69 +254,6 @@ def test_a_second_instance_on_the_same_registry_is_refused(registry: CollectorRe
         Metrics(registry)
 
 
-# --- serving ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def test_serve_answers_scrapes_and_stop_releases_the_port(
-    registry: CollectorRegistry, metrics: Metrics
-) -> None:
-    metrics.set_users(["alice"])
-    port = free_port()
-    server = serve(registry, f"127.0.0.1:{port}")
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            body = response.read().decode()
-        assert "t3backup_users 1.0" in body
-    finally:
-        server.stop()
-    # The port can be served again at once (what a reload that restarts it relies on).
-    serve(registry, f"127.0.0.1:{port}").stop()
-
-
-def test_serve_refuses_a_port_in_use(registry: CollectorRegistry) -> None:
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        with pytest.raises(OSError):
-            serve(registry, f"127.0.0.1:{holder.getsockname()[1]}")
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    need(shutil.which("openssl") is not None, "needs the openssl CLI to make a test certificate")
-    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    yield cert, key
-
-
-def test_serve_over_tls_when_cert_and_key_are_given(
-    registry: CollectorRegistry, metrics: Metrics, certificate: tuple[Path, Path]
-) -> None:
-    cert, key = certificate
-    port = free_port()
-    server = serve(registry, f"127.0.0.1:{port}", str(cert), str(key))
-    try:
-        context = ssl.create_default_context(cafile=str(cert))
-        context.check_hostname = False
-        url = f"https://127.0.0.1:{port}/metrics"
-        with urllib.request.urlopen(url, timeout=5, context=context) as response:
-            assert b"t3backup_build_info" in response.read()
-        with pytest.raises(OSError):  # plain HTTP is not served
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-    finally:
-        server.stop()
-
-
 def test_unchanged_state_reuses_the_built_families_and_any_update_rebuilds(
     registry: CollectorRegistry, metrics: Metrics
 ) -> None:
@@ -332,3 +266,56 @@ def test_unchanged_state_reuses_the_built_families_and_any_update_rebuilds(
     assert registry.get_sample_value("t3backup_next_run_timestamp_seconds") == 1_800_000_000.0
     metrics.config_loaded(False, 1.0)
     assert registry.get_sample_value("t3backup_config_last_reload_successful") == 0
+
+
+def test_a_listing_older_than_a_pass_result_does_not_override_it(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    metrics.set_users(["alice"])
+    report = Report(action="snapshot", status="ok", snapshot=NEWEST, snapshots=(OLD, NEWEST))
+    metrics.record_result(UserResult(ALICE, report, started=100.0, duration_s=5.0))
+    # A background listing that began before that pass finished saw an older disk.
+    metrics.restore("alice", [OLD], listed_at=104.0)
+    assert value(registry, "t3backup_last_success_timestamp_seconds", user="alice") == NEWEST.time
+    assert value(registry, "t3backup_snapshots", user="alice") == 2
+    # One that began later is the truth.
+    metrics.restore("alice", [OLD], listed_at=106.0)
+    assert value(registry, "t3backup_last_success_timestamp_seconds", user="alice") == OLD.time
+    assert value(registry, "t3backup_snapshots", user="alice") == 1
+
+
+def test_pending_users_are_exported_and_listed(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    metrics.set_users(["alice", "bob"])
+    assert value(registry, "t3backup_inventory_pending", user="alice") == 0
+    metrics.set_pending(["alice", "bob", "ghost"], True)
+    metrics.set_pending(["bob"], False)
+    assert value(registry, "t3backup_inventory_pending", user="alice") == 1
+    assert value(registry, "t3backup_inventory_pending", user="bob") == 0
+    assert metrics.pending() == ["alice"]
+
+
+def test_summary_restore_and_known_round_trip(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    metrics.set_users(["alice"])
+    metrics.restore_summary("alice", 14, 1735875000.0, 3000)
+    metrics.restore_summary("ghost", 1, 1.0, 1)  # not served: ignored
+    assert metrics.known() == {"alice": (14, 1735875000.0, 3000)}
+    assert value(registry, "t3backup_last_snapshot_size_bytes", user="alice") == 3000
+
+
+def test_internal_errors_and_endpoint_events_are_counted(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    metrics.count_internal_error("main_loop")
+    metrics.count_internal_error("main_loop")
+    metrics.count_endpoint_event("bind_failed")
+    metrics.count_endpoint_event("rejected")
+    metrics.set_socket_activated(True)
+    assert value(registry, "t3backup_internal_errors_total", component="main_loop") == 2
+    assert value(registry, "t3backup_internal_errors_total", component="metrics_endpoint") == 0
+    assert value(registry, "t3backup_metrics_bind_failures_total") == 1
+    assert value(registry, "t3backup_metrics_connections_rejected_total") == 1
+    assert value(registry, "t3backup_metrics_socket_activated") == 1
