@@ -44,6 +44,7 @@ CONNECTION_DEADLINE_SECONDS = 10.0  # handshake + request + response, in total
 MAX_REQUEST_BYTES = 8192
 SELECT_SECONDS = 0.25  # accept-loop tick: deadlines and stop are checked this often
 BIND_RETRY_SECONDS = 5.0
+STOP_GRACE_SECONDS = 2.0  # for responses in flight when the daemon stops
 BACKLOG = 128
 # accept() failing for want of resources: the pending connection stays queued and the
 # selector reports it again at once, so back off instead of spinning.
@@ -382,12 +383,17 @@ class Endpoint:
             self._on_listening()
             return
 
-    def stop(self) -> None:
-        """Stop accepting, cut open connections, close the sockets (systemd keeps its own
-        copy of activated ones)."""
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Stop accepting, give requests in flight `grace` seconds, cut the rest, close the
+        sockets. Activated ones stay open in systemd: connections not yet accepted wait
+        in its queue for the next daemon."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(2)
+        # A connection just accepted has not sent its request yet: it gets the grace too.
+        deadline = time.monotonic() + grace
+        while self.connections() and time.monotonic() < deadline:
+            time.sleep(0.02)
         with self._lock:
             sockets, self._sockets = self._sockets, []
             for connection in self._connections:

@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,6 +22,7 @@ from support.daemon import (
     Site,
     cli_snapshot,
     daemon,
+    frozen_processes_of,
     last_pass_ok,
     sample,
     scrape,
@@ -233,43 +230,6 @@ def wait_sample(port: int, name: str, value: float, timeout: float = 15, **label
         if sample(text, name, **labels) == value or time.monotonic() > deadline:
             return text
         time.sleep(0.1)
-
-
-def uid_of(pid: int) -> int | None:
-    with suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Uid:"):
-                return int(line.split()[1])
-    return None
-
-
-@contextmanager
-def frozen_processes_of(uid: int) -> Iterator[list[int]]:
-    """SIGSTOP every process of `uid` as soon as it appears (a user stopping their own
-    worker); SIGKILL them afterwards. Yields the pids stopped so far."""
-    stopped: list[int] = []
-    done = threading.Event()
-
-    def freeze() -> None:
-        while not done.is_set():
-            for entry in os.scandir("/proc"):
-                pid = int(entry.name) if entry.name.isdigit() else 0
-                if pid and pid not in stopped and uid_of(pid) == uid:
-                    with suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGSTOP)
-                        stopped.append(pid)
-            time.sleep(0.002)
-
-    thread = threading.Thread(target=freeze, daemon=True)
-    thread.start()
-    try:
-        yield stopped
-    finally:
-        done.set()
-        thread.join(5)
-        for pid in stopped:
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def test_reload_never_waits_for_a_stuck_inventory_worker(site: Site) -> None:

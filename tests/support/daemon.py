@@ -11,7 +11,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -335,3 +335,43 @@ def make_site(sandbox: Path) -> Iterator[Site]:
         return handed_out[-1]
 
     yield Site(sandbox, free_port(), only_me, f"{sandbox}/src/{{user}}/state.sqlite")
+
+
+# --- a user freezing their own workers ----------------------------------------------------
+
+
+def uid_of(pid: int) -> int | None:
+    with suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    return None
+
+
+@contextmanager
+def frozen_processes_of(uid: int) -> Iterator[list[int]]:
+    """SIGSTOP every process of `uid` as soon as it appears (a user stopping their own
+    worker); SIGKILL them afterwards. Yields the pids stopped so far."""
+    stopped: list[int] = []
+    done = threading.Event()
+
+    def freeze() -> None:
+        while not done.is_set():
+            for entry in os.scandir("/proc"):
+                pid = int(entry.name) if entry.name.isdigit() else 0
+                if pid and pid not in stopped and uid_of(pid) == uid:
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGSTOP)
+                        stopped.append(pid)
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=freeze, daemon=True)
+    thread.start()
+    try:
+        yield stopped
+    finally:
+        done.set()
+        thread.join(5)
+        for pid in stopped:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
