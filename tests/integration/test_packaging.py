@@ -19,6 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "packaging" / "systemd" / "t3backupd.service"
+SOCKET_UNIT = REPO / "packaging" / "systemd" / "t3backupd.socket"
 ALERTS = REPO / "packaging" / "prometheus" / "t3backupd-alerts.yml"
 ALERT_TESTS = REPO / "packaging" / "prometheus" / "t3backupd-alerts.test.yml"
 SCRAPE_EXAMPLE = REPO / "packaging" / "prometheus" / "prometheus-scrape.example.yml"
@@ -73,7 +74,7 @@ mount -t tmpfs -o mode=0755 tmpfs /opt
 mkdir -p /opt/t3backupd/bin
 printf '#!/bin/sh\\nexit 0\\n' > /opt/t3backupd/bin/t3backupd
 chmod 0755 /opt/t3backupd/bin/t3backupd
-exec systemd-analyze verify "$1"
+exec systemd-analyze verify "$@"
 """
 
 
@@ -102,11 +103,11 @@ def run(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
 
 
-def unit_settings() -> list[tuple[str, str, str]]:
+def unit_settings(unit: Path = UNIT) -> list[tuple[str, str, str]]:
     """The unit file as (section, key, value) triples, in file order, comments dropped."""
     settings: list[tuple[str, str, str]] = []
     section = ""
-    for raw in UNIT.read_text().splitlines():
+    for raw in unit.read_text().splitlines():
         line = raw.strip()
         if not line or line.startswith(("#", ";")):
             continue
@@ -135,11 +136,31 @@ def test_unit_verifies_without_any_warning() -> None:
         prefix[1:1] = ["--user", "--map-root-user"]
     probe = run([*prefix, "true"])
     need(probe.returncode == 0, f"cannot make a private mount namespace: {probe.stderr.strip()}")
-    result = run([*prefix, "sh", "-c", VERIFY_SCRIPT, "sh", str(UNIT)])
+    result = run([*prefix, "sh", "-c", VERIFY_SCRIPT, "sh", str(UNIT), str(SOCKET_UNIT)])
     output = (result.stdout + result.stderr).strip()
     # verify exits 0 on unknown keys and unparsable values; any output at all is a finding.
     assert result.returncode == 0, output
     assert output == "", output
+
+
+def test_socket_unit_holds_the_default_metrics_port_for_the_service() -> None:
+    socket_settings = unit_settings(SOCKET_UNIT)
+    listen = [value for section, key, value in socket_settings if key == "ListenStream"]
+    assert listen == ["127.0.0.1:9745"], "the socket must be the default metrics.listen"
+    assert ("Socket", "Accept", "no") in socket_settings, "one daemon takes every connection"
+    assert ("Install", "WantedBy", "sockets.target") in socket_settings
+    unit = {(section, key, value) for section, key, value in unit_settings()}
+    assert ("Unit", "Requires", "t3backupd.socket") in unit
+    assert ("Unit", "After", "t3backupd.socket") in unit
+
+
+def test_unit_allows_the_descriptors_the_bounds_need_and_has_a_state_directory() -> None:
+    (limit,) = service_values("LimitNOFILE")
+    # 2 x 64 endpoint connections + 4 per running worker (<= 64 + 8) + one per stuck
+    # worker (up to one per user): the default soft limit of 1024 is not enough.
+    assert int(limit) >= 2 * 64 + 4 * (64 + 8) + 10_000
+    assert service_values("StateDirectory") == ["t3backupd"]
+    assert service_values("StateDirectoryMode") == ["0700"]
 
 
 def test_unit_security_exposure_is_at_most_the_pinned_threshold() -> None:
