@@ -253,6 +253,8 @@ class Daemon:
                 # A bug: the daemon must outlive it (the passes and the endpoint run on).
                 self._log.exception("main loop error", event=str(event))
                 self._metrics.count_internal_error("main_loop")
+                if event == signal.SIGHUP:  # systemd waits for the end of RELOADING=1
+                    self._notifier.send("READY=1", status_line("reload failed (see log)"))
 
     def _shutdown(self) -> int:
         """No new passes, SIGTERM to running workers, wait a bounded grace. 0 if clean."""
@@ -416,7 +418,7 @@ class Daemon:
         try:
             new = load_served(self._config_path)
             trigger = trigger_for(new.config.schedule)
-            self._reload_endpoint(new.config.metrics)
+            self._reload_endpoint(old.config.metrics, new.config.metrics)
         except ConfigError as error:
             self._metrics.config_loaded(False, time.time())
             self._log.error("reload refused; previous config still in use", error=str(error))
@@ -474,11 +476,18 @@ class Daemon:
                 listen=settings.listen or None,
             )
 
-    def _reload_endpoint(self, new: MetricsConfig) -> None:
+    def _reload_endpoint(self, old: MetricsConfig, new: MetricsConfig) -> None:
         """Apply a reload's `[metrics]` without ever closing the listening socket first: a
         new address is bound before the old one is closed; certificates are reloaded into
         the live TLS context. Raises ConfigError (endpoint unchanged) if the new address
         cannot be bound or the new TLS files cannot be loaded."""
+        if self._endpoint.activated and old.listen != new.listen:
+            self._log.warning(
+                "metrics.listen changed, but the socket comes from systemd: change "
+                "ListenStream= in t3backupd.socket to serve another address",
+                listen=new.listen,
+                serving=self._endpoint.addresses,
+            )
         try:
             if new.tls_cert:
                 check_tls(new.tls_cert, new.tls_key)

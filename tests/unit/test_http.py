@@ -360,3 +360,32 @@ def test_tls_certificates_reload_into_the_live_context(
     endpoint.set_tls(str(second_cert), str(second_key))
     assert peer_common_name(port, second_cert) == "second"
     assert b"t3backup_users" in tls_get(port, second_cert)
+
+
+class _BrokenOnce:
+    """A collector whose first collection raises (a bug in a collector, not a client)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def collect(self) -> Iterator[Any]:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("collector bug")
+        return iter(())
+
+
+def test_an_exception_while_serving_is_counted_and_the_endpoint_goes_on(counts: Counts) -> None:
+    registry = CollectorRegistry()
+    Metrics(registry).set_users(["alice"])
+    registry.register(_BrokenOnce())  # type: ignore[arg-type]
+    endpoint = Endpoint(registry, counts.errors.append, counts.events.append)
+    port = free_port()
+    endpoint.start([], f"127.0.0.1:{port}", "", "")
+    try:
+        with pytest.raises(OSError):  # that one request gets no answer...
+            get(port)
+        assert counts.errors == ["metrics_endpoint"]
+        assert b"t3backup_users 1.0" in get(port)  # ...the next ones do
+    finally:
+        endpoint.stop()
