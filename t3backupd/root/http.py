@@ -250,6 +250,9 @@ class Endpoint:
         self._listen = ""  # what we bind ourselves ("" = nothing, or socket-activated)
         self._bind_error = ""
         self._context: ssl.SSLContext | None = None
+        # OpenSSL does not allow changing a context while connections are made from it:
+        # a reload's load_cert_chain and each wrap_socket (not the handshake) take turns.
+        self._tls_lock = threading.Lock()
         self._connections: list[_Connection] = []
         self._stop = threading.Event()
         self._generation = 0  # bumped when the socket set changes: the selector rebuilds
@@ -307,7 +310,8 @@ class Endpoint:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
-            context.load_cert_chain(cert, key)
+            with self._tls_lock:
+                context.load_cert_chain(cert, key)
         except (OSError, ValueError) as error:
             raise EndpointError(f"metrics.tls_cert/tls_key: cannot load: {error}") from None
         self._context = context
@@ -490,7 +494,10 @@ class Endpoint:
             context = self._context
             if context is not None:
                 sock.settimeout(_remaining(connection.deadline))
-                sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                with self._tls_lock:
+                    sock = context.wrap_socket(
+                        sock, server_side=True, do_handshake_on_connect=False
+                    )
                 connection.sock = sock
                 sock.do_handshake()
             head = _read_request(sock, connection.deadline)

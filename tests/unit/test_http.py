@@ -197,11 +197,12 @@ def test_many_idle_connections_stay_within_the_bound_and_scrapes_go_through(
 
 def test_with_no_idle_connection_to_drop_a_new_one_is_refused_at_once(counts: Counts) -> None:
     # A large exposition (10,000 users) and clients that never read it: both slots stay
-    # busy sending until their deadline, none is idle, so a third connection is refused.
+    # busy sending (until their deadline, or until the test closes them), none is idle,
+    # so a third connection is refused.
     registry = CollectorRegistry()
     Metrics(registry).set_users(f"user{index}" for index in range(10_000))
     endpoint = Endpoint(registry, counts.errors.append, counts.events.append,
-                        max_connections=2, deadline_seconds=5.0)  # fmt: skip
+                        max_connections=2, deadline_seconds=120.0)  # fmt: skip
     port = free_port()
     endpoint.start([], f"127.0.0.1:{port}", "", "")
     held = []
@@ -222,10 +223,11 @@ def test_with_no_idle_connection_to_drop_a_new_one_is_refused_at_once(counts: Co
         assert counts.events.count("rejected") >= 1
         for sock in held:
             sock.close()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 90  # their handlers end once their send fails
         while endpoint.connections() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert b"user9999" in get(port, timeout=10)  # slots free again once they go
+        assert endpoint.connections() == 0
+        assert b"user9999" in get(port, timeout=60)  # slots free again once they go
     finally:
         for sock in held:
             sock.close()
@@ -245,9 +247,10 @@ def test_a_taken_port_is_loud_and_retried_until_free(
     endpoint = make_endpoint(bind_retry_seconds=0.3)
     endpoint.start([], f"127.0.0.1:{port}", "", "")  # does not raise: backups go on
     assert "Address already in use" in endpoint.problem
-    assert counts.events.count("bind_failed") == 1
+    tried = counts.events.count("bind_failed")
+    assert tried >= 1
     time.sleep(1)
-    assert counts.events.count("bind_failed") >= 2  # still trying
+    assert counts.events.count("bind_failed") > tried  # still trying
     holder.close()
     assert counts.listening.wait(5), "never bound after the port was freed"
     assert endpoint.problem == ""
