@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.daemon import FAR_FUTURE_CRON, Running, free_port, sample, scrape, start_daemon
+from support.daemon import (
+    FAR_FUTURE_CRON,
+    Running,
+    free_port,
+    inventory_done,
+    sample,
+    scrape,
+    start_daemon,
+)
 from support.snapshots import (
     UserSource,
     assert_verified,
@@ -91,8 +99,15 @@ def assert_no_failures(text: str, user: User) -> None:
         assert not sample(text, "t3backup_failures_total", user=user.name, reason=reason), reason
 
 
+def restored_scrape(running: Running) -> str:
+    """A scrape once the start-up listing of snapshots is done (it runs after READY=1)."""
+    ready = running.notify.wait_field("READY", "1", timeout=START_TIMEOUT)
+    running.notify.wait_for(inventory_done, timeout=START_TIMEOUT, after=ready)
+    return scrape(running.notify.port)
+
+
 def assert_restored_at_ready(at_ready: str, user: User, name: str) -> None:
-    """Scraped at READY=1: the metrics restored from disk show `name` as the only snapshot."""
+    """Scraped once listed: the metrics restored from disk show `name` as the only snapshot."""
     assert sample(at_ready, "t3backup_last_success_timestamp_seconds", user=user.name) == (
         snapshot_time(name)
     )
@@ -158,9 +173,9 @@ def test_daemon_killed_mid_pass_restarts_cleans_up_catches_up_and_restores_metri
     assert (user_dir / temp).stat().st_size < source_bytes
     assert assert_verified(user, user_dir) == [earlier]
 
-    # 2. Restarted: metrics from disk at READY, then the catch-up pass heals.
+    # 2. Restarted: metrics from disk once listed, then the catch-up pass heals.
     with crashable_daemon(config, port, "restarted") as restarted:
-        at_ready = restarted.notify.ready_scrape(START_TIMEOUT)
+        at_ready = restored_scrape(restarted)
         assert_restored_at_ready(at_ready, user, earlier)
         assert sample(at_ready, "t3backup_last_snapshot_size_bytes", user=user.name) == (
             (user_dir / earlier).stat().st_size
@@ -213,6 +228,9 @@ def test_daemon_killed_alone_leaves_its_worker_to_finish_a_complete_snapshot(
 
     # Restarted: the orphan's snapshot is on disk and in the metrics, so no catch-up.
     with crashable_daemon(config, port, "restarted") as restarted:
-        assert_restored_at_ready(restarted.notify.ready_scrape(START_TIMEOUT), user, name)
+        assert_restored_at_ready(restored_scrape(restarted), user, name)
         events = stop_cleanly(restarted)
+    # Decided once listed (before the STATUS restored_scrape waited for): no catch-up.
+    assert any(event.get("event") == "inventory finished" for event in events)
+    assert not [event for event in events if event.get("event", "").startswith("catching up")]
     assert not [event for event in events if event.get("event") == "pass started"]
