@@ -78,7 +78,7 @@ class Inventory:
         """Put one user's listing into the metrics; their newest snapshot time, or None."""
         user, report = result.user, result.report
         if report.reason == "no_directory":
-            self._metrics.restore(user.name, ())  # nothing on disk: never backed up
+            self._metrics.restore(user.name, (), listed_at=result.started)  # nothing on disk
             return None
         if not report.ok:
             get_logger().warning(
