@@ -11,11 +11,17 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from support import NO_SKIP
 from support.daemon import Site, make_site
 from support.system import make_sandbox, user_factory
 
 from t3backupd.core.usermap import User
+
+# No per-example deadline: speed is measured in bench/, never asserted by a test (a
+# loaded 2-core machine must not turn a correct property into a failure).
+settings.register_profile("t3backupd", deadline=None)
+settings.load_profile("t3backupd")
 
 
 @pytest.hookimpl(hookwrapper=True)
