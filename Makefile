@@ -139,3 +139,8 @@ deb: apt-deb wheels
 	mv $(DEB_BUILD)/t3backupd_$(VERSION)_all.deb $(DEB)
 	lintian --allow-root --fail-on error,warning --display-info $(DEB)
 	@echo "built $(DEB)"
+
+# The .deb under a real systemd: Debian 12 in qemu (KVM if it boots here, else TCG), image
+# cached in /var/tmp/t3backupd-vm; every guest check prints a PASS/FAIL line (tests/vm/).
+test-systemd: apt-vm deb
+	$(BASE_PYTHON) tests/vm/run.py --deb $(DEB)
