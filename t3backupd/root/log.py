@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 import structlog
@@ -23,7 +24,7 @@ _PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ER
                logging.CRITICAL: 2}  # fmt: skip
 
 
-def is_journal_stream(stream: TextIO, environ: dict[str, str] | None = None) -> bool:
+def is_journal_stream(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
     """True if `stream` is the journal stream systemd connected (JOURNAL_STREAM=dev:ino
     matches the stream's file). False for anything else: a pipe, a file, a TTY, a
     JOURNAL_STREAM inherited by a process whose stderr was redirected elsewhere."""

@@ -217,3 +217,11 @@ def test_the_unit_writes_where_tmpfiles_creates_and_has_no_pre_start_mkdir() -> 
     assert created == ["/var/backups/t3-state"]
     assert created[0] in writable
     assert not [line for line in unit.splitlines() if line.startswith("ExecStartPre=")]
+
+
+def test_debian_changelog_version_is_the_package_version() -> None:
+    changelog = (REPO / "packaging" / "debian" / "changelog").read_text().splitlines()[0]
+    pyproject = (REPO / "pyproject.toml").read_text()
+    version = next(line.split('"')[1] for line in pyproject.splitlines()
+                   if line.startswith("version = "))  # fmt: skip
+    assert changelog.startswith(f"t3backupd ({version}) ")

@@ -52,6 +52,10 @@ wait_until() {
         sleep 0.2
     done
 }
+# Predicates for wait_until (evaluated on every try, unlike a "$(...)" argument).
+metric_is() { [ "$(metric "$1" "$2")" = "$3" ]; }
+unit_active() { [ "$(systemctl is-active t3backupd)" = active ]; }
+has_temps() { [ -n "$(temps_of "$1")" ]; }
 cursor() { journalctl -u t3backupd -n 0 --show-cursor -q | sed -n 's/^-- cursor: //p'; }
 log_since() { journalctl -u t3backupd --after-cursor="$1" -o cat -q "${@:2}"; }
 pass_done() { log_since "$1" | grep -q '"event": "pass \(finished\|stopped\)"'; }
@@ -120,12 +124,12 @@ phase_main() {
     echo "sso-alice=alice" > /etc/ttyd-user-map
     mark=$(cursor)
     systemctl reload t3backupd
-    wait_until 30 test "$(metric t3backup_users)" = 1.0
+    wait_until 30 metric_is t3backup_users "" 1.0
     verdict "reload: usermap read, 1 user"
     printf 'sso-alice=alice\nsso-bob=bob\nsso-carol=carol\n' > /etc/ttyd-user-map
     mark=$(cursor)
     systemctl reload t3backupd
-    wait_until 30 test "$(metric t3backup_users)" = 3.0 && log_since "$mark" | grep -q 'users added: bob, carol'
+    wait_until 30 metric_is t3backup_users "" 3.0 && log_since "$mark" | grep -q 'users added: bob, carol'
     verdict "reload adding users (bob, carol): t3backup_users 3, logged"
 
     # A row only in alice's WAL (a connection holds it open, no checkpoint).
@@ -191,14 +195,14 @@ time.sleep(3600)' /home/alice/.t3/userdata/state.sqlite /tmp/wal-ready &
     echo 'this is [ not toml' >> /etc/t3backupd/config.toml
     mark=$(cursor)
     systemctl reload t3backupd
-    wait_until 30 test "$(metric t3backup_config_last_reload_successful)" = 0.0 \
+    wait_until 30 metric_is t3backup_config_last_reload_successful "" 0.0 \
         && [ "$(systemctl is-active t3backupd)" = active ] \
         && log_since "$mark" -p err | grep -q 'reload refused' \
         && [ "$(metric t3backup_users)" = 3.0 ]
     verdict "reload with a broken config: refused at err, old config kept, still active"
     cp /root/config.good /etc/t3backupd/config.toml
     systemctl reload t3backupd
-    wait_until 30 test "$(metric t3backup_config_last_reload_successful)" = 1.0
+    wait_until 30 metric_is t3backup_config_last_reload_successful "" 1.0
 
     # --- systemctl kill -s USR1 / HUP to every process of the unit during a pass ---------
     mark=$(cursor)
@@ -292,7 +296,7 @@ after_cut() {
     [ "$verified" -eq 0 ] && [ -z "$missing" ]
     verdict "power cut $n ($point): every snapshot verifies, none lost, no partial snapshot" \
         "$count snapshots; missing:${missing:- none}; temp files left for the next pass:${leftovers// / }"
-    wait_until 120 test "$(systemctl is-active t3backupd)" = active
+    wait_until 120 unit_active
     mark=$(cursor)
     run_pass "$mark"
     leftovers=""
@@ -306,7 +310,7 @@ after_cut() {
 # Start a pass and announce the cut at POINT; the host kills the VM then.
 cut_at() {
     local n=$1 point=$2 user mark before
-    wait_until 120 test "$(systemctl is-active t3backupd)" = active
+    wait_until 120 unit_active
     : > "$IO/cut-$n-durable.txt"
     for user in "${USERS[@]}"; do
         for name in $(snapshots_of "$user"); do echo "$user $name" >> "$IO/cut-$n-durable.txt"; done
@@ -317,15 +321,15 @@ cut_at() {
     systemctl kill --kill-whom=main -s USR1 t3backupd
     case $point in
         copy)  # alice's copy is being written
-            wait_until 300 test -n "$(temps_of alice)" && sleep 0.3 ;;
+            wait_until 300 has_temps alice && sleep 0.3 ;;
         published)  # alice's new snapshot just got its name (temp unlink, dir fsync pending)
             new_alice() { [ "$(snapshots_of alice)" != "$before" ]; }
             wait_until 300 new_alice ;;
         next-user)  # alice's worker finished (fsynced); bob's copy starts
-            wait_until 300 test -n "$(temps_of bob)"
+            wait_until 300 has_temps bob
             comm -13 <(echo "$before") <(snapshots_of alice) | sed 's/^/alice /' >> "$IO/cut-$n-durable.txt" ;;
         carol-verify)  # carol's large copy is being sealed/verified: cut 2 s into it
-            wait_until 600 test -n "$(temps_of carol)" && sleep 2 ;;
+            wait_until 600 has_temps carol && sleep 2 ;;
     esac
     sync "$IO/cut-$n-durable.txt" 2>/dev/null || true
     echo "T3VM-CUT-NOW $n $point"
