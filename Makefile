@@ -24,6 +24,8 @@ DEVTOOLS := tests/devtools
 # Only for `make deb` / `make test-systemd` (kept out of APT_PACKAGES: `make test` stays lean).
 DEB_APT_PACKAGES := debhelper dpkg-dev fakeroot lintian python3.11-venv
 VM_APT_PACKAGES := debootstrap qemu-system-x86 e2fsprogs zstd
+# Power cuts in make test-systemd (each one is one more VM boot).
+VM_CUTS ?= 4
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 DEB_BUILD := $(CURDIR)/build/deb
 DEB := $(CURDIR)/build/t3backupd_$(VERSION)_all.deb
@@ -143,4 +145,4 @@ deb: apt-deb wheels
 # The .deb under a real systemd: Debian 12 in qemu (KVM if it boots here, else TCG), image
 # cached in /var/tmp/t3backupd-vm; every guest check prints a PASS/FAIL line (tests/vm/).
 test-systemd: apt-vm deb
-	$(BASE_PYTHON) tests/vm/run.py --deb $(DEB)
+	$(BASE_PYTHON) tests/vm/run.py --deb $(DEB) --cuts $(VM_CUTS)
