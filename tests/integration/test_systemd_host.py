@@ -76,7 +76,7 @@ def signalling(uid: int, signals: tuple[int, ...], stop: threading.Event | None 
 
 def big_database(site: Site, user: User, size_mb: int) -> None:
     path = Path(site.source.format(user=user.name, home=user.home))
-    run_as(user, [PYTHON, "-I", "-m", "t3backupd.sampledb", "create", str(path),
+    run_as(user, [PYTHON, "-I", "-m", "t3backupd_dev.sampledb", "create", str(path),
                   "--size-mb", str(size_mb), "--force"])  # fmt: skip
 
 

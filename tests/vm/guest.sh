@@ -75,7 +75,8 @@ checksum_ok() { # checksum_ok USER NAME: sha256sum -c as the user, in their dire
 make_db() { # make_db USER SIZE_MB
     local db=/home/$1/.t3/userdata/state.sqlite
     runuser -u "$1" -- mkdir -p "$(dirname "$db")"
-    runuser -u "$1" -- /opt/t3backupd/bin/python -I -m t3backupd.sampledb create "$db" \
+    # The sample-database generator is a dev tool (not in the package): from the share.
+    runuser -u "$1" -- env PYTHONPATH="$IO/devtools" /usr/bin/python3.11 -s -m t3backupd_dev.sampledb create "$db" \
         --size-mb "$2" --seed "${#1}" --force >/dev/null
 }
 

@@ -168,6 +168,10 @@ def main() -> int:
         subprocess.run(["cp", "--sparse=always", str(image / "rootfs.ext4"), str(disk)], check=True)
         shutil.copy(args.deb, io / args.deb.name)
         shutil.copy(HERE / "guest.sh", io / "guest.sh")
+        # The guest's sample databases come from the dev tools (stdlib only, not packaged).
+        devtools = HERE.parent / "devtools" / "t3backupd_dev"
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(devtools, io / "devtools" / "t3backupd_dev", ignore=ignore)
         accel = choose_accel(image, disk, io)
         log(f"accelerator: {accel}; image {'built' if built else 'cached'}")
         boots: list[tuple[str, str, float]] = []
