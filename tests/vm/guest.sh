@@ -19,8 +19,10 @@ say() { echo "$*"; echo "$*" >> "$RESULTS"; sync "$RESULTS" 2>/dev/null || true;
 pass() { say "PASS $*"; }
 fail() { say "FAIL $*"; }
 note() { say "NOTE $*"; }
-verdict() { # verdict NAME DETAIL: PASS if the last command succeeded
-    local status=$?
+# Usage: `COMMANDS; st=$?; verdict NAME DETAIL`: the status is taken before DETAIL's
+# command substitutions run (they would overwrite $?).
+verdict() { # verdict NAME DETAIL: PASS if st (the checked commands' status) is 0
+    local status=$st
     if [ "$status" -eq 0 ]; then pass "$1${2:+: $2}"; else fail "$1${2:+: $2}"; fi
 }
 now() { date +%s.%N; }
@@ -99,10 +101,12 @@ phase_main() {
     local t0 ready status mark
     # --- fresh host: nothing but the package -------------------------------------------
     [ ! -e "$DEST" ] && [ ! -e /opt/t3backupd ] && [ ! -e /etc/t3backupd ]
+    st=$?
     verdict "fresh host has no dest, venv or config before install"
     cp "$IO"/t3backupd_*.deb /root/
     t0=$(now)
     apt-get install -y -q /root/t3backupd_*.deb > /root/apt-install.log 2>&1
+    st=$?
     verdict "apt install ./t3backupd_*.deb (offline)" "$(since "$t0") s"
     status=$(systemctl is-active t3backupd)
     ready=$($PY -c "import sys; a, b = map(int, sys.argv[1:]); print(f'{(b - a) / 1e6:.2f}')" \
@@ -110,9 +114,11 @@ phase_main() {
         "$(systemctl show -P ActiveEnterTimestampMonotonic t3backupd)")
     [ "$status" = active ] && [ "$(stat -c '%a %U' "$DEST")" = "755 root" ] \
         && [ -n "$(systemctl show -P StatusText t3backupd)" ] && [ "$(systemctl is-enabled t3backupd)" = enabled ]
+    st=$?
     verdict "started on a fresh host (enabled, active, dest 0755 root, Status: line)" "READY ${ready} s after start"
     # journalctl -p: priorities reach the journal (the usermap is missing: one error line)
     journalctl -u t3backupd -p err -o cat -q | grep -q '"usermap unreadable'
+    st=$?
     verdict "journal priority: 'usermap unreadable' is at err (journalctl -p err)"
 
     # --- users, a live WAL, reload adding users -----------------------------------------
@@ -127,11 +133,13 @@ phase_main() {
     mark=$(cursor)
     systemctl reload t3backupd
     wait_until 30 metric_is t3backup_users "" 1.0
+    st=$?
     verdict "reload: usermap read, 1 user"
     printf 'sso-alice=alice\nsso-bob=bob\nsso-carol=carol\n' > /etc/ttyd-user-map
     mark=$(cursor)
     systemctl reload t3backupd
     wait_until 30 metric_is t3backup_users "" 3.0 && wait_until 30 logged "$mark" 'users added: bob, carol'
+    st=$?
     verdict "reload adding users (bob, carol): t3backup_users 3, logged"
 
     # A row only in alice's WAL (a connection holds it open, no checkpoint).
@@ -153,6 +161,7 @@ time.sleep(3600)' /home/alice/.t3/userdata/state.sqlite /tmp/wal-ready &
     t0=$(now)
     run_pass "$mark"
     [ "$(pass_result "$mark")" = "3 ok" ]
+    st=$?
     verdict "pass (USR1 to the main process)" "$(pass_result "$mark") in $(since "$t0") s"
     local user name ok=0
     for user in "${USERS[@]}"; do
@@ -163,11 +172,13 @@ time.sleep(3600)' /home/alice/.t3/userdata/state.sqlite /tmp/wal-ready &
             && [ "$(stat -c '%U %a' "$DEST/$user/$name.sha256")" = "$user 600" ] \
             && checksum_ok "$user" "$name" \
             && [ "$(integrity "$DEST/$user/$name")" = ok ]
+        st=$?
         verdict "snapshot of $user: dir $user 0700, file $user 0600, sha256sum -c, integrity_check" "$name"
     done
     name=$(snapshots_of alice | tail -1)
     [ "$wal_bytes" -gt 0 ] && [ "$(sqlite3 "file:$DEST/alice/$name?immutable=1" \
         "SELECT count(*) FROM t3vm_marker WHERE x = 'in-the-wal'")" = 1 ]
+    st=$?
     verdict "WAL rows included (a row only in the -wal, ${wal_bytes} bytes, is in the snapshot)"
     kill "$holder" 2>/dev/null
 
@@ -180,6 +191,7 @@ time.sleep(3600)' /home/alice/.t3/userdata/state.sqlite /tmp/wal-ready &
     done
     [ -z "$bad" ] && [ "$(metric t3backup_config_last_reload_successful)" = 1.0 ] \
         && [ "$(metric t3backup_next_run_timestamp_seconds)" != 0.0 ]
+    st=$?
     verdict "metrics: attempts, snapshots, last success per user; reload ok; next run" "${bad:-all present}"
 
     # --- a CLI snapshot reaches the daemon's metrics by itself ------------------------------
@@ -190,6 +202,7 @@ time.sleep(3600)' /home/alice/.t3/userdata/state.sqlite /tmp/wal-ready &
     t3backupd snapshot --user bob > /root/cli-snapshot.log 2>&1
     bob_changed() { after=$(metric t3backup_last_success_timestamp_seconds 'user="bob"'); [ "$after" != "$before" ]; }
     wait_until 60 bob_changed
+    st=$?
     verdict "CLI snapshot shows in the daemon's metrics within a minute" "$(since "$t0") s"
 
     # --- reload with a broken config -----------------------------------------------------
@@ -201,6 +214,9 @@ time.sleep(3600)' /home/alice/.t3/userdata/state.sqlite /tmp/wal-ready &
     wait_until 30 metric_is t3backup_config_last_reload_successful "" 0.0 && refused=yes
     wait_until 30 logged "$mark" 'reload refused' -p err && at_err=yes
     [ "$refused" = yes ] && [ "$at_err" = yes ] && unit_active && [ "$(metric t3backup_users)" = 3.0 ]
+    st=$?
+    [ "$at_err" = yes ] || journalctl -u t3backupd --after-cursor="$mark" -o json -q \
+        | grep -i 'reload' | cut -c1-600 | sed 's/^/NOTE journal: /' >> "$RESULTS"
     verdict "reload with a broken config: refused at err, old config kept, still active" \
         "reload_successful 0: $refused; logged at err: $at_err; $(systemctl is-active t3backupd); users $(metric t3backup_users)"
     cp /root/config.good /etc/t3backupd/config.toml
@@ -221,6 +237,7 @@ time.sleep(3600)' /home/alice/.t3/userdata/state.sqlite /tmp/wal-ready &
     wait_until 600 pass_done "$mark"
     [ -n "$pid" ] && [ "$(pass_result "$mark")" = "3 ok" ] \
         && ! log_since "$mark" | grep -q 'worker_crashed'
+    st=$?
     verdict "systemctl kill -s USR1 and -s HUP (whole unit) during a pass: workers live" \
         "worker $pid alive after: $alive; pass $(pass_result "$mark")"
 
@@ -240,6 +257,7 @@ time.sleep(3600)' /home/alice/.t3/userdata/state.sqlite /tmp/wal-ready &
         && log_since "$mark" | grep -q '"event": "pass stopped"' \
         && log_since "$mark" | grep '"user": "carol"' | grep -q '"status": "stopped"' \
         && [ "$(systemctl show -P Result t3backupd)" = success ]
+    st=$?
     verdict "stop during a pass: fast, no temp files, logged as stopped (nothing at err)" \
         "stopped in $took s; leftovers: ${leftovers:-none}"
     systemctl start t3backupd
@@ -259,6 +277,7 @@ time.sleep(3600)' /home/alice/.t3/userdata/state.sqlite /tmp/wal-ready &
     }
     wait_until 240 restarted \
         && journalctl -u t3backupd --after-cursor="$mark" -q | grep -q "Failed with result 'watchdog'"
+    st=$?
     verdict "watchdog: SIGSTOPped daemon killed (Result=watchdog) and restarted" "back in $(since "$t0") s (WatchdogSec=10 drop-in)"
     rm -r /run/systemd/system/t3backupd.service.d
     systemctl daemon-reload
@@ -272,6 +291,7 @@ time.sleep(3600)' /home/alice/.t3/userdata/state.sqlite /tmp/wal-ready &
     log_since "$mark" -p err | grep '"user": "bob"' | grep -q '"status": "failed"' \
         && ! log_since "$mark" -p err | grep -q '"user": "alice"' \
         && log_since "$mark" -p warning | grep -q '"event": "pass finished"'
+    st=$?
     verdict "journalctl -p err shows bob's failure (and not alice's success); -p warning the pass" \
         "$(pass_result "$mark")"
     make_db bob 4
@@ -281,6 +301,7 @@ time.sleep(3600)' /home/alice/.t3/userdata/state.sqlite /tmp/wal-ready &
     documented=$(sed -n 's/.*systemd-analyze security --offline=yes rates this \([0-9.]*\).*/\1/p' /lib/systemd/system/t3backupd.service)
     exposure=$(systemd-analyze security t3backupd 2>/dev/null | sed -n 's/.*Overall exposure level for t3backupd.service: \([0-9.]*\).*/\1/p')
     [ -n "$exposure" ] && [ -n "$documented" ] && $PY -c "import sys; sys.exit(float(sys.argv[1]) > float(sys.argv[2]))" "$exposure" "$documented"
+    st=$?
     verdict "systemd-analyze security (online) no higher than documented" "$exposure (documented $documented)"
 }
 
@@ -297,6 +318,7 @@ after_cut() {
     fi
     for user in "${USERS[@]}"; do leftovers="$leftovers $(temps_of "$user" | xargs -r -n1 basename)"; done
     [ "$verified" -eq 0 ] && [ -z "$missing" ]
+    st=$?
     verdict "power cut $n ($point): every snapshot verifies, none lost, no partial snapshot" \
         "$count snapshots; missing:${missing:- none}; temp files left for the next pass:${leftovers// / }"
     wait_until 120 unit_active
@@ -307,6 +329,7 @@ after_cut() {
     count=$(verify_all)
     verified=$?
     [ "$(pass_result "$mark")" = "3 ok" ] && [ -z "$leftovers" ] && [ "$verified" -eq 0 ]
+    st=$?
     verdict "power cut $n ($point): next pass succeeds, temp files cleaned" "$(pass_result "$mark"); $count snapshots verify"
 }
 
@@ -348,12 +371,14 @@ phase_final() {
         && [ ! -e /opt/t3backupd ] && [ -n "$(snapshots_of alice)" ] \
         && dpkg-query -W -f='${Status}' t3backupd | grep -q 'config-files' \
         && ! pgrep -f t3backupd.worker >/dev/null
+    st=$?
     verdict "apt remove: stopped, venv gone, config kept, backups kept" "$(dpkg-query -W -f='${Status}' t3backupd)"
     apt-get purge -y -q t3backupd > /root/apt-purge.log 2>&1
     [ ! -e /etc/t3backupd ] && ! dpkg-query -W t3backupd >/dev/null 2>&1 \
         && [ ! -e /etc/systemd/system/multi-user.target.wants/t3backupd.service ] \
         && [ ! -e /var/lib/systemd/deb-systemd-helper-enabled/t3backupd.service.dsh-also ] \
         && [ -n "$(snapshots_of alice)" ]
+    st=$?
     verdict "apt purge: config and enablement gone, backups kept in $DEST"
 }
 
