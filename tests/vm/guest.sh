@@ -60,7 +60,20 @@ unit_active() { [ "$(systemctl is-active t3backupd)" = active ]; }
 has_temps() { [ -n "$(temps_of "$1")" ]; }
 logged() { log_since "$1" "${@:3}" | grep -q -- "$2"; }  # logged CURSOR TEXT [journalctl options]
 cursor() { journalctl -u t3backupd -n 0 --show-cursor -q | sed -n 's/^-- cursor: //p'; }
-log_since() { journalctl -u t3backupd --after-cursor="$1" -o cat -q "${@:2}"; }
+# log_since CURSOR [-p err|warning]: the unit's messages after CURSOR, at that priority or
+# more urgent. The priority is filtered from the JSON output: `journalctl -p` combined
+# with --after-cursor returned nothing on systemd 252 here.
+log_since() {
+    local max=7
+    if [ "${2:-}" = -p ]; then case $3 in err) max=3 ;; warning) max=4 ;; esac; fi
+    journalctl -u t3backupd --after-cursor="$1" -o json -q | $PY -c '
+import json, sys
+for line in sys.stdin:
+    entry = json.loads(line)
+    message = entry.get("MESSAGE")
+    if isinstance(message, str) and int(entry.get("PRIORITY", 6)) <= int(sys.argv[1]):
+        print(message)' "$max"
+}
 pass_done() { log_since "$1" | grep -q '"event": "pass \(finished\|stopped\)"'; }
 pass_result() { log_since "$1" | grep '"event": "pass finished"' | tail -1 | sed 's/.*"result": "\([^"]*\)".*/\1/'; }
 run_pass() { # run_pass CURSOR: a pass now, signalling the daemon only
