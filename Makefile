@@ -21,7 +21,17 @@ DEMO_USER ?= t3demo
 # into the dev venv only, never part of the t3backupd wheel.
 DEVTOOLS := tests/devtools
 
-.PHONY: help apt venv install test lint typecheck unit demo demo-clean bench bench-history man
+# Only for `make deb` / `make test-systemd` (kept out of APT_PACKAGES: `make test` stays lean).
+DEB_APT_PACKAGES := debhelper dpkg-dev fakeroot lintian python3.11-venv
+VM_APT_PACKAGES := debootstrap qemu-system-x86 e2fsprogs zstd
+# Power cuts in make test-systemd (each one is one more VM boot).
+VM_CUTS ?= 4
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DEB_BUILD := $(CURDIR)/build/deb
+DEB := $(CURDIR)/build/t3backupd_$(VERSION)_all.deb
+
+.PHONY: help apt apt-deb apt-vm venv install test lint typecheck unit demo demo-clean bench \
+	bench-history man deb wheels test-systemd
 
 help:
 	@echo "make demo   - sandbox with a live T3-shaped database, daemon in the foreground"
@@ -29,11 +39,16 @@ help:
 	@echo "make bench  - benchmarks (prints a Markdown table, writes bench/results.json)"
 	@echo "make bench-history - offsite history per engine (restic, borg) over simulated days"
 	@echo "make man    - regenerate docs/t3backupd.8 from the command line definitions"
+	@echo "make deb    - build/t3backupd_<version>_all.deb (dpkg-buildpackage), lintian"
+	@echo "make test-systemd - the .deb under a real systemd in a Debian 12 qemu VM"
 
 # Tools only: a temporary policy-rc.d keeps package services (prometheus) from starting.
-apt:
+apt: PACKAGES := $(APT_PACKAGES)
+apt-deb: PACKAGES := $(DEB_APT_PACKAGES)
+apt-vm: PACKAGES := $(DEB_APT_PACKAGES) $(VM_APT_PACKAGES)
+apt apt-deb apt-vm:
 ifeq ($(UID_NOW),0)
-	@missing=""; for p in $(APT_PACKAGES); do \
+	@missing=""; for p in $(PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -48,7 +63,7 @@ ifeq ($(UID_NOW),0)
 	  exit $$status; \
 	fi
 else
-	@for p in $(APT_PACKAGES); do \
+	@for p in $(PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "install ok installed" \
 	    || echo "note: Debian package $$p is missing (run make as root to install it)"; \
 	done
@@ -105,3 +120,29 @@ ifeq ($(UID_NOW),0)
 	done
 endif
 	$(PY) bench/history.py --json bench/history.json $(BENCH_ARGS)
+
+# The wheels of the program and of every dependency (the only step that needs the package
+# registry); dpkg-buildpackage then builds offline from them.
+wheels: install
+	rm -rf $(DEB_BUILD)/wheels && mkdir -p $(DEB_BUILD)/wheels
+	$(PY) -m pip wheel -q --no-build-isolation -w $(DEB_BUILD)/wheels .
+
+# A Debian package from this checkout (tracked and new files), built with debhelper in
+# build/deb/src, then checked with lintian (overrides explained in packaging/debian/).
+deb: apt-deb wheels
+	rm -rf $(DEB_BUILD)/src && mkdir -p $(DEB_BUILD)/src
+	git ls-files -z -co --exclude-standard | grep -zv '^build/' | xargs -0 tar -cf - | tar -xf - -C $(DEB_BUILD)/src
+	cp -r packaging/debian $(DEB_BUILD)/src/debian
+	cp -r $(DEB_BUILD)/wheels $(DEB_BUILD)/src/wheels
+	test "$$(dpkg-parsechangelog -l packaging/debian/changelog -S Version)" = "$(VERSION)" \
+	  || { echo "packaging/debian/changelog: version is not $(VERSION) (pyproject.toml)" >&2; exit 1; }
+	cd $(DEB_BUILD)/src && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL dpkg-buildpackage -b -us -uc -rfakeroot > $(DEB_BUILD)/build.log 2>&1 \
+	  || { tail -40 $(DEB_BUILD)/build.log >&2; exit 1; }
+	mv $(DEB_BUILD)/t3backupd_$(VERSION)_all.deb $(DEB)
+	lintian --allow-root --fail-on error,warning --display-info $(DEB)
+	@echo "built $(DEB)"
+
+# The .deb under a real systemd: Debian 12 in qemu (KVM if it boots here, else TCG), image
+# cached in /var/tmp/t3backupd-vm; every guest check prints a PASS/FAIL line (tests/vm/).
+test-systemd: apt-vm deb
+	$(BASE_PYTHON) tests/vm/run.py --deb $(DEB) --cuts $(VM_CUTS)

@@ -24,7 +24,10 @@ MAX_INT = 1 << 62
 # --- the vocabulary -------------------------------------------------------------------
 
 Action = Literal["snapshot", "inventory", "verify", "restore", "adopt"]
-Status = Literal["ok", "failed", "skipped"]
+# "stopped" is the root side's own: a job ended because the daemon is stopping (not a
+# failure, never counted). A worker cannot report it (see STATUSES).
+Status = Literal["ok", "failed", "skipped", "stopped"]
+STOPPED: Status = "stopped"
 # Failures counted in the metrics (`t3backup_failures_total{reason}`).
 FailureReason = Literal[
     "timeout", "sqlite_error", "verify_failed", "permission", "disk_space", "worker_crashed",
@@ -43,7 +46,8 @@ VerifyMode = Literal["quick", "full", "none"]
 # Test-only kill points of a snapshot job (see SnapshotSpec.fault).
 FaultPoint = Literal["after_copy", "during_verify", "after_publish"]
 
-STATUSES: tuple[Status, ...] = get_args(Status)
+# What a worker may report.
+STATUSES: tuple[Status, ...] = tuple(status for status in get_args(Status) if status != STOPPED)
 FAILURE_REASONS: tuple[FailureReason, ...] = get_args(FailureReason)
 PARENT_ONLY_REASONS: tuple[FailureReason, ...] = ("worker_stuck",)
 SKIP_REASONS: tuple[SkipReason, ...] = get_args(SkipReason)

@@ -53,6 +53,7 @@ from t3backupd.root.scheduler import (
 from t3backupd.root.served import Served, load_served, log_problems
 from t3backupd.root.spawn import ProcessTracker
 from t3backupd.root.usage import DestinationCollector
+from t3backupd.root.watch import DestWatch
 
 JOB_ID = "pass"
 VERIFY_JOB_ID = "verify"
@@ -155,6 +156,13 @@ class Daemon:
         self._next_ping = 0.0
         self._clock_offset = time.time() - time.monotonic()
         self._scheduler_dead_logged = False
+        # Snapshots taken by the CLI reach the metrics (see root/watch.py).
+        self._watch = DestWatch(
+            lambda: (self._served.config, self._served.users),
+            self._gate.locked,
+            self._inventory.apply,
+            self._tracker,
+        )
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -168,6 +176,7 @@ class Daemon:
         log_problems(served)  # an unreadable usermap: zero users until a reload reads it
         names = [user.name for user in served.users]
         self._metrics.set_users(names)
+        self._watch.prime()
         # The last known inventory serves until each user's fresh listing arrives.
         known = statefile.load(self._state_dir, served.config.dest, names)
         for name, (count, newest, size) in known.items():
@@ -181,6 +190,7 @@ class Daemon:
             current=lambda: self._served.config.dest == served.config.dest,
             on_done=self._startup_inventory_done,
         )
+        self._watch.start()
         self._log.info(
             "daemon started",
             config=str(self._config_path),
@@ -341,7 +351,9 @@ class Daemon:
                 )
                 bad = sum(verify_failures(result.report) for result in results)
                 (self._log.warning if bad else self._log.info)(
-                    "verify pass finished", users=len(results), bad_snapshots=bad
+                    "verify pass stopped" if self._stopping.is_set() else "verify pass finished",
+                    users=len(results),
+                    bad_snapshots=bad,
                 )
         except Exception:
             self._log.exception("verify pass crashed")
@@ -388,13 +400,15 @@ class Daemon:
                     served.config,
                     served.users,
                     tracker=self._tracker,
-                    on_result=self._metrics.record_result,
+                    on_result=self._watch.recorder(self._metrics.record_result, served.config.dest),
                 )
                 self._save_state(served)
                 summary = summarize_pass(results)
                 failed = sum(result.report.status == "failed" for result in results)
                 (self._log.warning if failed else self._log.info)(
-                    "pass finished", result=summary, duration_s=round(time.monotonic() - clock, 3)
+                    "pass stopped" if self._stopping.is_set() else "pass finished",
+                    result=summary,
+                    duration_s=round(time.monotonic() - clock, 3),
                 )
             self._previous_result = (
                 f"{summary} at {datetime.now(UTC).isoformat(timespec='seconds')}"

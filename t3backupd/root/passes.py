@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from t3backupd.core.checks import verify_failures
 from t3backupd.core.config import Config
 from t3backupd.core.jobs import adopt_spec, inventory_spec, snapshot_spec, verify_spec
-from t3backupd.core.protocol import SnapshotInfo, UserResult
+from t3backupd.core.protocol import STOPPED, SnapshotInfo, UserResult
 from t3backupd.core.retention import is_future_dated
 from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
@@ -52,7 +52,7 @@ def snapshot_user(
     log = get_logger()
     if report.status == "failed":
         log.error("snapshot", message=report.message, **fields)
-    elif report.status == "skipped":
+    elif report.status in ("skipped", STOPPED):
         log.info("snapshot", message=report.message, **fields)
     else:
         log.info("snapshot", pruned=list(report.pruned), **fields)
@@ -116,7 +116,9 @@ def verify_user(
         "duration_s": round(result.duration_s, 3),
     }
     log = get_logger()
-    if report.status == "failed":
+    if report.status == STOPPED:
+        log.info("verify", message=report.message, **fields)
+    elif report.status == "failed":
         log.error("verify", message=report.message, **fields)
     elif report.status == "skipped":
         log.warning("verify", message=report.message, **fields)

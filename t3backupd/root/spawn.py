@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from t3backupd.core.protocol import (
+    STOPPED,
     Action,
     FailureReason,
     JobSpec,
@@ -40,6 +41,10 @@ KILL_GRACE_SECONDS = 5.0
 REAP_GRACE_SECONDS = 1.0
 REAP_POLL_SECONDS = 1.0
 MAX_REPORT_BYTES = 1 << 20
+# The daemon's own signals (reload, pass). `systemctl kill` sends them to every process of
+# the unit: a worker is spawned with them blocked and ignores them before anything else.
+DAEMON_ONLY_SIGNALS = frozenset({signal.SIGHUP, signal.SIGUSR1})
+
 STDERR_TAIL_BYTES = 4096
 WORKER_MODULE = "t3backupd.worker"
 
@@ -512,6 +517,10 @@ def run_worker(
     # extra_groups, root's would be kept). Not root: no switch is possible or needed.
     as_root = running_as_root()
     started = time.monotonic()
+    # Blocked in this thread while spawning: the child inherits the mask through exec, so a
+    # SIGHUP/SIGUSR1 arriving before the worker ignores them stays pending, then is dropped.
+    # The daemon's main thread (its handler) keeps receiving them.
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, DAEMON_ONLY_SIGNALS)
     try:
         process = subprocess.Popen(
             command,
@@ -529,6 +538,8 @@ def run_worker(
         )
     except OSError as error:
         return failed(spec.action, "worker_crashed", f"cannot start worker: {error}")
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
     if process.stdin is None or process.stdout is None or process.stderr is None:
         raise RuntimeError("Popen without pipes")  # cannot happen: all three are PIPE
     pidfd: int | None
@@ -576,6 +587,12 @@ def run_worker(
                 "kernel): abandoned, user skipped until it is reaped",
                 duration_s=duration,
             )
+    if tracker is not None and tracker.stopping.is_set():
+        report = _report_or_none(bytes(stdout.data), spec.action)
+        if report is None or report.status == "failed":
+            # Ended (or killed before its handler was installed) because we are stopping.
+            why = report.message if report is not None else f"exit status {process.returncode}"
+            return Report(spec.action, STOPPED, None, f"stopped: {why}"[:300], duration_s=duration)
     if timed_out:
         return failed(
             spec.action, "timeout", f"no result after {timeout:.0f}s", duration_s=duration
@@ -592,3 +609,10 @@ def run_worker(
             message += f"; stderr: {detail}"
         reason: FailureReason = "worker_crashed" if reaped else "worker_stuck"
         return failed(spec.action, reason, message, duration_s=duration)
+
+
+def _report_or_none(raw: bytes, action: Action) -> Report | None:
+    try:
+        return parse_report(raw, action)
+    except ReportError:
+        return None

@@ -2,7 +2,9 @@
 
 Reads one JobSpec (JSON) on stdin, does the job in the user's files, and writes one
 JSON Report line on stdout. On SIGTERM (the parent's stop or timeout) it removes its
-temp files, reports `timeout` and exits at once.
+temp files, reports `timeout` and exits at once. SIGHUP and SIGUSR1 (the daemon's reload
+and pass signals, which `systemctl kill` sends to the whole unit) are ignored: see
+`__main__`, which ignores them before anything else is imported.
 """
 
 from __future__ import annotations
