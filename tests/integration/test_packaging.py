@@ -53,6 +53,13 @@ KNOWN_METRICS = frozenset(
         "t3backup_build_info",
         "t3backup_verify_failures_total",
         "t3backup_last_verify_timestamp_seconds",
+        # [offsite] (issue 13)
+        "t3backup_offsite_last_success_timestamp_seconds",
+        "t3backup_offsite_failures_total",
+        "t3backup_offsite_bytes_added_total",
+        "t3backup_offsite_snapshots",
+        "t3backup_offsite_last_check_timestamp_seconds",
+        "t3backup_offsite_check_failures_total",
         "up",
     }
 )
