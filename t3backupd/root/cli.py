@@ -105,6 +105,16 @@ DOCS: dict[str, CommandDoc] = {
          "1  a snapshot failed its check (no checksum written), the user's directory is "
          "missing, or the job failed"),
     ),
+    "offsite": CommandDoc(
+        "offsite repository (restic): init, sync, check",
+        "offsite init creates the [offsite] restic repository if it does not exist; "
+        "offsite sync uploads each served user's local snapshots that are not offsite yet "
+        "(a worker as the user streams them; restic, run by root with the password, stores "
+        "them) and applies the offsite retention per user; offsite check runs restic check "
+        "--read-data-subset and a restore drill of each user's newest copy. list --offsite "
+        "and restore --from offsite read the repository.",
+        ("0  done for every user", "1  the repository or a user's upload or drill failed"),
+    ),
     "check-config": CommandDoc(
         "validate config and usermap, show what is in effect",
         "Validate the config and the usermap; print every config key with its value and "
@@ -224,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--offsite", action="store_true", help="list the copies in the offsite repository"
     )
 
-    offsite = commands.add_parser("offsite", help="offsite repository: init, check, sync")
+    offsite = command("offsite")
     offsite_commands = offsite.add_subparsers(
         dest="offsite_command", required=True, parser_class=_Parser
     )
