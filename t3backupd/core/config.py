@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from t3backupd.core.cron import CronError, parse_crontab
 from t3backupd.core.errors import ConfigError
+from t3backupd.core.offsite_config import OffsiteConfig, parse_offsite, secret_file_problems
 from t3backupd.core.protocol import METHODS, VERIFY_MODES, Method, VerifyMode
 from t3backupd.core.retention import RetentionPolicy
 from t3backupd.core.usermap import system_uid_max
@@ -88,6 +89,7 @@ class Config:
     # Where each key's value came from ("default", "file", "environment T3_BACKUP_KEEP"),
     # for `check-config`; not part of what the config *is*.
     origins: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    offsite: OffsiteConfig | None = None  # [offsite] (core/offsite_config.py); None = off
 
     def source_for(self, user: str, home: str) -> str:
         """The source database path of one user (from the passwd database)."""
@@ -325,7 +327,7 @@ def _read_section(
         origins[dotted] = origin
     known = {key.name for key in section.keys}
     if not section.name:
-        known |= {other.name for other in SECTIONS if other.name}
+        known |= {other.name for other in SECTIONS if other.name} | {"offsite"}
     for unknown in sorted(set(table) - known):
         problems.append(f"{prefix}{unknown}: unknown key")
     return values
@@ -361,6 +363,11 @@ def parse_config(
         problems.append(f"max_uid: must be >= min_uid ({top['min_uid']}); no user would be served")
     if bool(metrics.tls_cert) != bool(metrics.tls_key):
         problems.append("metrics.tls_key: tls_cert and tls_key must be set together")
+    offsite = data.get("offsite")
+    if offsite is not None and not isinstance(offsite, dict):
+        problems.append(f"offsite: expected table, got {type(offsite).__name__}")
+    elif offsite is not None:
+        sections["offsite"] = parse_offsite(offsite, problems)
     if problems:
         raise ConfigError(source, problems)
     top.update(sections, path=source, origins=tuple(sorted(origins.items())))
@@ -398,4 +405,11 @@ def load_config(
         raise ConfigError(str(path), ["not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(str(path), [f"not valid TOML: {error}"]) from None
-    return parse_config(data, str(path), environ)
+    config = parse_config(data, str(path), environ)
+    if config.offsite is not None:
+        # The one check that looks at files: the offsite secrets must be root's alone.
+        owner = None if os.geteuid() == 0 else os.geteuid()
+        problems = secret_file_problems(config.offsite, owner)
+        if problems:
+            raise ConfigError(str(path), problems)
+    return config

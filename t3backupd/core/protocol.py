@@ -23,7 +23,7 @@ MAX_INT = 1 << 62
 
 # --- the vocabulary -------------------------------------------------------------------
 
-Action = Literal["snapshot", "inventory", "verify", "restore", "adopt"]
+Action = Literal["snapshot", "inventory", "verify", "restore", "adopt", "stream"]
 # "stopped" is the root side's own: a job ended because the daemon is stopping (not a
 # failure, never counted). A worker cannot report it (see STATUSES).
 Status = Literal["ok", "failed", "skipped", "stopped"]
@@ -176,6 +176,12 @@ class RestoreSpec(JobSpec):
     verify: VerifyMode = "quick"
     min_free_bytes: int = 0
 
+    # Restore from offsite: the bytes arrive on this inherited pipe descriptor (-1: a
+    # local restore) and must have exactly this size and sha256 (recorded at publish).
+    stream_fd: int = -1
+    expected_bytes: int = 0
+    expected_sha256: str = ""
+
     def validate(self) -> None:
         _require("method", self.method, METHODS)
         _require("verify", self.verify, VERIFY_MODES)
@@ -189,8 +195,19 @@ class AdoptSpec(JobSpec):
     action: ClassVar[Action] = "adopt"
 
 
+@dataclass(frozen=True)
+class StreamSpec(JobSpec):
+    """Write a header line and then the bytes of the published snapshot `snapshot` (an
+    exact file name) to the inherited pipe descriptor `stream_fd` (offsite upload)."""
+
+    action: ClassVar[Action] = "stream"
+    snapshot: str = ""
+    stream_fd: int = -1
+
+
 SPEC_TYPES: dict[str, type[JobSpec]] = {
-    kind.action: kind for kind in (SnapshotSpec, InventorySpec, VerifySpec, RestoreSpec, AdoptSpec)
+    kind.action: kind
+    for kind in (SnapshotSpec, InventorySpec, VerifySpec, RestoreSpec, AdoptSpec, StreamSpec)
 }
 
 
@@ -265,6 +282,10 @@ def failed(action: Action, reason: Reason, message: str, **kwargs: Any) -> Repor
 
 
 # --- strict parsing -------------------------------------------------------------------
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(ch in "0123456789abcdef" for ch in text)
 
 
 def printable(text: str) -> str:
@@ -350,7 +371,9 @@ def parse_report(raw: bytes, expected_action: Action) -> Report:
     reason = data.get("reason")
     if status == "ok" and reason is not None:
         raise ReportError("reason: must be null when ok")
-    allowed_failures = FAILURE_REASONS + (RESTORE_FAILURE_REASONS if action == "restore" else ())
+    allowed_failures = FAILURE_REASONS + (
+        RESTORE_FAILURE_REASONS if action in ("restore", "stream") else ()
+    )
     # `worker_stuck` is the parent's finding about a worker, never a worker's to claim.
     if status == "failed" and (reason not in allowed_failures or reason in PARENT_ONLY_REASONS):
         raise ReportError("reason: not a known failure reason")
@@ -382,9 +405,11 @@ def parse_report(raw: bytes, expected_action: Action) -> Report:
             VerifyResult(name, entry["outcome"], _clean_text(entry.get("detail", ""), "detail"))
         )
     extra_raw = _object(
-        data.get("extra", {}), "extra", {"restored_from", "undo", "target", "pre_restore"}
+        data.get("extra", {}), "extra", {"restored_from", "undo", "target", "pre_restore", "sha256"}
     )
     extra = {key: _clean_text(value, f"extra.{key}", 4096) for key, value in extra_raw.items()}
+    if "sha256" in extra and not _is_sha256(extra["sha256"]):
+        raise ReportError("extra.sha256: not a sha256 digest")
     for key in ("restored_from", "pre_restore"):
         if key in extra and parse_name(extra[key]) is None:
             raise ReportError(f"extra.{key}: not a snapshot name")

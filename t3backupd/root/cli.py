@@ -105,6 +105,16 @@ DOCS: dict[str, CommandDoc] = {
          "1  a snapshot failed its check (no checksum written), the user's directory is "
          "missing, or the job failed"),
     ),
+    "offsite": CommandDoc(
+        "offsite repository (restic): init, sync, check",
+        "offsite init creates the [offsite] restic repository if it does not exist; "
+        "offsite sync uploads each served user's local snapshots that are not offsite yet "
+        "(a worker as the user streams them; restic, run by root with the password, stores "
+        "them) and applies the offsite retention per user; offsite check runs restic check "
+        "--read-data-subset and a restore drill of each user's newest copy. list --offsite "
+        "and restore --from offsite read the repository.",
+        ("0  done for every user", "1  the repository or a user's upload or drill failed"),
+    ),
     "check-config": CommandDoc(
         "validate config and usermap, show what is in effect",
         "Validate the config and the usermap; print every config key with its value and "
@@ -220,6 +230,21 @@ def build_parser() -> argparse.ArgumentParser:
     listing = command("list")
     users_option(listing, "every served user")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.add_argument(
+        "--offsite", action="store_true", help="list the copies in the offsite repository"
+    )
+
+    offsite = command("offsite")
+    offsite_commands = offsite.add_subparsers(
+        dest="offsite_command", required=True, parser_class=_Parser
+    )
+    offsite_commands.add_parser("init", help="create the repository if it does not exist")
+    offsite_check = offsite_commands.add_parser(
+        "check", help="repository check + a restore drill of each user's newest copy"
+    )
+    offsite_check.add_argument("--user", action="append", default=[])
+    offsite_sync = offsite_commands.add_parser("sync", help="upload what is missing now")
+    offsite_sync.add_argument("--user", action="append", default=[])
 
     check = command("check-config")
     check.add_argument(
@@ -244,6 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="latest",
         metavar="S",
         help="a snapshot file name from list, 'latest' (default) or a label",
+    )
+    restore.add_argument(
+        "--from",
+        dest="origin",
+        choices=("local", "offsite"),
+        default="local",
+        help="restore from the local backup dir (default) or the offsite repository",
     )
     where = restore.add_mutually_exclusive_group(required=True)
     where.add_argument("--to", metavar="PATH", help="write a restored copy to this new file")
@@ -465,6 +497,10 @@ def command_list(args: argparse.Namespace) -> int:
     config, users, _ = load_context(args)
     out = Output(args.quiet)
     selected = select_users(users, args.user, config)
+    if args.offsite:
+        from t3backupd.root.offsite import commands as offsite_commands
+
+        return offsite_commands.list_offsite(config, selected, args.json)
     require_dest(config)
     now = time.time()
     documents = [(user, inventory_user(config, user).report) for user in selected]
@@ -646,6 +682,10 @@ def command_restore(args: argparse.Namespace) -> int:
     config, users, _ = load_context(args)
     out = Output(args.quiet)
     user = select_users(users, [args.user], config)[0]
+    if args.origin == "offsite":
+        from t3backupd.root.offsite import commands as offsite_commands
+
+        return offsite_commands.restore(config, user, args.snapshot, args.to, args.in_place)
     require_dest(config)
     if args.to is not None:
         # Relative to the caller's cwd, not normalised: '..' keeps the kernel's meaning.
@@ -723,7 +763,20 @@ def command_run(args: argparse.Namespace) -> int:
     return daemon.run(resolve_config_path(args.config))
 
 
+def command_offsite(args: argparse.Namespace) -> int:
+    from t3backupd.root.offsite import commands as offsite_commands
+
+    config, users, _ = load_context(args)
+    if args.offsite_command == "init":
+        return offsite_commands.init(config)
+    selected = select_users(users, args.user, config)
+    if args.offsite_command == "check":
+        return offsite_commands.check(config, selected)
+    return offsite_commands.sync(config, selected)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "offsite": command_offsite,
     "run": command_run,
     "verify": command_verify,
     "restore": command_restore,

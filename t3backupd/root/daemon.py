@@ -57,6 +57,8 @@ from t3backupd.root.watch import DestWatch
 
 JOB_ID = "pass"
 VERIFY_JOB_ID = "verify"
+OFFSITE_PRUNE_JOB_ID = "offsite-prune"
+OFFSITE_CHECK_JOB_ID = "offsite-check"
 STOP_GRACE_SECONDS = 30.0  # for running workers to clean up and report after SIGTERM
 IDLE_TICK_SECONDS = 30.0  # main-loop wake-up without a watchdog (clock-jump check)
 REFRESH = "refresh"  # queued (besides signal numbers) when STATUS / next run may change
@@ -163,6 +165,7 @@ class Daemon:
             self._inventory.apply,
             self._tracker,
         )
+        self._offsite: Any = None  # OffsiteService when [offsite] is configured
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -181,6 +184,14 @@ class Daemon:
         known = statefile.load(self._state_dir, served.config.dest, names)
         for name, (count, newest, size) in known.items():
             self._metrics.restore_summary(name, count, newest, size)
+        if served.config.offsite is not None:
+            from t3backupd.root.offsite.service import OffsiteService
+
+            self._offsite = OffsiteService(
+                lambda: self._served.config, lambda: self._served.users, self._tracker,
+                self._registry,
+            )  # fmt: skip
+            self._offsite.start()
         self._metrics.config_loaded(True, time.time())
         self._start_endpoint(served.config.metrics)
         self._start_scheduler(served.config)
@@ -276,7 +287,9 @@ class Daemon:
         while time.monotonic() < deadline:
             # Repeated: a worker being spawned while we signal the others is caught next time.
             self._tracker.terminate_all()
-            if self._gate.wait_idle(timeout=0.2):
+            # The offsite lane runs outside the gate: also wait for its restic processes
+            # and stream workers (tracked too) to be gone.
+            if self._gate.wait_idle(timeout=0.2) and self._tracker.running() == 0:
                 stopped = True
                 break
         self._endpoint.stop()
@@ -310,6 +323,7 @@ class Daemon:
             max_instances=1,
         )
         self._schedule_verify(config)
+        self._schedule_offsite(config)
         self._scheduler.start()
         self._metrics.set_next_run(self._next_run_timestamp())
 
@@ -329,6 +343,35 @@ class Daemon:
             coalesce=True,
             max_instances=1,
         )
+
+    def _on_snapshot_result(self, result: UserResult) -> None:
+        """Record one user's snapshot; queue their offsite sync (the second lane: the
+        pass goes on to the next user at once)."""
+        self._metrics.record_result(result)
+        if self._offsite is not None:
+            self._offsite.submit(result.user)
+
+    def _schedule_offsite(self, config: Config) -> None:
+        """`offsite.prune_cron` and `offsite.check_cron` jobs (replaced on reload)."""
+        for job_id in (OFFSITE_PRUNE_JOB_ID, OFFSITE_CHECK_JOB_ID):
+            if self._scheduler.get_job(job_id) is not None:
+                self._scheduler.remove_job(job_id)
+        if config.offsite is None or self._offsite is None:
+            return
+        for job_id, cron, function in (
+            (OFFSITE_PRUNE_JOB_ID, config.offsite.prune_cron, self._offsite.prune),
+            (OFFSITE_CHECK_JOB_ID, config.offsite.check_cron, self._offsite.check),
+        ):
+            if cron:
+                self._scheduler.add_job(
+                    function,
+                    build_trigger(cron, config.schedule.timezone),
+                    id=job_id,
+                    name=job_id,
+                    misfire_grace_time=config.schedule.misfire_grace_seconds,
+                    coalesce=True,
+                    max_instances=1,
+                )
 
     def _run_verify(self) -> None:
         """Scheduled verification of every stored snapshot (shares the pass lock: never
@@ -400,7 +443,7 @@ class Daemon:
                     served.config,
                     served.users,
                     tracker=self._tracker,
-                    on_result=self._watch.recorder(self._metrics.record_result, served.config.dest),
+                    on_result=self._watch.recorder(self._on_snapshot_result, served.config.dest),
                 )
                 self._save_state(served)
                 summary = summarize_pass(results)
@@ -454,7 +497,10 @@ class Daemon:
             new.config.schedule.timezone,
         ):
             self._schedule_verify(new.config)
+        self._schedule_offsite(new.config)
         added, _ = self._metrics.set_users(user.name for user in new.users)
+        if self._offsite is not None:
+            self._offsite.set_users(new.users)
         self._served = new
         # Snapshots of users added, or of everyone if dest moved: listed off the main thread
         # (a worker may take its whole timeout), results applied to the metrics when done.

@@ -499,6 +499,31 @@ def _exchange(
     return exited
 
 
+def start_worker(user: User, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+    """Start `python -I -m t3backupd.worker` as `user` (stdin/stdout/stderr pipes, its
+    own process group, a minimal environment); `pass_fds` are inherited (a stream's
+    pipe end). Raises OSError."""
+    command = [sys.executable, "-I", "-m", WORKER_MODULE]
+    # As root: the user's uid, primary gid and *their own* supplementary groups (without
+    # extra_groups, root's would be kept). Not root: no switch is possible or needed.
+    as_root = running_as_root()
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd="/",
+        env=worker_environment(user),
+        umask=0o077,
+        process_group=0,
+        close_fds=True,
+        pass_fds=pass_fds,
+        user=user.uid if as_root else None,
+        group=user.gid if as_root else None,
+        extra_groups=os.getgrouplist(user.name, user.gid) if as_root else None,
+    )
+
+
 def run_worker(
     spec: JobSpec,
     user: User,
@@ -512,30 +537,13 @@ def run_worker(
     (or that exits but cannot be reaped) is abandoned to the background reaper and
     reported as `worker_stuck`. Never raises for worker misbehaviour.
     """
-    command = [sys.executable, "-I", "-m", WORKER_MODULE]
-    # As root: the user's uid, primary gid and *their own* supplementary groups (without
-    # extra_groups, root's would be kept). Not root: no switch is possible or needed.
-    as_root = running_as_root()
     started = time.monotonic()
     # Blocked in this thread while spawning: the child inherits the mask through exec, so a
     # SIGHUP/SIGUSR1 arriving before the worker ignores them stays pending, then is dropped.
     # The daemon's main thread (its handler) keeps receiving them.
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, DAEMON_ONLY_SIGNALS)
     try:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd="/",
-            env=worker_environment(user),
-            umask=0o077,
-            process_group=0,
-            close_fds=True,
-            user=user.uid if as_root else None,
-            group=user.gid if as_root else None,
-            extra_groups=os.getgrouplist(user.name, user.gid) if as_root else None,
-        )
+        process = start_worker(user)
     except OSError as error:
         return failed(spec.action, "worker_crashed", f"cannot start worker: {error}")
     finally:

@@ -27,6 +27,7 @@ from t3backupd.core.protocol import (
     Report,
     RestoreSpec,
     SnapshotSpec,
+    StreamSpec,
     VerifySpec,
     failed,
 )
@@ -36,6 +37,7 @@ from t3backupd.worker.inventory import inventory_job
 from t3backupd.worker.job import Job
 from t3backupd.worker.restore import restore_job
 from t3backupd.worker.snapshot import snapshot_job
+from t3backupd.worker.stream import stream_job
 from t3backupd.worker.verify import verify_job
 
 MAX_SPEC_BYTES = 1 << 16
@@ -55,6 +57,8 @@ def dispatch(job: Job) -> Report:
             return restore_job(job, spec)
         case AdoptSpec() as spec:
             return adopt_job(job, spec)
+        case StreamSpec() as spec:
+            return stream_job(job, spec)
     raise ValueError(f"no job for action {job.spec.action!r}")  # from_json refuses these
 
 

@@ -8,6 +8,7 @@ run (choose, verify, look for processes holding the database), then, after a
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import secrets
 import sqlite3
@@ -18,7 +19,7 @@ from datetime import UTC, datetime
 from urllib.parse import quote
 
 from t3backupd.core.errors import SnapshotNotFound, UsageError
-from t3backupd.core.naming import TEMP_PREFIX, TEMP_SUFFIX, SnapshotName
+from t3backupd.core.naming import TEMP_PREFIX, TEMP_SUFFIX, SnapshotName, parse_name
 from t3backupd.core.protocol import Reason, Report, RestoreSpec, SnapshotInfo, printable
 from t3backupd.core.selection import (
     PRE_RESTORE_LABEL,
@@ -458,9 +459,84 @@ def _restore_in_place(
     )
 
 
+def _restore_from_stream(job: Job, spec: RestoreSpec) -> Report:
+    """Restore from offsite: the snapshot's bytes arrive on `spec.stream_fd` (the root
+    side pumps them from the engine); written as a local `--to` restore is (a hidden temp
+    beside the target, renamed only once verified), and verified: size and sha256 must
+    equal the recorded ones, then quick_check. More bytes than recorded stop at once."""
+    name = spec.snapshot
+    parsed = parse_name(name)
+    if parsed is None:
+        os.close(spec.stream_fd)
+        raise ops.StepFailed("not_found", f"{name!r} is not a snapshot name")
+    target = spec.target
+    try:
+        _refuse_existing(target)
+        temp, target_fd = _create_temp_beside(target)
+    except BaseException:
+        os.close(spec.stream_fd)
+        raise
+    job.temps.add(temp)
+    digest = hashlib.sha256()
+    written = 0
+    try:
+        try:
+            while chunk := os.read(spec.stream_fd, 1 << 20):
+                written += len(chunk)
+                if written > spec.expected_bytes:
+                    raise ops.StepFailed(
+                        "verify_failed",
+                        f"the offsite copy of {name} is longer than its recorded "
+                        f"{spec.expected_bytes} bytes",
+                    )
+                digest.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(target_fd, view) :]
+            os.fsync(target_fd)
+            target_info = os.fstat(target_fd)
+        finally:
+            os.close(target_fd)
+            os.close(spec.stream_fd)
+        if written != spec.expected_bytes or digest.hexdigest() != spec.expected_sha256:
+            raise ops.StepFailed(
+                "verify_failed",
+                f"the offsite copy of {name} differs from the recorded one ({written} of "
+                f"{spec.expected_bytes} bytes, sha256 "
+                f"{'matches' if digest.hexdigest() == spec.expected_sha256 else 'differs'})",
+            )
+        if not same_file(temp, (target_info.st_dev, target_info.st_ino)):
+            raise ops.StepFailed("verify_failed", f"{temp} was replaced while being written")
+        problems, copy_digest = ops.verify_and_hash(temp, "quick")
+        if copy_digest != spec.expected_sha256 or problems:
+            why = "; ".join(problems[:3]) or "sha256 of the written file differs"
+            raise ops.StepFailed("verify_failed", f"restored copy failed verification: {why}")
+        _publish_no_replace(temp, target)
+        ops.fsync_path(os.path.dirname(target) or "/", directory=True)
+    except BaseException:
+        job.temps.remove_all()
+        raise
+    job.temps.discard(temp)
+    return Report(
+        action="restore",
+        status="ok",
+        message=(
+            f"wrote {written} bytes to {target} (mode 0600); sha256 matches the recorded "
+            "digest, quick_check ok"
+        ),
+        snapshot=SnapshotInfo(
+            name=name, time=parsed.time.timestamp(), bytes=written, label=parsed.label
+        ),
+        duration_s=round(job.elapsed(), 6),
+        extra={"restored_from": name, "target": target, "sha256": copy_digest},
+    )
+
+
 def restore_job(job: Job, spec: RestoreSpec) -> Report:
     """Worker job "restore": choose and verify the snapshot, then write it to
     `spec.target` or (`spec.in_place`) into the live database `spec.source`."""
+    if spec.stream_fd >= 0:
+        return _restore_from_stream(job, spec)
     try:
         request = parse_snapshot_request(spec.snapshot)
     except UsageError as error:  # the parent validated it; kept for a clear report

@@ -60,6 +60,13 @@ KNOWN_METRICS = frozenset(
         "t3backup_metrics_bind_failures_total",
         "t3backup_metrics_connections_rejected_total",
         "t3backup_metrics_socket_activated",
+        # [offsite] (issue 13)
+        "t3backup_offsite_last_success_timestamp_seconds",
+        "t3backup_offsite_failures_total",
+        "t3backup_offsite_bytes_added_total",
+        "t3backup_offsite_snapshots",
+        "t3backup_offsite_last_check_timestamp_seconds",
+        "t3backup_offsite_check_failures_total",
         "up",
     }
 )

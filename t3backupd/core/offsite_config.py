@@ -1,0 +1,251 @@
+"""The `[offsite]` config section (pure parsing) and the check of its secret files.
+
+Self-contained so the main parser only hands it the table: `parse_offsite` records every
+problem in the caller's list; `secret_file_problems` is the one part that looks at the
+filesystem (owner and mode of `password_file` / `environment_file`), called by
+`load_config`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from t3backupd.core.cron import CronError, parse_crontab
+
+ENGINES = ("restic",)
+COMPRESSIONS = ("auto", "max", "off")
+_SUBSET = re.compile(r"(\d+)/(\d+)|(\d{1,3}(?:\.\d+)?)%|(\d+[KMGT]?)")
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Variables restic would take the repository secret or location from: never from the
+# environment file (the password comes from password_file only, the repository from
+# `repository`).
+RESERVED_ENV = (
+    "RESTIC_PASSWORD",
+    "RESTIC_PASSWORD_FILE",
+    "RESTIC_PASSWORD_COMMAND",
+    "RESTIC_REPOSITORY",
+    "RESTIC_REPOSITORY_FILE",
+    "RESTIC_CACHE_DIR",
+)
+MAX_SECRET_FILE_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class OffsiteConfig:
+    """`[offsite]`: where and how snapshots leave the machine (absent = off)."""
+
+    repository: str = ""
+    password_file: str = ""
+    environment_file: str = ""
+    engine: str = "restic"
+    restic: str = "restic"
+    host: str = ""  # restic --host of this machine's snapshots; "" = the hostname
+    cache_dir: str = "/var/cache/t3backupd/restic"
+    timeout_seconds: int = 3600
+    concurrency: int = 1
+    limit_upload_kib: int = 0  # 0 = unlimited
+    compression: str = "auto"
+    # Deduplicated history is cheap: a week of dailies, two months of weeklies, a year
+    # of monthlies, and always the newest 3 whatever their age.
+    keep_last: int = 3
+    keep_daily: int = 7
+    keep_weekly: int = 8
+    keep_monthly: int = 12
+    prune_cron: str = "15 5 * * 0"  # forget + prune weekly (Sunday 05:15)
+    check_cron: str = "45 5 * * 0"  # restic check + restore drill weekly
+    check_read_data_subset: str = "1/7"
+    options: tuple[str, ...] = ()  # restic --option KEY=VALUE (e.g. sftp.command=...)
+
+
+def parse_offsite(table: Mapping[str, Any], problems: list[str]) -> OffsiteConfig:
+    """Validate the `[offsite]` table; every problem is appended as "offsite.KEY: ..."."""
+    defaults = OffsiteConfig()
+    values: dict[str, Any] = {}
+    for name, default in defaults.__dict__.items():
+        if name not in table:
+            values[name] = default
+            continue
+        value = table[name]
+        if name == "options":
+            if isinstance(value, list) and all(isinstance(item, str) for item in value):
+                values[name] = tuple(value)
+            else:
+                problems.append(f"offsite.{name}: expected a list of strings")
+                values[name] = default
+            continue
+        kind = type(default)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            problems.append(f"offsite.{name}: expected {kind.__name__}, got {type(value).__name__}")
+            values[name] = default
+        else:
+            values[name] = value
+    for unknown in sorted(set(table) - set(defaults.__dict__)):
+        problems.append(f"offsite.{unknown}: unknown key")
+    config = OffsiteConfig(**values)
+
+    def check(name: str, ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(f"offsite.{name}: {message}")
+
+    check("repository", bool(config.repository.strip()), "required (a restic repository)")
+    check(
+        "repository",
+        not config.repository or _repository_ok(config.repository),
+        "expected /path, sftp:..., rest:..., s3:..., rclone:..., b2:..., azure:..., gs:... "
+        "or swift:...",
+    )
+    check("password_file", config.password_file.startswith("/"), "required, an absolute path")
+    check(
+        "environment_file",
+        not config.environment_file or config.environment_file.startswith("/"),
+        "must be an absolute path",
+    )
+    check("engine", config.engine in ENGINES, f"must be one of {ENGINES}")
+    check("restic", bool(config.restic), "must name the restic binary")
+    check("host", not config.host or _HOST.fullmatch(config.host) is not None, "invalid host name")
+    check(
+        "options",
+        all(re.fullmatch(r"[a-z0-9]+\.[a-z0-9.-]+=.*", item) for item in config.options),
+        'expected "backend.option=value" strings',
+    )
+    check("cache_dir", config.cache_dir.startswith("/"), "must be an absolute path")
+    check("timeout_seconds", 1 <= config.timeout_seconds <= 7 * 86400, "must be 1-604800")
+    check("concurrency", 1 <= config.concurrency <= 16, "must be 1-16")
+    check("limit_upload_kib", config.limit_upload_kib >= 0, "must be >= 0 (0 = unlimited)")
+    check("compression", config.compression in COMPRESSIONS, f"must be one of {COMPRESSIONS}")
+    for name in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly"):
+        check(name, getattr(config, name) >= 0, "must be >= 0")
+    check(
+        "keep_last",
+        any(getattr(config, name) for name in ("keep_last", "keep_daily", "keep_weekly")),
+        "keep_last, keep_daily or keep_weekly must keep something",
+    )
+    for name in ("prune_cron", "check_cron"):
+        text = getattr(config, name)
+        if text:
+            try:
+                parse_crontab(text)
+            except CronError as error:
+                check(name, False, str(error))
+    check(
+        "check_read_data_subset",
+        _subset_ok(config.check_read_data_subset),
+        'expected "n/t" (1 <= n <= t), "P%" or a size such as "500M"',
+    )
+    return config
+
+
+def _repository_ok(repository: str) -> bool:
+    if any(ch.isspace() or not ch.isprintable() for ch in repository):
+        return False
+    if repository.startswith("/"):
+        return True
+    scheme, sep, rest = repository.partition(":")
+    return bool(sep and rest) and scheme in (
+        "sftp",
+        "rest",
+        "s3",
+        "rclone",
+        "b2",
+        "azure",
+        "gs",
+        "swift",
+    )
+
+
+def _subset_ok(text: str) -> bool:
+    match = _SUBSET.fullmatch(text)
+    if match is None:
+        return False
+    if match.group(1) is not None:
+        return 1 <= int(match.group(1)) <= int(match.group(2))
+    if match.group(3) is not None:
+        return 0 < float(match.group(3)) <= 100
+    return True
+
+
+def secret_file_problems(config: OffsiteConfig, owner_uid: int | None = None) -> list[str]:
+    """Problems with the password and environment files: each must be a regular file
+    (not a link), owned by root (or by `owner_uid`, the daemon's uid when not root) and
+    not readable or writable by group or others; the environment file must be KEY=VALUE
+    lines. Reads only root's own files (the operator's, in /etc)."""
+    owner = 0 if owner_uid is None else owner_uid
+    problems: list[str] = []
+    for key in ("password_file", "environment_file"):
+        path = getattr(config, key)
+        if not path:
+            continue
+        try:
+            data = read_secret_file(path, owner)
+        except SecretFileError as error:
+            problems.append(f"offsite.{key}: {path}: {error}")
+            continue
+        if key == "password_file" and not data.strip():
+            problems.append(f"offsite.{key}: {path}: is empty")
+        if key == "environment_file":
+            try:
+                parse_environment(data.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as error:
+                problems.append(f"offsite.{key}: {path}: {error}")
+    return problems
+
+
+class SecretFileError(Exception):
+    """A password or credentials file that must not be used."""
+
+
+def read_secret_file(path: str, owner: int) -> bytes:
+    """The contents of a root-only file. Raises SecretFileError saying what is wrong."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise SecretFileError("does not exist") from None
+    except OSError as error:
+        raise SecretFileError(f"cannot open ({error.strerror}; a symlink is refused)") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SecretFileError("is not a regular file")
+        if info.st_uid != owner:
+            raise SecretFileError(f"is owned by uid {info.st_uid}, must be owned by uid {owner}")
+        if info.st_mode & 0o077:
+            raise SecretFileError(
+                f"mode {stat.S_IMODE(info.st_mode):04o} lets group or others in; chmod 0600 it"
+            )
+        data = os.read(fd, MAX_SECRET_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SECRET_FILE_BYTES:
+        raise SecretFileError("is larger than 64 KiB")
+    return data
+
+
+def parse_environment(text: str) -> dict[str, str]:
+    """KEY=VALUE lines (blank lines and # comments allowed). Raises ValueError naming the
+    line number (never the value: it is a secret)."""
+    result: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        key, sep, value = stripped.partition("=")
+        key = key.strip()
+        if key.startswith("export "):
+            key = key[len("export ") :].strip()
+        if not sep or _ENV_KEY.fullmatch(key) is None:
+            raise ValueError(f"line {number}: expected KEY=VALUE")
+        if key in RESERVED_ENV:
+            raise ValueError(
+                f"line {number}: {key} is not allowed here (password_file and repository say that)"
+            )
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        result[key] = value
+    return result

@@ -1,0 +1,18 @@
+"""Offsite copies: the engine interface (`engine`), restic (`restic`), the lane (`lane`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from t3backupd.core.config import Config
+from t3backupd.core.errors import UsageError
+from t3backupd.root.offsite.engine import Engine
+
+
+def make_engine(config: Config, tracker: Any = None) -> Engine:
+    """The engine `[offsite]` names. Raises UsageError when there is no `[offsite]`."""
+    if config.offsite is None:
+        raise UsageError(f"{config.path}: no [offsite] section; offsite copies are off")
+    from t3backupd.root.offsite.restic import ResticEngine
+
+    return ResticEngine(config.offsite, tracker)

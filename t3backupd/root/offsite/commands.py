@@ -1,0 +1,165 @@
+"""The offsite CLI commands: `offsite init|check|sync`, `list --offsite`,
+`restore --from offsite`. One line per user; an engine failure is one line naming the
+repository and what failed; exit 0 ok, 1 failed (2 for usage, from the caller)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from t3backupd.core.config import Config
+from t3backupd.core.errors import UsageError
+from t3backupd.core.selection import parse_snapshot_request
+from t3backupd.core.usermap import User
+from t3backupd.root.log import get_logger
+from t3backupd.root.offsite import make_engine
+from t3backupd.root.offsite.engine import OffsiteError, OffsiteSnapshot
+from t3backupd.root.offsite.lane import drill_user, restore_from_offsite, run_offsite_pass
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"t3backupd: offsite {message}\n")
+
+
+def init(config: Config) -> int:
+    engine = make_engine(config)
+    try:
+        created = engine.init()
+    except OffsiteError as error:
+        _error(str(error))
+        return EXIT_FAILED
+    if created:
+        print(f"created {engine.name} repository {engine.location} (format 2)")
+    else:
+        print(f"{engine.name} repository {engine.location} exists already; nothing changed")
+    return EXIT_OK
+
+
+def sync(config: Config, users: Sequence[User]) -> int:
+    engine = make_engine(config)
+    outcomes = run_offsite_pass(engine, config, users)
+    for outcome in outcomes:
+        added = sum(item.bytes_added for item in outcome.uploaded)
+        copies = "?" if outcome.snapshots is None else str(outcome.snapshots)
+        summary = (
+            f"{len(outcome.uploaded)} uploaded ({added} bytes added), "
+            f"{len(outcome.forgotten)} forgotten, {copies} offsite"
+        )
+        if outcome.ok:
+            print(f"{outcome.user.name}: ok {summary}")
+        else:
+            first = outcome.failures[0]
+            print(f"{outcome.user.name}: FAILED {first}; {summary}")
+    return EXIT_OK if all(outcome.ok for outcome in outcomes) else EXIT_FAILED
+
+
+def check(config: Config, users: Sequence[User]) -> int:
+    engine = make_engine(config)
+    offsite = config.offsite
+    subset = offsite.check_read_data_subset if offsite is not None else ""
+    status = EXIT_OK
+    try:
+        engine.check(subset)
+        print(f"{engine.location}: {engine.name} check ok (read data subset {subset})")
+    except OffsiteError as error:
+        _error(f"check failed: {error}")
+        status = EXIT_FAILED
+    for user in users:
+        drill = drill_user(engine, config, user)
+        word = "ok" if drill.ok else "FAILED"
+        print(f"{user.name}: drill {word} {drill.name or '-'}: {drill.message}")
+        if not drill.ok:
+            status = EXIT_FAILED
+    get_logger().info("offsite check", ok=status == EXIT_OK, users=len(users))
+    return status
+
+
+def _copy_json(snapshot: OffsiteSnapshot) -> dict[str, object]:
+    return {
+        "name": snapshot.meta.name,
+        "id": snapshot.id,
+        "time": datetime.fromtimestamp(snapshot.meta.time, UTC).isoformat(),
+        "timestamp": snapshot.meta.time,
+        "bytes": snapshot.meta.size,
+        "sha256": snapshot.meta.sha256,
+        "label": snapshot.meta.label,
+        "host": snapshot.host,
+    }
+
+
+def list_offsite(config: Config, users: Sequence[User], as_json: bool) -> int:
+    engine = make_engine(config)
+    try:
+        copies = engine.snapshots()
+    except OffsiteError as error:
+        _error(f"cannot list: {error}")
+        return EXIT_FAILED
+    by_user: dict[str, list[OffsiteSnapshot]] = {user.name: [] for user in users}
+    for copy in copies:
+        if copy.meta.user in by_user:
+            by_user[copy.meta.user].append(copy)
+    if as_json:
+        payload = {
+            "repository": engine.location,
+            "users": [
+                {
+                    "user": user.name,
+                    "snapshots": [_copy_json(copy) for copy in reversed(by_user[user.name])],
+                }
+                for user in users
+            ],
+        }
+        print(json.dumps(payload, indent=2))
+        return EXIT_OK
+    now = time.time()
+    for user in users:
+        mine = by_user[user.name]
+        if not mine:
+            print(f"{user.name}: no offsite copies")
+            continue
+        print(f"{user.name}: {len(mine)} offsite cop{'y' if len(mine) == 1 else 'ies'}")
+        for copy in reversed(mine):
+            when = datetime.fromtimestamp(copy.meta.time, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+            label = f"  [{copy.meta.label}]" if copy.meta.label else ""
+            age_h = (now - copy.meta.time) / 3600
+            print(
+                f"  {copy.meta.name:<52} {when}  {age_h:>7.1f}h ago  "
+                f"{copy.meta.size:>12} B  {copy.id[:8]}{label}"
+            )
+    return EXIT_OK
+
+
+def restore(config: Config, user: User, request: str, target: str | None, in_place: bool) -> int:
+    parse_snapshot_request(request)
+    if in_place or target is None:
+        raise UsageError(
+            "--from offsite restores with --to PATH; then stop the app and move it in place, "
+            "or import it with `restore --to` and `restore --in-place` locally"
+        )
+    path = target if os.path.isabs(target) else os.path.join(os.getcwd(), target)
+    engine = make_engine(config)
+    report = restore_from_offsite(engine, config, user, request, path)
+    log = get_logger()
+    (log.info if report.ok else log.error)(
+        "restore",
+        mode="to",
+        origin="offsite",
+        status=report.status,
+        reason=report.reason,
+        message=report.message,
+        snapshot=report.extra.get("restored_from"),
+        target=path,
+    )
+    if not report.ok:
+        sys.stderr.write(f"t3backupd: restore refused ({report.reason}): {report.message}\n")
+        return EXIT_FAILED
+    print(
+        f"{user.name}: restored {report.extra.get('restored_from')} from offsite: {report.message}"
+    )
+    return EXIT_OK

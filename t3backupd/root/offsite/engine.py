@@ -1,0 +1,146 @@
+"""The offsite engine interface: what the offsite lane needs from restic (or borg).
+
+An engine stores one opaque byte stream per t3backupd snapshot, with metadata it can
+give back (user, snapshot name, label, size, sha256), and nothing else: which snapshots
+to upload, which to forget (the retention decision) and whether a stream is intact
+(size and sha256) are decided here, on the root side, the same for every engine.
+
+Every engine failure is an `OffsiteError` with one `reason` from `REASONS` and a
+one-line message naming the repository (never a dump of the tool's output, never a
+secret).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from t3backupd.core.naming import is_valid_label, parse_name
+
+# Why an offsite operation failed (the `reason` label of
+# t3backup_offsite_failures_total).
+REASONS = (
+    "unreachable",  # the back-end cannot be reached (network, server down, no such path)
+    "auth",  # wrong repository password or back-end credentials refused
+    "locked",  # another process holds the repository lock
+    "no_space",  # the back-end is full
+    "timeout",  # no result within offsite.timeout_seconds
+    "no_repository",  # no repository at that location (run `offsite init`)
+    "corrupt",  # the stream's size or sha256 differs from the recorded ones
+    "worker",  # the user's worker failed to stream (or misbehaved)
+    "failed",  # anything else the engine reported
+)
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+MAX_SNAPSHOT_BYTES = 1 << 50
+
+
+class OffsiteError(Exception):
+    """One offsite failure: `reason` (one of REASONS) and a one-line message."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown offsite failure reason {reason!r}")
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+@dataclass(frozen=True)
+class SnapshotMeta:
+    """What is recorded with each offsite copy (and read back to list and restore it)."""
+
+    user: str
+    name: str  # the t3backupd snapshot file name, e.g. state-20261201T033000Z.sqlite
+    time: float  # the snapshot's time (epoch seconds, from its name)
+    size: int
+    sha256: str  # the digest recorded at publish time
+    label: str | None = None
+
+    def valid(self) -> bool:
+        parsed = parse_name(self.name)
+        return (
+            parsed is not None
+            and parsed.label == self.label
+            and SHA256_PATTERN.fullmatch(self.sha256) is not None
+            and 0 <= self.size <= MAX_SNAPSHOT_BYTES
+            and (self.label is None or is_valid_label(self.label))
+        )
+
+
+@dataclass(frozen=True)
+class OffsiteSnapshot:
+    """One copy in the repository: the engine's own id plus the recorded metadata."""
+
+    id: str
+    meta: SnapshotMeta
+    host: str
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    id: str
+    bytes_added: int  # what the repository grew by (after deduplication and compression)
+
+
+class Upload(Protocol):
+    """A running upload: write the stream to `fd`, then `commit` or `abort`."""
+
+    fd: int  # write end; the caller writes exactly the snapshot's bytes
+
+    def commit(self, timeout: float) -> UploadResult:
+        """Close the stream and wait for the engine to record the copy. Raises OffsiteError."""
+        ...
+
+    def abort(self) -> None:
+        """Stop without recording anything (the engine is told to stop, then killed)."""
+        ...
+
+
+class Download(Protocol):
+    """A running download: read the stream from `fd`, then `finish` or `abort`."""
+
+    fd: int  # read end
+
+    def finish(self, timeout: float) -> None:
+        """Wait for the engine to exit cleanly. Raises OffsiteError."""
+        ...
+
+    def abort(self) -> None: ...
+
+
+class Engine(Protocol):
+    """One offsite repository. Methods raise OffsiteError; none waits without a deadline."""
+
+    name: str  # "restic", "borg"
+    location: str  # the repository, as shown in messages (no secrets)
+
+    def init(self) -> bool:
+        """Create the repository; False if it exists already."""
+        ...
+
+    def snapshots(self, user: str | None = None) -> list[OffsiteSnapshot]:
+        """This host's copies (of one user, or all), oldest first."""
+        ...
+
+    def start_upload(self, meta: SnapshotMeta) -> Upload: ...
+
+    def start_download(self, snapshot: OffsiteSnapshot) -> Download: ...
+
+    def forget(self, ids: Sequence[str]) -> None:
+        """Remove these copies from the listing (their data goes at the next prune)."""
+        ...
+
+    def prune(self) -> None: ...
+
+    def check(self, read_data_subset: str) -> None:
+        """The engine's own consistency check, reading that share of the data."""
+        ...
+
+    def unlock_stale(self) -> None:
+        """Remove locks left by engine processes that died (never a live one's)."""
+        ...

@@ -1,0 +1,626 @@
+"""The offsite lane: upload, backfill, retention, restore and the restore drill.
+
+The root side never opens a user's path. To upload, a worker running as the user
+streams the snapshot down a pipe (a header line, then the bytes); this module pumps the
+bytes into the engine itself, non-blocking with a deadline, counting (more than the
+size recorded stops the upload) and hashing (a different sha256 is never committed:
+the engine is stopped before it sees the end of the stream, so no copy is recorded).
+To restore, the engine's stream is pumped, counted and hashed the same way into a
+worker that writes and verifies it as a local `restore --to` does.
+
+What is offsite is always read from the repository (`Engine.snapshots`), never from a
+local record. Retention is the local policy's code (`select_expired`) applied to each
+user's own copies, so one user's forget can only name that user's copies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+from t3backupd.core.config import Config
+from t3backupd.core.errors import SnapshotNotFound
+from t3backupd.core.jobs import inventory_spec, user_dir
+from t3backupd.core.naming import parse_name
+from t3backupd.core.protocol import (
+    JobSpec,
+    Report,
+    ReportError,
+    RestoreSpec,
+    SnapshotInfo,
+    StreamSpec,
+    UserResult,
+    failed,
+    parse_report,
+)
+from t3backupd.core.retention import RetentionPolicy, select_expired
+from t3backupd.core.selection import choose_snapshot, parse_snapshot_request
+from t3backupd.core.usermap import User
+from t3backupd.root.log import get_logger
+from t3backupd.root.offsite.engine import (
+    Engine,
+    OffsiteError,
+    OffsiteSnapshot,
+    SnapshotMeta,
+)
+from t3backupd.root.runner import run_for_users, run_user_job
+from t3backupd.root.spawn import ProcessTracker, start_worker
+
+CHUNK_BYTES = 1 << 20
+MAX_HEADER_BYTES = 1024
+HEADER_TIMEOUT_SECONDS = 60.0
+WORKER_REPORT_TIMEOUT_SECONDS = 30.0
+STOP_GRACE_SECONDS = 5.0
+
+
+# --- pumping bytes with deadlines ---------------------------------------------------------
+
+
+class _Stalled(Exception):
+    pass
+
+
+def _wait(fd: int, writable: bool, deadline: float) -> None:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise _Stalled()
+    readers, writers, _ = select.select(
+        [] if writable else [fd], [fd] if writable else [], [], min(left, 1.0)
+    )
+    if not readers and not writers and time.monotonic() >= deadline:
+        raise _Stalled()
+
+
+def _write_all(fd: int, data: memoryview, deadline: float) -> None:
+    while data:
+        try:
+            written = os.write(fd, data)
+        except BlockingIOError:
+            _wait(fd, True, deadline)
+            continue
+        data = data[written:]
+
+
+def _read_some(fd: int, deadline: float) -> bytes:
+    while True:
+        try:
+            return os.read(fd, CHUNK_BYTES)
+        except BlockingIOError:
+            _wait(fd, False, deadline)
+
+
+@dataclass
+class Pumped:
+    total: int = 0
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+    over_limit: bool = False
+
+
+def pump(source: int, sink: int | None, limit: int, deadline: float, first: bytes = b"") -> Pumped:
+    """Copy `source` to `sink` (None: only count and hash) until EOF, hashing and
+    counting; stop as soon as more than `limit` bytes came (`over_limit`). Both
+    descriptors are made non-blocking. Raises _Stalled past `deadline`."""
+    os.set_blocking(source, False)
+    if sink is not None:
+        os.set_blocking(sink, False)
+    result = Pumped()
+    chunk = first
+    while True:
+        if chunk:
+            result.total += len(chunk)
+            if result.total > limit:
+                result.over_limit = True
+                return result
+            result.digest.update(chunk)
+            if sink is not None:
+                _write_all(sink, memoryview(chunk), deadline)
+        chunk = _read_some(source, deadline)
+        if not chunk:
+            return result
+
+
+def _read_header(fd: int, deadline: float) -> tuple[dict[str, object], bytes]:
+    """The worker's header line and whatever data bytes came with it."""
+    os.set_blocking(fd, False)
+    buffer = b""
+    while b"\n" not in buffer:
+        chunk = _read_some(fd, deadline)
+        if not chunk:
+            raise OffsiteError("worker", "the worker ended its stream before the header")
+        buffer += chunk
+        if len(buffer) > MAX_HEADER_BYTES and b"\n" not in buffer[:MAX_HEADER_BYTES]:
+            raise OffsiteError("worker", "the worker's stream header is too long")
+    line, _, rest = buffer.partition(b"\n")
+    try:
+        header = json.loads(line)
+    except ValueError:
+        raise OffsiteError("worker", "the worker's stream header is not JSON") from None
+    if not isinstance(header, dict):
+        raise OffsiteError("worker", "the worker's stream header is not an object")
+    return header, rest
+
+
+# --- a worker with a stream -------------------------------------------------------------
+
+
+class _StreamWorker:
+    """A worker as the user with one pipe end inherited; its report read with deadlines."""
+
+    def __init__(self, spec: JobSpec, user: User, child_fd: int, tracker: ProcessTracker | None):
+        self.spec = spec
+        self.out: list[bytes] = []
+        self._tracking = None
+        try:
+            self.process = start_worker(user, pass_fds=(child_fd,))
+        except OSError as error:
+            raise OffsiteError("worker", f"cannot start worker: {error}") from None
+        finally:
+            os.close(child_fd)
+        if tracker is not None:
+            self._tracking = tracker.track(self.process)
+            self._tracking.__enter__()
+        self._readers = [
+            threading.Thread(target=self._drain, args=(self.process.stdout, True), daemon=True),
+            threading.Thread(target=self._drain, args=(self.process.stderr, False), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+        stdin = self.process.stdin
+        if stdin is not None:
+            with suppress(BrokenPipeError):
+                stdin.write(spec.to_json())
+                stdin.close()
+
+    def _drain(self, stream: object, keep: bool) -> None:
+        read = getattr(stream, "read", None)
+        if read is None:
+            return
+        total = 0
+        while chunk := read(1 << 16):
+            if keep and total <= (1 << 20):
+                self.out.append(chunk)
+            total += len(chunk)
+
+    def stop(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGCONT):
+            with suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signum)
+        with suppress(subprocess.TimeoutExpired):
+            self.process.wait(STOP_GRACE_SECONDS)
+        self._finish()
+
+    def _finish(self) -> None:
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with suppress(subprocess.TimeoutExpired):
+            self.process.wait(STOP_GRACE_SECONDS)
+        for reader in self._readers:
+            reader.join(STOP_GRACE_SECONDS)
+        if self._tracking is not None:
+            self._tracking.__exit__(None, None, None)
+            self._tracking = None
+
+    def report(self, timeout: float) -> Report:
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            return failed(self.spec.action, "timeout", f"no report after {timeout:.0f}s")
+        self._finish()
+        try:
+            return parse_report(b"".join(self.out), self.spec.action)
+        except ReportError as error:
+            return failed(self.spec.action, "worker_crashed", f"invalid report ({error})")
+
+
+# --- upload -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    meta: SnapshotMeta
+    id: str
+    bytes_added: int
+    duration_s: float
+
+
+def stream_spec(config: Config, user: User, name: str, fd: int, timeout: float) -> StreamSpec:
+    return StreamSpec(
+        user=user.name,
+        dest_dir=user_dir(config, user),
+        snapshot=name,
+        stream_fd=fd,
+        timeout_seconds=timeout,
+    )
+
+
+def upload_snapshot(
+    engine: Engine,
+    config: Config,
+    user: User,
+    name: str,
+    known_size: int | None = None,
+    tracker: ProcessTracker | None = None,
+) -> Uploaded:
+    """Upload one of `user`'s snapshots. Raises OffsiteError (nothing is recorded then)."""
+    if config.offsite is None:
+        raise OffsiteError("failed", "no [offsite] in the config")
+    timeout = float(config.offsite.timeout_seconds)
+    clock = time.monotonic()
+    deadline = clock + timeout
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        worker = _StreamWorker(
+            stream_spec(config, user, name, write_end, timeout), user, write_end, tracker
+        )
+    except BaseException:
+        os.close(read_end)
+        raise
+    upload = None
+    committed = False
+    try:
+        try:
+            header, first = _read_header(read_end, min(deadline, clock + HEADER_TIMEOUT_SECONDS))
+        except _Stalled:
+            raise OffsiteError("timeout", f"{name}: no stream header from the worker") from None
+        except OffsiteError:
+            report = worker.report(WORKER_REPORT_TIMEOUT_SECONDS)
+            if not report.ok:
+                raise OffsiteError("worker", f"{name}: {report.reason}: {report.message}") from None
+            raise
+        meta = _meta_from_header(user, name, header)
+        if known_size is not None and meta.size != known_size:
+            raise OffsiteError(
+                "corrupt", f"{name}: the worker says {meta.size} bytes, published {known_size}"
+            )
+        upload = engine.start_upload(meta)
+        try:
+            pumped = pump(read_end, upload.fd, meta.size, deadline, first)
+        except _Stalled:
+            raise OffsiteError(
+                "timeout", f"{name}: stream not finished after {timeout:.0f}s"
+            ) from None
+        except BrokenPipeError:
+            upload.abort()
+            upload = None
+            raise OffsiteError("failed", f"{name}: {engine.name} stopped reading") from None
+        if pumped.over_limit:
+            raise OffsiteError(
+                "corrupt", f"{name}: the worker streamed more than the {meta.size} bytes recorded"
+            )
+        if pumped.total != meta.size or pumped.digest.hexdigest() != meta.sha256:
+            raise OffsiteError(
+                "corrupt",
+                f"{name}: streamed {pumped.total} of {meta.size} bytes, sha256 "
+                f"{'matches' if pumped.digest.hexdigest() == meta.sha256 else 'differs'}; "
+                "not kept",
+            )
+        result = upload.commit(max(1.0, deadline - time.monotonic()))
+        upload = None
+        committed = True
+    finally:
+        if upload is not None:
+            upload.abort()  # before EOF: the engine records nothing
+        os.close(read_end)
+        if not committed:
+            worker.stop()  # whatever it is doing, this upload is over
+        worker.report(WORKER_REPORT_TIMEOUT_SECONDS)
+    return Uploaded(meta, result.id, result.bytes_added, time.monotonic() - clock)
+
+
+def _meta_from_header(user: User, name: str, header: dict[str, object]) -> SnapshotMeta:
+    parsed = parse_name(name)
+    size, digest = header.get("size"), header.get("sha256")
+    if (
+        parsed is None
+        or header.get("name") != name
+        or not isinstance(size, int)
+        or isinstance(size, bool)
+        or not isinstance(digest, str)
+    ):
+        raise OffsiteError("worker", f"{name}: invalid stream header from the worker")
+    meta = SnapshotMeta(user.name, name, parsed.time.timestamp(), size, digest, parsed.label)
+    if not meta.valid():
+        raise OffsiteError("worker", f"{name}: invalid stream header from the worker")
+    return meta
+
+
+# --- one user's offsite state: backfill + retention ------------------------------------
+
+
+def offsite_policy(config: Config) -> RetentionPolicy:
+    offsite = config.offsite
+    if offsite is None:
+        return RetentionPolicy()
+    return RetentionPolicy(
+        keep=offsite.keep_last,
+        keep_daily=offsite.keep_daily,
+        keep_weekly=offsite.keep_weekly,
+        keep_monthly=offsite.keep_monthly,
+    )
+
+
+def expired_copies(snapshots: Sequence[OffsiteSnapshot], policy: RetentionPolicy) -> list[str]:
+    """Ids of one user's copies the policy lets go (labelled ones never); a name stored
+    twice keeps its newest copy."""
+    by_name: dict[str, OffsiteSnapshot] = {}
+    extra: list[str] = []
+    for snapshot in snapshots:
+        previous = by_name.get(snapshot.meta.name)
+        if previous is not None:
+            extra.append(previous.id)
+        by_name[snapshot.meta.name] = snapshot
+    parsed = [p for p in (parse_name(name) for name in by_name) if p is not None]
+    expired = select_expired(parsed, policy)
+    return extra + [by_name[p.filename].id for p in expired]
+
+
+def to_upload(
+    local: Sequence[SnapshotInfo], offsite: Sequence[OffsiteSnapshot], policy: RetentionPolicy
+) -> list[SnapshotInfo]:
+    """Local snapshots not offsite yet that the offsite policy would keep, newest first."""
+    present = {snapshot.meta.name for snapshot in offsite}
+    # A snapshot without a checksum is never uploaded, so it takes no place either.
+    uploadable = [info for info in local if info.has_checksum]
+    names = {info.name for info in uploadable} | present
+    parsed = [p for p in (parse_name(name) for name in names) if p is not None]
+    expired = {p.filename for p in select_expired(parsed, policy)}
+    missing = [info for info in uploadable if info.name not in present | expired]
+    return sorted(missing, key=lambda info: (info.time, info.name), reverse=True)
+
+
+@dataclass
+class UserOffsite:
+    """One user's offsite outcome in a pass."""
+
+    user: User
+    uploaded: list[Uploaded] = field(default_factory=list)
+    failures: list[OffsiteError] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)
+    snapshots: int | None = None  # copies in the repository afterwards (None: unknown)
+    newest: float | None = None  # time of the newest copy
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def sync_user(
+    engine: Engine,
+    config: Config,
+    user: User,
+    local: Sequence[SnapshotInfo],
+    tracker: ProcessTracker | None = None,
+    forget: bool = True,
+) -> UserOffsite:
+    """Upload what of `local` is missing offsite (newest first), then apply retention to
+    this user's copies. Never raises for an offsite problem: it is in `failures`."""
+    outcome = UserOffsite(user)
+    log = get_logger()
+    policy = offsite_policy(config)
+    try:
+        present = engine.snapshots(user.name)
+    except OffsiteError as error:
+        outcome.failures.append(error)
+        log.error("offsite list", user=user.name, reason=error.reason, message=error.message)
+        return outcome
+    for info in to_upload(local, present, policy):
+        if tracker is not None and tracker.stopping.is_set():
+            break
+        try:
+            uploaded = upload_snapshot(engine, config, user, info.name, info.bytes, tracker)
+        except OffsiteError as error:
+            outcome.failures.append(error)
+            log.error(
+                "offsite upload",
+                user=user.name,
+                snapshot=info.name,
+                reason=error.reason,
+                message=error.message,
+            )
+            if error.reason in ("unreachable", "auth", "no_repository", "no_space"):
+                break  # the next one would fail the same way
+            continue
+        outcome.uploaded.append(uploaded)
+        log.info(
+            "offsite upload",
+            user=user.name,
+            snapshot=info.name,
+            bytes=uploaded.meta.size,
+            bytes_added=uploaded.bytes_added,
+            id=uploaded.id,
+            duration_s=round(uploaded.duration_s, 3),
+        )
+    if tracker is not None and tracker.stopping.is_set():
+        return outcome
+    try:
+        copies = engine.snapshots(user.name)
+        if forget:
+            expired = expired_copies(copies, policy)
+            if expired:
+                engine.forget(expired)
+                outcome.forgotten = expired
+                copies = [copy for copy in copies if copy.id not in set(expired)]
+        outcome.snapshots = len(copies)
+        outcome.newest = max((copy.meta.time for copy in copies), default=None)
+    except OffsiteError as error:
+        outcome.failures.append(error)
+        log.error("offsite retention", user=user.name, reason=error.reason, message=error.message)
+    return outcome
+
+
+def local_snapshots(config: Config, user: User, tracker: ProcessTracker | None) -> Report:
+    """The user's local snapshots, listed by a worker as the user."""
+    if not os.path.lexists(user_dir(config, user)):
+        return Report(action="inventory", status="ok")
+    return run_user_job(config, user, inventory_spec(config, user), tracker).report
+
+
+def run_offsite_pass(
+    engine: Engine,
+    config: Config,
+    users: Sequence[User],
+    tracker: ProcessTracker | None = None,
+    on_result: Callable[[UserOffsite], None] | None = None,
+) -> list[UserOffsite]:
+    """Every user's backfill + retention, `offsite.concurrency` users at a time, through
+    the one per-user runner."""
+    tracker = tracker if tracker is not None else ProcessTracker()
+    outcomes: dict[str, UserOffsite] = {}
+    concurrency = config.offsite.concurrency if config.offsite is not None else 1
+
+    def job(user: User) -> UserResult:
+        started, clock = time.time(), time.monotonic()
+        inventory = local_snapshots(config, user, tracker)
+        if not inventory.ok:
+            outcome = UserOffsite(user)
+            outcome.failures.append(
+                OffsiteError("worker", f"cannot list local snapshots: {inventory.message}")
+            )
+        else:
+            outcome = sync_user(engine, config, user, inventory.snapshots, tracker)
+        outcomes[user.name] = outcome
+        if on_result is not None:
+            on_result(outcome)
+        report = Report(action="stream", status="ok" if outcome.ok else "failed")
+        return UserResult(user, report, started, time.monotonic() - clock)
+
+    with suppress(OffsiteError):
+        engine.unlock_stale()
+    run_for_users(users, job, concurrency=concurrency, tracker=tracker, action="stream")
+    return [outcomes[user.name] for user in users if user.name in outcomes]
+
+
+# --- restore and drill --------------------------------------------------------------------
+
+
+def choose_copy(snapshots: Sequence[OffsiteSnapshot], request: str) -> OffsiteSnapshot:
+    """The copy `request` (name, "latest" or a label) names. Raises SnapshotNotFound."""
+    by_name = {snapshot.meta.name: snapshot for snapshot in snapshots}  # newest copy wins
+    entries = [(p, True) for p in (parse_name(name) for name in by_name) if p is not None]
+    chosen = choose_snapshot(entries, parse_snapshot_request(request))
+    return by_name[chosen.filename]
+
+
+def restore_from_offsite(
+    engine: Engine, config: Config, user: User, request: str, target: str
+) -> Report:
+    """Stream `user`'s offsite copy `request` into a worker that writes `target` and
+    verifies it (size, sha256 = recorded, quick_check). Failures are in the report."""
+    timeout = float(config.offsite.timeout_seconds if config.offsite else 3600)
+    try:
+        copy = choose_copy(engine.snapshots(user.name), request)
+    except SnapshotNotFound as error:
+        return failed("restore", "not_found", f"offsite: {error}")
+    except OffsiteError as error:
+        return failed("restore", "not_found", f"offsite: {error}")
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    spec = RestoreSpec(
+        user=user.name,
+        dest_dir=user_dir(config, user),
+        snapshot=copy.meta.name,
+        target=target,
+        stream_fd=read_end,
+        expected_bytes=copy.meta.size,
+        expected_sha256=copy.meta.sha256,
+        timeout_seconds=timeout,
+    )
+    try:
+        worker = _StreamWorker(spec, user, read_end, None)
+    except BaseException:
+        os.close(write_end)
+        raise
+    problem: str | None = None
+    download = None
+    try:
+        download = engine.start_download(copy)
+        try:
+            pumped = pump(download.fd, write_end, copy.meta.size, time.monotonic() + timeout)
+        except _Stalled:
+            problem = f"timeout: no end of the stream after {timeout:.0f}s"
+        except BrokenPipeError:
+            # The worker stopped reading (its report says why): stop the engine too.
+            download.abort()
+            download = None
+            problem = "the worker stopped reading the stream"
+        else:
+            if pumped.over_limit:
+                problem = f"corrupt: the offsite copy is longer than {copy.meta.size} bytes"
+        if problem is None and download is not None:
+            with suppress(OSError):
+                os.close(write_end)
+            write_end = -1
+            try:
+                download.finish(timeout)
+            except OffsiteError as error:
+                problem = str(error)
+            download = None
+    except OffsiteError as error:
+        problem = str(error)
+    finally:
+        if download is not None:
+            download.abort()
+        if write_end >= 0:
+            with suppress(OSError):
+                os.close(write_end)
+    report = worker.report(timeout if problem is None else WORKER_REPORT_TIMEOUT_SECONDS)
+    if problem is not None and report.ok:
+        return failed("restore", "verify_failed", f"offsite: {problem}")
+    return report
+
+
+@dataclass(frozen=True)
+class Drill:
+    user: str
+    name: str | None
+    ok: bool
+    message: str
+
+
+def drill_user(engine: Engine, config: Config, user: User) -> Drill:
+    """Stream the user's newest copy through sha256 (nothing is written anywhere)."""
+    timeout = float(config.offsite.timeout_seconds if config.offsite else 3600)
+    try:
+        copies = engine.snapshots(user.name)
+    except OffsiteError as error:
+        return Drill(user.name, None, False, str(error))
+    if not copies:
+        return Drill(user.name, None, True, "no offsite copies")
+    copy = max(copies, key=lambda c: (c.meta.time, c.meta.name))
+    try:
+        download = engine.start_download(copy)
+    except OffsiteError as error:
+        return Drill(user.name, copy.meta.name, False, str(error))
+    try:
+        pumped = pump(download.fd, None, copy.meta.size, time.monotonic() + timeout)
+        if pumped.over_limit:
+            download.abort()
+        else:
+            download.finish(timeout)
+    except _Stalled:
+        download.abort()
+        return Drill(user.name, copy.meta.name, False, f"timeout after {timeout:.0f}s")
+    except OffsiteError as error:
+        return Drill(user.name, copy.meta.name, False, str(error))
+    if (
+        pumped.over_limit
+        or pumped.total != copy.meta.size
+        or pumped.digest.hexdigest() != copy.meta.sha256
+    ):
+        return Drill(
+            user.name,
+            copy.meta.name,
+            False,
+            f"corrupt: {pumped.total} bytes read, recorded {copy.meta.size}; sha256 "
+            f"{'matches' if pumped.digest.hexdigest() == copy.meta.sha256 else 'differs'}",
+        )
+    return Drill(user.name, copy.meta.name, True, f"{pumped.total} bytes, sha256 ok")

@@ -1,0 +1,557 @@
+"""The restic engine (restic 0.14's CLI, `--json` where it has it).
+
+restic runs as root with a minimal environment: the repository password through
+`--password-file` (a root-only file; the path is in argv, never the password), the
+back-end credentials from the root-only `environment_file` in its environment (which
+only root can read in /proc), `TZ=UTC` so `--time` means UTC. No worker ever sees any
+of it. Every command has a deadline and runs in its own process group, ended as a
+group.
+
+One restic snapshot per t3backupd snapshot: path `/<user>.sqlite` (one constant path
+per user), `--host` this machine, `--time` the snapshot's time, tags `t3backupd`,
+`user=U`, `name=NAME`, `sha256=HEX`, `size=N` and `label=L` for labelled ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from t3backupd.core.naming import parse_name
+from t3backupd.core.offsite_config import (
+    OffsiteConfig,
+    SecretFileError,
+    parse_environment,
+    read_secret_file,
+)
+from t3backupd.root.offsite.engine import (
+    OffsiteError,
+    OffsiteSnapshot,
+    SnapshotMeta,
+    UploadResult,
+)
+
+MARKER_TAG = "t3backupd"
+STOP_GRACE_SECONDS = 5.0
+OUTPUT_CAP_BYTES = 64 << 20
+ERROR_TAIL_BYTES = 16 << 10
+LOCK_WAIT_SECONDS = 600.0
+BASE_ENVIRONMENT = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+    "TZ": "UTC",
+}
+_USER_TAG = re.compile(r"user=(.+)")
+_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("auth", re.compile(r"wrong password|no key found", re.I)),
+    ("locked", re.compile(r"already locked|unable to create lock", re.I)),
+    ("no_space", re.compile(r"no space left|quota exceeded|disk quota|EntityTooLarge", re.I)),
+    (
+        "auth",
+        re.compile(
+            r"access denied|accessdenied|invalidaccesskeyid|signaturedoesnotmatch|"
+            r"permission denied|forbidden|status code 403|status code 401|unauthori[sz]ed",
+            re.I,
+        ),
+    ),
+    (
+        "unreachable",
+        re.compile(
+            r"connection refused|no such host|dial tcp|i/o timeout|network is unreachable|"
+            r"connection reset|unable to start the sftp session|EOF|host is down|"
+            r"no route to host|ssh:",
+            re.I,
+        ),
+    ),
+    (
+        "no_repository",
+        re.compile(
+            r"unable to open config file|is there a repository|nosuchbucket|"
+            r"bucket does not exist",
+            re.I,
+        ),
+    ),
+)
+
+
+def classify(stderr: str) -> str:
+    """The failure reason for restic's error output."""
+    for reason, pattern in _PATTERNS:
+        if pattern.search(stderr):
+            return reason
+    return "failed"
+
+
+def redact(repository: str) -> str:
+    """The repository as shown in messages: without a password in a URL."""
+    scheme, sep, rest = repository.partition(":")
+    if sep and scheme in ("rest", "s3", "swift") and "://" in rest:
+        parts = urlsplit(rest)
+        if parts.password is not None:
+            host = parts.hostname or ""
+            netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+            return f"{scheme}:{urlunsplit(parts._replace(netloc=netloc))}"
+    return repository
+
+
+def _error_line(stderr: bytes, repository: str, shown: str) -> str:
+    text = stderr[-ERROR_TAIL_BYTES:].decode("utf-8", "replace").replace(repository, shown)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    fatal = [line for line in lines if line.startswith("Fatal:")]
+    line = fatal[-1] if fatal else (lines[-1] if lines else "no error output")
+    line = line.removeprefix("Fatal: ")
+    return "".join(ch if ch.isprintable() else "?" for ch in line)[:240]
+
+
+class _ReadWriteLock:
+    """Shared for backup/list/dump, exclusive for forget/prune/check (restic's own lock
+    would refuse them while a backup runs), each waited for with a deadline."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextmanager
+    def shared(self, timeout: float) -> Iterator[None]:
+        self._acquire(False, timeout)
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._readers -= 1
+                self._condition.notify_all()
+
+    @contextmanager
+    def exclusive(self, timeout: float) -> Iterator[None]:
+        self._acquire(True, timeout)
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._writer = False
+                self._condition.notify_all()
+
+    def _acquire(self, exclusive: bool, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while self._writer or (exclusive and self._readers):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise OffsiteError("locked", "another offsite operation holds the repository")
+                self._condition.wait(left)
+            if exclusive:
+                self._writer = True
+            else:
+                self._readers += 1
+
+
+_LOCKS: dict[str, _ReadWriteLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_for(repository: str) -> _ReadWriteLock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(repository, _ReadWriteLock())
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGINT (restic cleans up: no snapshot, its lock removed), a grace, then SIGKILL."""
+    if process.poll() is None:
+        _signal_group(process, signal.SIGINT)
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(STOP_GRACE_SECONDS)
+    _signal_group(process, signal.SIGKILL)
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(STOP_GRACE_SECONDS)
+
+
+def _drain(stream: IO[bytes], sink: list[bytes], cap: int) -> None:
+    total = 0
+    while chunk := stream.read(1 << 16):
+        if total < cap:
+            sink.append(chunk[: cap - total])
+        total += len(chunk)
+
+
+class _Process:
+    """One restic process with its stdout/stderr drained by threads (bounded)."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], tracker: Any, drain_stdout: bool) -> None:
+        self.popen = popen
+        self.out: list[bytes] = []
+        self.err: list[bytes] = []
+        # Tracked like a worker: a daemon stop signals its group too.
+        self._tracking = tracker.track(popen) if tracker is not None else None
+        if self._tracking is not None:
+            self._tracking.__enter__()
+        self._threads = []
+        streams = [(popen.stderr, self.err, ERROR_TAIL_BYTES * 4)]
+        if drain_stdout:
+            streams.append((popen.stdout, self.out, OUTPUT_CAP_BYTES))
+        for stream, sink, cap in streams:
+            if stream is not None:
+                thread = threading.Thread(target=_drain, args=(stream, sink, cap), daemon=True)
+                thread.start()
+                self._threads.append(thread)
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit status, or None (the group is stopped) on timeout."""
+        try:
+            status = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _stop(self.popen)
+            status = None
+        finally:
+            self._done()
+        return status
+
+    def stop(self) -> None:
+        _stop(self.popen)
+        self._done()
+
+    def _done(self) -> None:
+        _signal_group(self.popen, signal.SIGKILL)  # nothing of it outlives it
+        for thread in self._threads:
+            thread.join(STOP_GRACE_SECONDS)
+        if self._tracking is not None:
+            self._tracking.__exit__(None, None, None)
+            self._tracking = None
+
+    @property
+    def stdout(self) -> bytes:
+        return b"".join(self.out)
+
+    @property
+    def stderr(self) -> bytes:
+        return b"".join(self.err)
+
+
+class ResticEngine:
+    """restic on one repository (see the module docstring)."""
+
+    name = "restic"
+
+    def __init__(self, config: OffsiteConfig, tracker: Any = None) -> None:
+        self.config = config
+        self.location = redact(config.repository)
+        self.host = config.host or socket.gethostname().split(".")[0] or "localhost"
+        self.tracker = tracker
+        self._lock = _lock_for(config.repository)
+        self._owner = 0 if os.geteuid() == 0 else os.geteuid()
+
+    # --- running restic ---------------------------------------------------------------
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(BASE_ENVIRONMENT)
+        env["HOME"] = os.environ.get("HOME", "/root") if os.geteuid() != 0 else "/root"
+        if self.config.environment_file:
+            try:
+                raw = read_secret_file(self.config.environment_file, self._owner)
+                env.update(parse_environment(raw.decode("utf-8")))
+            except (SecretFileError, ValueError, UnicodeDecodeError) as error:
+                raise OffsiteError(
+                    "auth", f"offsite.environment_file {self.config.environment_file}: {error}"
+                ) from None
+        return env
+
+    def _argv(self, command: Sequence[str]) -> list[str]:
+        argv = [
+            self.config.restic,
+            "--repo",
+            self.config.repository,
+            "--password-file",
+            self.config.password_file,
+            "--cache-dir",
+            self.config.cache_dir,
+        ]
+        if self.config.limit_upload_kib:
+            argv += ["--limit-upload", str(self.config.limit_upload_kib)]
+        for option in self.config.options:
+            argv += ["--option", option]
+        return argv + list(command)
+
+    def _start(
+        self, command: Sequence[str], stdin: int | None = None, drain_stdout: bool = True
+    ) -> _Process:
+        if self.tracker is not None and self.tracker.stopping.is_set():
+            # Stopping: start nothing a stop could miss (it would outlive the daemon).
+            raise OffsiteError("failed", f"not started on {self.location}: stopping")
+        # The password file must still be root's alone when restic reads it.
+        try:
+            read_secret_file(self.config.password_file, self._owner)
+        except SecretFileError as error:
+            raise OffsiteError(
+                "auth", f"offsite.password_file {self.config.password_file}: {error}"
+            ) from None
+        os.makedirs(self.config.cache_dir, mode=0o700, exist_ok=True)
+        try:
+            popen = subprocess.Popen(
+                self._argv(command),
+                stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self._environment(),
+                cwd="/",
+                umask=0o077,
+                process_group=0,
+                close_fds=True,
+            )
+        except OSError as error:
+            raise OffsiteError(
+                "failed", f"cannot run {self.config.restic}: {error.strerror}"
+            ) from None
+        return _Process(popen, self.tracker, drain_stdout)
+
+    def _fail(self, what: str, process: _Process, status: int | None) -> OffsiteError:
+        if status is None:
+            return OffsiteError(
+                "timeout",
+                f"restic {what} on {self.location}: no result after {self.config.timeout_seconds}s",
+            )
+        stderr = process.stderr
+        line = _error_line(stderr, self.config.repository, self.location)
+        reason = classify(stderr.decode("utf-8", "replace"))
+        return OffsiteError(reason, f"restic {what} on {self.location}: {line}")
+
+    def _run(self, command: Sequence[str], what: str, timeout: float | None = None) -> bytes:
+        process = self._start(command)
+        status = process.wait(self.config.timeout_seconds if timeout is None else timeout)
+        if status != 0:
+            raise self._fail(what, process, status)
+        return process.stdout
+
+    # --- Engine -------------------------------------------------------------------------
+
+    def init(self) -> bool:
+        with self._lock.exclusive(LOCK_WAIT_SECONDS):
+            try:
+                self._run(["cat", "config"], "cat config", timeout=120)
+                return False
+            except OffsiteError as error:
+                if error.reason != "no_repository":
+                    raise
+            self._run(["init", "--repository-version", "2"], "init")
+            return True
+
+    def snapshots(self, user: str | None = None) -> list[OffsiteSnapshot]:
+        command = ["snapshots", "--json", "--host", self.host, "--tag", MARKER_TAG]
+        if user is not None:
+            command += ["--tag", f"user={user}"]
+        with self._lock.shared(LOCK_WAIT_SECONDS):
+            raw = self._run(command, "snapshots")
+        try:
+            items = json.loads(raw or b"[]")
+        except ValueError:
+            raise OffsiteError(
+                "failed", f"restic snapshots on {self.location}: output is not JSON"
+            ) from None
+        found = []
+        for item in items if isinstance(items, list) else []:
+            snapshot = _parse_snapshot(item)
+            if snapshot is not None and (user is None or snapshot.meta.user == user):
+                found.append(snapshot)
+        found.sort(key=lambda s: (s.meta.time, s.meta.name, s.id))
+        return found
+
+    def start_upload(self, meta: SnapshotMeta) -> ResticUpload:
+        when = datetime.fromtimestamp(meta.time, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        command = [
+            "backup",
+            "--stdin",
+            "--stdin-filename",
+            f"{meta.user}.sqlite",
+            "--host",
+            self.host,
+            "--time",
+            when,
+            "--compression",
+            self.config.compression,
+            "--json",
+            "--quiet",
+        ]
+        for tag in _tags(meta):
+            command += ["--tag", tag]
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        lock = self._lock.shared(LOCK_WAIT_SECONDS)
+        lock.__enter__()
+        try:
+            process = self._start(command, stdin=read_end)
+        except BaseException:
+            os.close(write_end)
+            lock.__exit__(None, None, None)
+            raise
+        finally:
+            os.close(read_end)
+        return ResticUpload(self, process, write_end, lock)
+
+    def start_download(self, snapshot: OffsiteSnapshot) -> ResticDownload:
+        lock = self._lock.shared(LOCK_WAIT_SECONDS)
+        lock.__enter__()
+        try:
+            process = self._start(
+                ["dump", snapshot.id, f"/{snapshot.meta.user}.sqlite"], drain_stdout=False
+            )
+        except BaseException:
+            lock.__exit__(None, None, None)
+            raise
+        return ResticDownload(self, process, lock)
+
+    def forget(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        with self._lock.exclusive(LOCK_WAIT_SECONDS):
+            self._run(["forget", *ids], "forget")
+
+    def prune(self) -> None:
+        with self._lock.exclusive(LOCK_WAIT_SECONDS):
+            self._run(["prune"], "prune")
+
+    def check(self, read_data_subset: str) -> None:
+        command = ["check"]
+        if read_data_subset:
+            command += ["--read-data-subset", read_data_subset]
+        with self._lock.exclusive(LOCK_WAIT_SECONDS):
+            self._run(command, "check")
+
+    def unlock_stale(self) -> None:
+        self._run(["unlock"], "unlock", timeout=min(300, self.config.timeout_seconds))
+
+
+class ResticUpload:
+    """`restic backup --stdin` reading the pipe whose write end is `fd`."""
+
+    def __init__(self, engine: ResticEngine, process: _Process, fd: int, lock: Any) -> None:
+        self.engine = engine
+        self.process = process
+        self.fd = fd
+        self._lock = lock
+        self._closed = False
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with suppress(OSError):
+                os.close(self.fd)
+
+    def commit(self, timeout: float) -> UploadResult:
+        self._close()
+        try:
+            status = self.process.wait(timeout)
+        finally:
+            self._lock.__exit__(None, None, None)
+        if status != 0:
+            raise self.engine._fail("backup", self.process, status)
+        for line in reversed(self.process.stdout.splitlines()):
+            try:
+                summary = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(summary, dict) and summary.get("message_type") == "summary":
+                snapshot_id = summary.get("snapshot_id")
+                added = summary.get("data_added")
+                if isinstance(snapshot_id, str) and isinstance(added, int):
+                    return UploadResult(snapshot_id, max(0, added))
+        raise OffsiteError(
+            "failed", f"restic backup on {self.engine.location}: no summary in its output"
+        )
+
+    def abort(self) -> None:
+        # SIGINT before EOF: restic stops without saving a snapshot and removes its lock.
+        try:
+            self.process.stop()
+        finally:
+            self._close()
+            self._lock.__exit__(None, None, None)
+
+
+class ResticDownload:
+    """`restic dump ID /<user>.sqlite`, its stdout read by the caller from `fd`."""
+
+    def __init__(self, engine: ResticEngine, process: _Process, lock: Any) -> None:
+        self.engine = engine
+        self.process = process
+        self._lock = lock
+        stdout = process.popen.stdout
+        if stdout is None:
+            raise RuntimeError("Popen without stdout")
+        # The caller reads the stream itself (no drain thread on stdout).
+        self.fd = stdout.fileno()
+
+    def finish(self, timeout: float) -> None:
+        try:
+            status = self.process.wait(timeout)
+        finally:
+            self._lock.__exit__(None, None, None)
+        if status != 0:
+            raise self.engine._fail("dump", self.process, status)
+
+    def abort(self) -> None:
+        try:
+            self.process.stop()
+        finally:
+            self._lock.__exit__(None, None, None)
+
+
+def _tags(meta: SnapshotMeta) -> list[str]:
+    tags = [
+        MARKER_TAG,
+        f"user={meta.user}",
+        f"name={meta.name}",
+        f"sha256={meta.sha256}",
+        f"size={meta.size}",
+    ]
+    if meta.label is not None:
+        tags.append(f"label={meta.label}")
+    return tags
+
+
+def _parse_snapshot(item: object) -> OffsiteSnapshot | None:
+    """One entry of `restic snapshots --json`, or None if it is not a valid copy of ours."""
+    if not isinstance(item, dict):
+        return None
+    snapshot_id, host, tags = item.get("id"), item.get("hostname"), item.get("tags")
+    if not isinstance(snapshot_id, str) or not isinstance(tags, list):
+        return None
+    values: dict[str, str] = {}
+    for tag in tags:
+        if isinstance(tag, str) and "=" in tag:
+            key, _, value = tag.partition("=")
+            values.setdefault(key, value)
+    user, name, digest = values.get("user"), values.get("name"), values.get("sha256")
+    if user is None or name is None or digest is None:
+        return None
+    parsed = parse_name(name)
+    try:
+        size = int(values.get("size", "-1"))
+    except ValueError:
+        return None
+    if parsed is None or item.get("paths") != [f"/{user}.sqlite"]:
+        return None
+    meta = SnapshotMeta(
+        user=user,
+        name=name,
+        time=parsed.time.timestamp(),
+        size=size,
+        sha256=digest,
+        label=values.get("label"),
+    )
+    if not meta.valid():
+        return None
+    return OffsiteSnapshot(snapshot_id, meta, host if isinstance(host, str) else "")

