@@ -1,7 +1,13 @@
 """User-side snapshot operations. Runs only inside the worker, as the owning user.
 
 Every path here is under the user's home or the user's backup directory, so the code
-never runs as root. Each function does one step; `worker.py` sequences them.
+never runs as root. Each function does one step; the job modules sequence them.
+
+The joins of helper threads here (hash, fsync, flusher) have no timeout on purpose: they
+run in the job thread of the user's own process, whose deadline is kept by the worker's
+main thread (`worker/main.py` leaves with `os._exit` at the deadline or on SIGTERM) and,
+above it, by the root side (pidfd deadline, SIGKILL, then `worker_stuck`). A wait here can
+only hold up this user's own worker.
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def check_snapshot(dest_dir: str, name: str, mode: str) -> Checked | None:
         # (a swap can only come from the user, but a result must describe one file).
         problems = ops.integrity_problems(path, mode)
     finally:
-        hasher.join()
+        hasher.join()  # in the user's own worker: its deadline is main.py's (see files.py)
         os.close(fd)
     if not same_file(path, identity):
         if not os.path.lexists(path):
