@@ -238,6 +238,7 @@ SECTIONS: tuple[Section, ...] = (
     )),
     Section("retention", RetentionPolicy, (
         Key("keep", int, _between(1, None), env="T3_BACKUP_KEEP"),
+        Key("keep_hourly", int, _between(0, None)),
         Key("keep_daily", int, _between(0, None)),
         Key("keep_weekly", int, _between(0, None)),
         Key("keep_monthly", int, _between(0, None)),

@@ -34,6 +34,7 @@ def snapshot_spec(config: Config, user: User, label: str | None = None) -> Snaps
         min_free_bytes=config.snapshot.min_free_bytes,
         label=label,
         keep=config.retention.keep,
+        keep_hourly=config.retention.keep_hourly,
         keep_daily=config.retention.keep_daily,
         keep_weekly=config.retention.keep_weekly,
         keep_monthly=config.retention.keep_monthly,

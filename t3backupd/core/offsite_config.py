@@ -54,6 +54,7 @@ class OffsiteConfig:
     # Deduplicated history is cheap: a week of dailies, two months of weeklies, a year
     # of monthlies, and always the newest 3 whatever their age.
     keep_last: int = 3
+    keep_hourly: int = 0  # for an hourly schedule, e.g. 48 (see docs/operations.md)
     keep_daily: int = 7
     keep_weekly: int = 8
     keep_monthly: int = 12
@@ -119,12 +120,15 @@ def parse_offsite(table: Mapping[str, Any], problems: list[str]) -> OffsiteConfi
     check("concurrency", 1 <= config.concurrency <= 16, "must be 1-16")
     check("limit_upload_kib", config.limit_upload_kib >= 0, "must be >= 0 (0 = unlimited)")
     check("compression", config.compression in COMPRESSIONS, f"must be one of {COMPRESSIONS}")
-    for name in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly"):
+    for name in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly"):
         check(name, getattr(config, name) >= 0, "must be >= 0")
     check(
         "keep_last",
-        any(getattr(config, name) for name in ("keep_last", "keep_daily", "keep_weekly")),
-        "keep_last, keep_daily or keep_weekly must keep something",
+        any(
+            getattr(config, name)
+            for name in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly")
+        ),
+        "keep_last, keep_hourly, keep_daily or keep_weekly must keep something",
     )
     for name in ("prune_cron", "check_cron"):
         text = getattr(config, name)

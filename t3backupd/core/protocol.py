@@ -125,6 +125,7 @@ class SnapshotSpec(JobSpec):
     min_free_bytes: int = 0
     label: str | None = None
     keep: int = 14
+    keep_hourly: int = 0
     keep_daily: int = 0
     keep_weekly: int = 0
     keep_monthly: int = 0

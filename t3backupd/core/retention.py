@@ -3,9 +3,9 @@
 Policy (documented in the README):
 - labelled snapshots are never pruned automatically;
 - the newest `keep` unlabelled snapshots are kept;
-- `keep_daily`/`keep_weekly`/`keep_monthly` (restic style) additionally keep the newest
-  unlabelled snapshot of each of the newest N days / ISO weeks / months that have one
-  (calendar periods in UTC);
+- `keep_hourly`/`keep_daily`/`keep_weekly`/`keep_monthly` (restic style) additionally
+  keep the newest unlabelled snapshot of each of the newest N hours / days / ISO weeks /
+  months that have one (calendar periods in UTC);
 - names in `protect` (the snapshot just published) are never pruned;
 - order is by the timestamp parsed from the name, never by mtime or string;
 - names dated more than FUTURE_SLACK after `now` (a clock fault, or a user's doing) are
@@ -34,6 +34,7 @@ class RetentionPolicy:
     """How many unlabelled snapshots to keep per user."""
 
     keep: int = 14
+    keep_hourly: int = 0
     keep_daily: int = 0
     keep_weekly: int = 0
     keep_monthly: int = 0
@@ -81,6 +82,7 @@ def select_expired(
     if candidates:
         # The newest unlabelled snapshot is always kept, whatever the policy says.
         kept.add(candidates[0].filename)
+    kept |= _newest_per_period(candidates, policy.keep_hourly, lambda t: (t.date(), t.hour))
     kept |= _newest_per_period(candidates, policy.keep_daily, lambda t: t.date())
     kept |= _newest_per_period(candidates, policy.keep_weekly, lambda t: t.isocalendar()[:2])
     kept |= _newest_per_period(candidates, policy.keep_monthly, lambda t: (t.year, t.month))

@@ -46,6 +46,7 @@ from t3backupd.root.passes import run_pass, run_verify_pass
 from t3backupd.root.scheduler import (
     build_trigger,
     clock_jumped,
+    longest_interval,
     schedule_key,
     should_catch_up,
     trigger_for,
@@ -193,6 +194,7 @@ class Daemon:
             )  # fmt: skip
             self._offsite.start()
         self._metrics.config_loaded(True, time.time())
+        self._publish_schedule_interval(served.config)  # before the first scrape can read 0
         self._start_endpoint(served.config.metrics)
         self._start_scheduler(served.config)
         self._inventory.start(
@@ -306,6 +308,12 @@ class Daemon:
         return 0
 
     # --- passes --------------------------------------------------------------------
+
+    def _publish_schedule_interval(self, config: Config) -> None:
+        # The staleness alerts' threshold: derived from the schedule, so an hourly
+        # schedule pages after hours of no snapshot, a daily one after a day.
+        trigger = trigger_for(config.schedule)
+        self._metrics.set_schedule_interval(longest_interval(trigger, datetime.now(UTC)))
 
     def _start_scheduler(self, config: Config) -> None:
         self._scheduler.add_listener(
@@ -488,6 +496,7 @@ class Daemon:
         log_problems(new)
         if schedule_key(old.config.schedule) != schedule_key(new.config.schedule):
             self._scheduler.reschedule_job(JOB_ID, trigger=trigger)
+            self._publish_schedule_interval(new.config)
         if old.config.schedule.misfire_grace_seconds != new.config.schedule.misfire_grace_seconds:
             self._scheduler.modify_job(
                 JOB_ID, misfire_grace_time=new.config.schedule.misfire_grace_seconds

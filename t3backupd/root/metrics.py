@@ -87,6 +87,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._users: dict[str, _UserRecord] = {}
         self._next_run = 0.0
+        self._schedule_interval = 0.0
         self._reload_successful = 0.0
         self._reload_success_time = 0.0
         self._build = (version, sqlite_version)
@@ -254,6 +255,12 @@ class Metrics:
             self._generation += 1
             self._next_run = 0.0 if when is None else when
 
+    def set_schedule_interval(self, seconds: float) -> None:
+        """The longest wait between two scheduled passes (scheduler.longest_interval)."""
+        with self._lock:
+            self._generation += 1
+            self._schedule_interval = seconds
+
     def config_loaded(self, successful: bool, when: float) -> None:
         """Record a (re)load of config + usermap, as Prometheus' own reload metrics do."""
         with self._lock:
@@ -266,7 +273,7 @@ class Metrics:
 
     def describe(self) -> Iterator[Metric]:
         """The families without samples (lets the registry detect name clashes)."""
-        yield from self._families(_State({}, 0.0, 0.0, 0.0, True, {}, 0, 0, 0.0))
+        yield from self._families(_State({}, 0.0, 0.0, 0.0, 0.0, True, {}, 0, 0, 0.0))
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
@@ -275,6 +282,7 @@ class Metrics:
                 state = _State(
                     users=dict(self._users),
                     next_run=self._next_run,
+                    schedule_interval=self._schedule_interval,
                     reload_successful=self._reload_successful,
                     reload_success_time=self._reload_success_time,
                     verify_enabled=self._verify_enabled,
@@ -322,6 +330,12 @@ class Metrics:
         scalars = (
             ("users", "Users in the usermap that resolved.", len(state.users)),
             ("next_run_timestamp_seconds", "Time of the next scheduled pass.", state.next_run),
+            (
+                "schedule_interval_seconds",
+                "Longest wait between two scheduled passes (plus jitter); the staleness "
+                "alerts allow this plus 2h.",
+                state.schedule_interval,
+            ),
             (
                 "config_last_reload_successful",
                 "Whether the last config (re)load succeeded (1) or was refused (0).",
@@ -374,6 +388,7 @@ class _State:
 
     users: dict[str, _UserRecord]
     next_run: float
+    schedule_interval: float
     reload_successful: float
     reload_success_time: float
     verify_enabled: bool

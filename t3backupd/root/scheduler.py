@@ -188,6 +188,49 @@ def next_run_times(trigger: CronTrigger, now: datetime, count: int) -> list[date
     return times
 
 
+# How far ahead longest_interval looks: five weeks show every weekly and monthly pattern
+# (a year only for rarer schedules); the cap keeps a cron that fires every minute cheap
+# while still showing its weekend. A DST change moves a gap by an hour, inside the slack.
+_INTERVAL_HORIZONS = (timedelta(days=35), timedelta(days=400))
+_INTERVAL_MAX_FIRES = 6_000
+
+
+def _longest_gap(trigger: CronTrigger, now: datetime, horizon: timedelta) -> float | None:
+    end = now + horizon
+    longest: float | None = None
+    previous: datetime | None = None
+    current = now
+    for _ in range(_INTERVAL_MAX_FIRES):
+        fire = _scheduled_after(trigger, previous, current)
+        if fire is None or fire > end:
+            break
+        if previous is not None:
+            # Timestamps, not `fire - previous`: two datetimes of one zone subtract
+            # as wall clocks, which is an hour off across a DST change.
+            gap = fire.timestamp() - previous.timestamp()
+            longest = gap if longest is None else max(longest, gap)
+        previous = current = fire
+    return longest
+
+
+def longest_interval(trigger: CronTrigger, now: datetime) -> float:
+    """The longest wait, in seconds, between two consecutive scheduled passes, plus the
+    trigger's jitter: how old the newest snapshot may grow with every pass on time.
+    A schedule that fires fewer than twice in 400 days gets 400 days.
+
+    The staleness alerts allow this plus 2h, so an hourly schedule pages after hours,
+    not after the daily 26 h.
+    """
+    for horizon in _INTERVAL_HORIZONS:
+        longest = _longest_gap(trigger, now, horizon)
+        if longest is not None:
+            jitter = (
+                trigger.jitter_seconds if isinstance(trigger, CrontabTrigger) else trigger.jitter
+            )
+            return longest + float(jitter or 0)
+    return _INTERVAL_HORIZONS[-1].total_seconds()
+
+
 def previous_fire_time(trigger: CronTrigger, now: datetime) -> datetime | None:
     """The most recent scheduled time strictly before `now` (jitter not applied), or
     None if the schedule has not fired within the last eight years."""

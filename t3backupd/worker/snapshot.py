@@ -43,7 +43,9 @@ def snapshot_job(job: Job, spec: SnapshotSpec) -> Report:
             job.temps.remove_all()
         expired = select_expired(
             [parsed for parsed, _ in ops.scan(spec.dest_dir)],
-            RetentionPolicy(spec.keep, spec.keep_daily, spec.keep_weekly, spec.keep_monthly),
+            RetentionPolicy(
+                spec.keep, spec.keep_hourly, spec.keep_daily, spec.keep_weekly, spec.keep_monthly
+            ),
             protect={name},
             now=when,
         )

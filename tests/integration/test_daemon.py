@@ -51,6 +51,7 @@ DESIGN_TYPES = {
     "t3backup_failures_total": "counter",
     "t3backup_users": "gauge",
     "t3backup_next_run_timestamp_seconds": "gauge",
+    "t3backup_schedule_interval_seconds": "gauge",  # issue 14: the staleness threshold
     "t3backup_config_last_reload_successful": "gauge",
     "t3backup_config_last_reload_success_timestamp_seconds": "gauge",
     "t3backup_build_info": "gauge",
@@ -109,6 +110,8 @@ def test_scrape_has_every_design_metric_and_values_restored_from_disk(site: Site
     assert sample(text, "t3backup_attempts_total", user=name) == 0
     assert sample(text, "t3backup_config_last_reload_successful") == 1
     assert sample(text, "t3backup_next_run_timestamp_seconds") == 1835395200.0  # 2028-02-29
+    # Rarer than yearly: the 400-day horizon.
+    assert sample(text, "t3backup_schedule_interval_seconds") == 400 * 86400
     assert sample(text, "t3backup_failures_total", user=name, reason="timeout") == 0
 
 
@@ -211,6 +214,8 @@ def test_invalid_config_on_sighup_keeps_the_old_one_and_says_why(site: Site) -> 
     next_run = sample(fixed, "t3backup_next_run_timestamp_seconds")
     assert next_run is not None and next_run < 1835395200.0  # rescheduled to a Jan 1st
     assert time.gmtime(next_run)[1:3] == (1, 1)
+    # The staleness threshold follows the schedule: yearly now.
+    assert sample(fixed, "t3backup_schedule_interval_seconds") == 365 * 86400
 
 
 def reload(running: Running) -> str:

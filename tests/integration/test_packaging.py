@@ -50,6 +50,7 @@ KNOWN_METRICS = frozenset(
         "t3backup_failures_total",
         "t3backup_users",
         "t3backup_next_run_timestamp_seconds",
+        "t3backup_schedule_interval_seconds",
         "t3backup_config_last_reload_successful",
         "t3backup_config_last_reload_success_timestamp_seconds",
         "t3backup_build_info",

@@ -13,26 +13,30 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from support import need
 from support.daemon import Site, cli_snapshot, daemon, free_port
 from support.system import IS_ROOT
+
+from t3backupd.core.naming import format_name
 
 RULES = Path(__file__).resolve().parents[2] / "packaging" / "prometheus" / "t3backupd-alerts.yml"
 OLD_NAME = "state-20261101T033000Z.sqlite"  # weeks before any run of this test
 
 
-def make_old(site: Site, user: str) -> None:
-    """Turn the user's only snapshot into one taken on 2026-11-01 (name + checksum)."""
+def make_old(site: Site, user: str, name: str = OLD_NAME) -> None:
+    """Rename the user's only snapshot to `name` (name + checksum): an older one."""
     directory = site.dest / user
     (snapshot,) = [path for path in directory.glob("state-*.sqlite")]
     digest = (directory / f"{snapshot.name}.sha256").read_text().split()[0]
-    snapshot.rename(directory / OLD_NAME)
+    snapshot.rename(directory / name)
     (directory / f"{snapshot.name}.sha256").unlink()
-    checksum = directory / f"{OLD_NAME}.sha256"
-    checksum.write_text(f"{digest}  {OLD_NAME}\n")
+    checksum = directory / f"{name}.sha256"
+    checksum.write_text(f"{digest}  {name}\n")
     shutil.chown(checksum, user, user)
 
 
@@ -43,14 +47,28 @@ def alerts(port: int) -> list[dict[str, Any]]:
     return found
 
 
-def test_real_prometheus_fires_the_stale_alert_for_the_old_user_only(site: Site) -> None:
+def schedule_and_old_name(schedule: str) -> tuple[str, str]:
+    """A cron of that period that does not fire during the test, and a snapshot name
+    stale under it: weeks old for a daily one, 4 h old for an hourly one (stale only
+    because the threshold follows the schedule: 1 h + 2 h, not the daily 26 h)."""
+    now = datetime.now(UTC)
+    if schedule == "daily":
+        return f"0 {(now.hour + 12) % 24} * * *", OLD_NAME
+    return f"{(now.minute + 30) % 60} * * * *", format_name(now - timedelta(hours=4))
+
+
+@pytest.mark.parametrize("schedule", ["daily", "hourly"])
+def test_real_prometheus_fires_the_stale_alert_for_the_old_user_only(
+    site: Site, schedule: str
+) -> None:
     need(IS_ROOT, "needs root: two real users (useradd)")
     need(shutil.which("prometheus") is not None, "needs prometheus (Debian package prometheus)")
     started = time.monotonic()
     old_user, fresh_user = site.add_user(), site.add_user()
-    site.write([old_user, fresh_user])
+    cron, old_name = schedule_and_old_name(schedule)
+    site.write([old_user, fresh_user], cron=cron)
     cli_snapshot(site)
-    make_old(site, old_user.name)
+    make_old(site, old_user.name, old_name)
 
     rules = site.root / "rules.yml"
     rules.write_text(re.sub(r"(?m)^(\s+)for: \S+$", r"\1for: 0s", RULES.read_text()))

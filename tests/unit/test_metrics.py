@@ -21,6 +21,7 @@ DESIGN_METRICS = {
     "t3backup_failures_total": ("counter", {"user", "reason"}),
     "t3backup_users": ("gauge", set()),
     "t3backup_next_run_timestamp_seconds": ("gauge", set()),
+    "t3backup_schedule_interval_seconds": ("gauge", set()),
     "t3backup_config_last_reload_successful": ("gauge", set()),
     "t3backup_config_last_reload_success_timestamp_seconds": ("gauge", set()),
     "t3backup_build_info": ("gauge", {"version", "sqlite_version"}),

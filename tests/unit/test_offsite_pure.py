@@ -254,3 +254,48 @@ def test_choose_copy_by_latest_label_and_name() -> None:
     assert choose_copy(copies, "latest") is copies[2]
     assert choose_copy(copies, "pre-upgrade") is copies[1]
     assert choose_copy(copies, copies[0].meta.name) is copies[0]
+
+
+def test_the_documented_hourly_configuration_parses_and_keeps_two_weeks_offsite() -> None:
+    # The TOML block under "## Hourly snapshots" in docs/operations.md, as an operator
+    # would paste it (its elided [offsite] lines filled in).
+    import tomllib
+
+    from t3backupd.root.offsite.lane import offsite_policy
+    from t3backupd.root.scheduler import longest_interval, trigger_for
+
+    docs = Path(__file__).parents[2] / "docs" / "operations.md"
+    section = docs.read_text().split("## Hourly snapshots", 1)[1]
+    block = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    block = block.replace(
+        "# ... repository, password_file as above ...",
+        'repository = "/srv/t3-offsite"\npassword_file = "/etc/t3backupd/offsite.password"',
+    )
+    config = parse_config(tomllib.loads(block), "operations.md", NO_ENV)
+    assert config.retention.keep == 2
+    assert longest_interval(trigger_for(config.schedule), datetime.now(UTC)) == 3600
+    # Two weeks of hourly copies of one user, newest now: what the policy keeps.
+    now = datetime(2026, 12, 1, 14, 0, tzinfo=UTC)
+    copies = [
+        OffsiteSnapshot(
+            id=f"id{hour}",
+            meta=SnapshotMeta(
+                user="alice",
+                name=format_name(now - timedelta(hours=hour)),
+                time=(now - timedelta(hours=hour)).timestamp(),
+                size=1,
+                sha256=DIGEST,
+            ),
+            host="h",
+        )
+        for hour in range(14 * 24)
+    ]
+    expired = set(expired_copies(copies, offsite_policy(config)))
+    kept = [copy for copy in copies if copy.id not in expired]
+    ages_h = sorted(round((now.timestamp() - copy.meta.time) / 3600) for copy in kept)
+    # Every hour of the last 48 (back to 11-29 15:00), then 23:00 of each of the 11
+    # earlier days 11-18 .. 11-28 (11-29 .. 12-01 are among the hourly ones); the ISO
+    # weeks' newest copies are among those.
+    assert ages_h[:48] == list(range(48))
+    assert len(kept) == 48 + 11
+    assert max(ages_h) == 12 * 24 + 15  # 11-18 23:00

@@ -254,3 +254,22 @@ def test_future_dated_names_are_never_pruned_and_current_retention_still_applies
     assert not names & {s.filename for s in future}
     # within_slack and current[0] are the newest two current ones; the rest go.
     assert names == {s.filename for s in current[1:]}
+
+
+def test_hourly_history_under_the_documented_gfs_policy_keeps_48_hours_and_14_days() -> None:
+    # The hourly configuration of docs/operations.md: 14 days of hourly snapshots (at
+    # HH:30 UTC, 2026-11-17 00:30 .. 2026-11-30 23:30; 11-30 is a Monday) under
+    # keep_last=3, keep_hourly=48, keep_daily=14, keep_weekly=8.
+    start = datetime(2026, 11, 17, 0, 30, tzinfo=UTC)
+    names = [
+        parse(f"state-{(start + timedelta(hours=hour)):%Y%m%dT%H%M%SZ}.sqlite")
+        for hour in range(14 * 24)
+    ]
+    policy = RetentionPolicy(keep=3, keep_hourly=48, keep_daily=14, keep_weekly=8)
+    kept = kept_after(names, policy)
+    # The newest 48 hours (all of 11-29 and 11-30), plus 23:30 of each earlier day
+    # (11-17 .. 11-28); the ISO weeks' newest (11-22, 11-29, 11-30) are among those.
+    hourly = {name.filename for name in names[-48:]}
+    daily = {f"state-202611{day:02d}T233000Z.sqlite" for day in range(17, 29)}
+    assert kept == hourly | daily
+    assert len(kept) == 60

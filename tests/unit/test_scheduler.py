@@ -25,6 +25,7 @@ from t3backupd.root.scheduler import (
     build_trigger,
     clock_jumped,
     is_repeated_wall_time,
+    longest_interval,
     next_run_times,
     previous_fire_time,
     resolve_timezone,
@@ -196,6 +197,55 @@ def test_catch_up_uses_the_local_schedule_in_its_zone() -> None:
     at_0200z = datetime(2025, 6, 10, 2, 0, tzinfo=UTC).timestamp()
     assert not should_catch_up(berlin, NOW, {"alice": at_0200z})
     assert should_catch_up(build_trigger("30 3 * * *", "UTC"), NOW, {"alice": at_0200z})
+
+
+def test_catch_up_on_an_hourly_schedule_after_one_missed_hour() -> None:
+    hourly = build_trigger("0 * * * *", "UTC")
+    now = datetime(2026, 12, 1, 14, 20, tzinfo=UTC)  # the 14:00 pass was due
+    at_1300 = datetime(2026, 12, 1, 13, 0, 4, tzinfo=UTC).timestamp()
+    at_1400 = datetime(2026, 12, 1, 14, 0, 3, tzinfo=UTC).timestamp()
+    assert should_catch_up(hourly, now, {"alice": at_1400, "bob": at_1300})
+    assert not should_catch_up(hourly, now, {"alice": at_1400, "bob": at_1400})
+
+
+# --- the schedule's longest interval (the staleness alerts' threshold) ----------------
+
+
+@pytest.mark.parametrize(
+    ("cron", "zone", "jitter", "hours"),
+    [
+        ("30 3 * * *", "UTC", 0, 24),
+        ("0 * * * *", "UTC", 0, 1),
+        ("0 * * * *", "UTC", 600, 1 + 600 / 3600),
+        ("*/15 * * * *", "UTC", 0, 0.25),
+        ("0 6,18 * * *", "UTC", 0, 12),
+        ("30 3 * * 1-5", "UTC", 0, 72),  # Friday 03:30 to Monday 03:30
+        ("0 9-17 * * 1-5", "UTC", 0, 64),  # Friday 17:00 to Monday 09:00
+        ("* 9-17 * * 1-5", "UTC", 0, 63 + 1 / 60),  # its weekend is 2,000+ fires ahead
+        ("0 3 1 * *", "UTC", 0, 31 * 24),  # the longest month in five weeks ahead
+        ("30 3 * * 0", "Europe/Berlin", 0, 7 * 24),
+    ],
+)
+def test_longest_interval_is_the_longest_wait_between_two_passes(
+    cron: str, zone: str, jitter: int, hours: float
+) -> None:
+    trigger = build_trigger(cron, zone, jitter)
+    assert longest_interval(trigger, NOW) == pytest.approx(hours * 3600)
+
+
+def test_longest_interval_counts_real_time_across_a_dst_change() -> None:
+    # 03:30 Berlin on 2026-10-24 (CEST) to 03:30 on 10-25 (CET) is 25 real hours;
+    # datetimes of one zone would subtract as wall clocks (24 h).
+    before_fall_back = datetime(2026, 10, 10, tzinfo=UTC)
+    daily = build_trigger("30 3 * * *", "Europe/Berlin")
+    assert longest_interval(daily, before_fall_back) == 25 * 3600
+    hourly = build_trigger("0 * * * *", "Europe/Berlin")
+    assert longest_interval(hourly, before_fall_back) == 3600
+
+
+def test_a_schedule_rarer_than_yearly_gets_the_400_day_horizon() -> None:
+    leap_day = build_trigger("0 0 29 2 *", "UTC")
+    assert longest_interval(leap_day, NOW) == 400 * 86400
 
 
 # --- clock steps, zones, reschedule key ------------------------------------------------------

@@ -343,6 +343,7 @@ def offsite_policy(config: Config) -> RetentionPolicy:
         return RetentionPolicy()
     return RetentionPolicy(
         keep=offsite.keep_last,
+        keep_hourly=offsite.keep_hourly,
         keep_daily=offsite.keep_daily,
         keep_weekly=offsite.keep_weekly,
         keep_monthly=offsite.keep_monthly,
