@@ -31,13 +31,14 @@ DEB_BUILD := $(CURDIR)/build/deb
 DEB := $(CURDIR)/build/t3backupd_$(VERSION)_all.deb
 
 .PHONY: help apt apt-deb apt-vm venv install test lint typecheck unit demo demo-clean bench \
-	bench-history man deb wheels test-systemd
+	bench-history bench-pipeline man deb wheels test-systemd
 
 help:
 	@echo "make demo   - sandbox with a live T3-shaped database, daemon in the foreground"
 	@echo "make test   - ruff, mypy --strict, pytest (as root: real users, real daemon)"
 	@echo "make bench  - benchmarks (prints a Markdown table, writes bench/results.json)"
 	@echo "make bench-history - offsite history per engine (restic, borg) over simulated days"
+	@echo "make bench-pipeline - offsite through the real CLI per engine (root; ~1 GB database)"
 	@echo "make man    - regenerate docs/t3backupd.8 from the command line definitions"
 	@echo "make deb    - build/t3backupd_<version>_all.deb (dpkg-buildpackage), lintian"
 	@echo "make test-systemd - the .deb under a real systemd in a Debian 12 qemu VM"
@@ -120,6 +121,11 @@ ifeq ($(UID_NOW),0)
 	done
 endif
 	$(PY) bench/history.py --json bench/history.json $(BENCH_ARGS)
+
+# Offsite through the real CLI per engine (as root: it creates a user): repository size,
+# upload and restore times, an hourly pass's CPU and the live writer's p99 during it.
+bench-pipeline: bench-history
+	$(PY) bench/pipeline.py --json bench/pipeline.json $(BENCH_ARGS)
 
 # The wheels of the program and of every dependency (the only step that needs the package
 # registry); dpkg-buildpackage then builds offline from them.

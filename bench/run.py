@@ -307,7 +307,9 @@ def bench_throughput(source: Path, work: Path, sizes: Sizes) -> dict[str, Any]:
 class Writer:
     """The live app: `python -m t3backupd_dev.sampledb write` in its own process."""
 
-    def __init__(self, source: Path, work: Path, rate: float | None) -> None:
+    def __init__(
+        self, source: Path, work: Path, rate: float | None, user: str | None = None
+    ) -> None:
         self.stats = work / "writer.json"
         self.ready = work / "writer.ready"
         self.stop = work / "writer.stop"
@@ -318,7 +320,11 @@ class Writer:
         command += ["--stop-file", str(self.stop)]
         if rate is not None:
             command += ["--rate", str(rate)]
-        self.process = subprocess.Popen(command, cwd="/", stdout=subprocess.DEVNULL)
+        # As the database's owner when given (as the app runs): files SQLite creates
+        # beside the database (-wal, -shm) must be that user's, not root's.
+        self.process = subprocess.Popen(
+            command, cwd="/", stdout=subprocess.DEVNULL, user=user, group=user
+        )
         deadline = time.monotonic() + 30
         while not self.ready.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:

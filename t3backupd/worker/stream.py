@@ -37,6 +37,7 @@ def stream_job(job: Job, spec: StreamSpec) -> Report:
     if parsed is None or spec.stream_fd < 0:
         raise ops.StepFailed("not_found", f"{name!r} is not a snapshot name")
     out = spec.stream_fd
+    ops.lower_priority()  # as a snapshot does: reading the whole file yields to the app
     try:
         try:
             fd, info = open_snapshot(os.path.join(spec.dest_dir, name))

@@ -33,6 +33,13 @@ REASONS = (
     "failed",  # anything else the engine reported
 )
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+# Every engine process runs behind this prefix: it yields CPU and disk to the live app,
+# as the snapshot worker does (nice +10, lowest best-effort I/O priority). A wrapper and
+# not a post-spawn setpriority: Go and Python start threads at once, and a thread's
+# nice value is its own. `ionice -t` runs the engine even where I/O priorities cannot be
+# set; `nice` does so by itself. Both are in Debian's Essential set (coreutils,
+# util-linux).
+LOW_PRIORITY = ("nice", "-n", "10", "ionice", "-t", "-c", "2", "-n", "7")
 MAX_SNAPSHOT_BYTES = 1 << 50
 
 

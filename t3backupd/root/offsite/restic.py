@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +37,7 @@ from t3backupd.core.offsite_config import (
     read_secret_file,
 )
 from t3backupd.root.offsite.engine import (
+    LOW_PRIORITY,
     OffsiteError,
     OffsiteSnapshot,
     SnapshotMeta,
@@ -271,9 +273,10 @@ class ResticEngine:
                 ) from None
         return env
 
-    def _argv(self, command: Sequence[str]) -> list[str]:
+    def _argv(self, restic: str, command: Sequence[str]) -> list[str]:
         argv = [
-            self.config.restic,
+            *LOW_PRIORITY,
+            restic,
             "--repo",
             self.config.repository,
             "--password-file",
@@ -301,13 +304,18 @@ class ResticEngine:
                 "auth", f"offsite.password_file {self.config.password_file}: {error}"
             ) from None
         os.makedirs(self.config.cache_dir, mode=0o700, exist_ok=True)
+        # Resolved here, so a missing binary is this one line, not the wrapper's error.
+        env = self._environment()
+        restic = shutil.which(self.config.restic, path=env.get("PATH"))
+        if restic is None:
+            raise OffsiteError("failed", f"cannot run {self.config.restic}: not found")
         try:
             popen = subprocess.Popen(
-                self._argv(command),
+                self._argv(restic, command),
                 stdin=stdin if stdin is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env=self._environment(),
+                env=env,
                 cwd="/",
                 umask=0o077,
                 process_group=0,
