@@ -31,7 +31,7 @@ DEB_BUILD := $(CURDIR)/build/deb
 DEB := $(CURDIR)/build/t3backupd_$(VERSION)_all.deb
 
 .PHONY: help apt apt-deb apt-vm venv install test lint typecheck unit demo demo-clean bench \
-	bench-history bench-pipeline man deb wheels test-systemd
+	bench-tools bench-history bench-pipeline man deb wheels test-systemd
 
 help:
 	@echo "make demo   - sandbox with a live T3-shaped database, daemon in the foreground"
@@ -111,8 +111,8 @@ man: install
 bench: install
 	$(PY) bench/run.py --json bench/results.json $(BENCH_ARGS)
 
-# Engines and compressors the history benchmark compares (Debian's own packages).
-bench-history: install
+# Engines and compressors the offsite benchmarks compare (Debian's own packages).
+bench-tools: install
 ifeq ($(UID_NOW),0)
 	@for p in restic borgbackup zstd; do \
 	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "install ok installed" \
@@ -120,11 +120,13 @@ ifeq ($(UID_NOW),0)
 	         || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$$p" >/dev/null; }; }; \
 	done
 endif
+
+bench-history: bench-tools
 	$(PY) bench/history.py --json bench/history.json $(BENCH_ARGS)
 
 # Offsite through the real CLI per engine (as root: it creates a user): repository size,
 # upload and restore times, an hourly pass's CPU and the live writer's p99 during it.
-bench-pipeline: bench-history
+bench-pipeline: bench-tools
 	$(PY) bench/pipeline.py --json bench/pipeline.json $(BENCH_ARGS)
 
 # The wheels of the program and of every dependency (the only step that needs the package
