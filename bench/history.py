@@ -281,14 +281,21 @@ class Borg(Store):
 
 
 def make_stores(root: Path, page: int, engines: Sequence[str]) -> list[Store]:
+    """`borg-fixed` chunks one page; `borg-fixedN`, N pages (still page-aligned)."""
     every: dict[str, Callable[[], Store]] = {
         "plain": lambda: PlainCopies(root),
         "zstd": lambda: ZstdCopies(root),
         "restic": lambda: Restic(root),
         "borg": lambda: Borg(root, None),
-        "borg-fixed": lambda: Borg(root, f"fixed,{page}"),
     }
-    return [every[name]() for name in engines]
+    stores: list[Store] = []
+    for name in engines:
+        if name.startswith("borg-fixed"):
+            pages = int(name.removeprefix("borg-fixed") or 1)
+            stores.append(Borg(root, f"fixed,{page * pages}"))
+        else:
+            stores.append(every[name]())
+    return stores
 
 
 @dataclass
