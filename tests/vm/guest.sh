@@ -347,8 +347,9 @@ phase_offsite() {
     install -d -m 0700 "$OFFSITE"
     head -c 32 /dev/urandom | base64 > "$OFFSITE_PASSWORD"
     chmod 0600 "$OFFSITE_PASSWORD"
-    # keep_last 1 alone: each pass uploads only the newest snapshot (less TCG time).
-    printf '\n[offsite]\nrepository = "%s"\npassword_file = "%s"\nkeep_last = 1\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\n' \
+    # keep_last 1 alone: each pass uploads only the newest snapshot; the three users'
+    # uploads side by side (less TCG time).
+    printf '\n[offsite]\nrepository = "%s"\npassword_file = "%s"\nconcurrency = 3\nkeep_last = 1\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\n' \
         "$OFFSITE" "$OFFSITE_PASSWORD" >> /etc/t3backupd/config.toml
     t0=$(now)
     t3backupd check-config > /root/offsite-check-config.log 2>&1 \
