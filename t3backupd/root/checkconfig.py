@@ -16,9 +16,17 @@ from t3backupd.core.usermap import User
 
 # Where an installed copy of packaging/systemd/t3backupd.service (and drop-ins) live.
 UNIT_NAME = "t3backupd.service"
-UNIT_DIRS = ("/etc/systemd/system", "/usr/local/lib/systemd/system", "/lib/systemd/system")
+# Highest priority first, as systemd reads them.
+UNIT_DIRS = (
+    "/etc/systemd/system",
+    "/run/systemd/system",
+    "/usr/local/lib/systemd/system",
+    "/lib/systemd/system",
+)
 # The shipped unit's ReadWritePaths=, used when no installed unit is found.
 DEFAULT_WRITABLE = ("/var/backups/t3-state", "/home")
+# Writable for the unit whatever its ReadWritePaths=: CacheDirectory= and StateDirectory=.
+UNIT_OWN_DIRS = ("/var/cache/t3backupd", "/var/lib/t3backupd")
 
 
 def value_of(config: Config, dotted: str) -> Any:
@@ -61,16 +69,23 @@ def writable_paths(unit_texts: Sequence[str]) -> list[str]:
 
 
 def installed_unit(dirs: Sequence[str] = UNIT_DIRS) -> tuple[str | None, list[str]]:
-    """(unit file path, texts of it and its drop-ins) of the first installed copy."""
+    """(unit file path, texts of it and its drop-ins) of the first installed copy. Drop-ins
+    come from every directory, as systemd merges them (the package's unit is in /lib,
+    `systemctl edit` writes /etc/systemd/system/t3backupd.service.d/override.conf): in
+    file-name order, a name in a higher-priority directory hiding the same name below."""
     for directory in dirs:
         path = os.path.join(directory, UNIT_NAME)
         try:
             texts = [Path(path).read_text(encoding="utf-8", errors="replace")]
         except OSError:
             continue
-        for dropin in sorted(glob.glob(os.path.join(directory, UNIT_NAME + ".d", "*.conf"))):
+        dropins: dict[str, str] = {}
+        for where in dirs:
+            for dropin in glob.glob(os.path.join(where, UNIT_NAME + ".d", "*.conf")):
+                dropins.setdefault(os.path.basename(dropin), dropin)
+        for name in sorted(dropins):
             try:
-                texts.append(Path(dropin).read_text(encoding="utf-8", errors="replace"))
+                texts.append(Path(dropins[name]).read_text(encoding="utf-8", errors="replace"))
             except OSError:
                 continue
         return path, texts
@@ -106,5 +121,20 @@ def warnings_for(
                 f"{user.name}: source directory {source_dir} is outside the paths {where} "
                 f"lets the daemon write ({allowed}): SQLite cannot map the -shm file; add "
                 "ReadWritePaths= in a drop-in"
+            )
+    offsite = config.offsite
+    if offsite is not None:
+        local = offsite.repository.removeprefix("local:")
+        if local.startswith("/") and not _inside(local, writable):
+            found.append(
+                f"offsite.repository {local} is outside the paths {where} lets the daemon "
+                f"write ({allowed}): its uploads will fail with reason read_only; add "
+                f"ReadWritePaths={local} in a drop-in"
+            )
+        if not _inside(offsite.cache_dir, [*writable, *UNIT_OWN_DIRS]):
+            found.append(
+                f"offsite.cache_dir {offsite.cache_dir} is outside the paths {where} lets "
+                f"the daemon write ({allowed}, and its cache directory /var/cache/t3backupd): "
+                "restic cannot keep its cache there; use the default or add ReadWritePaths="
             )
     return found

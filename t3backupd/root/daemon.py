@@ -186,13 +186,7 @@ class Daemon:
         for name, (count, newest, size) in known.items():
             self._metrics.restore_summary(name, count, newest, size)
         if served.config.offsite is not None:
-            from t3backupd.root.offsite.service import OffsiteService
-
-            self._offsite = OffsiteService(
-                lambda: self._served.config, lambda: self._served.users, self._tracker,
-                self._registry,
-            )  # fmt: skip
-            self._offsite.start()
+            self._start_offsite()
         self._metrics.config_loaded(True, time.time())
         self._publish_schedule_interval(served.config)  # before the first scrape can read 0
         self._start_endpoint(served.config.metrics)
@@ -359,6 +353,16 @@ class Daemon:
         if self._offsite is not None:
             self._offsite.submit(result.user)
 
+    def _start_offsite(self) -> None:
+        """The offsite lane, at start or at the first reload with an `[offsite]`."""
+        from t3backupd.root.offsite.service import OffsiteService
+
+        self._offsite = OffsiteService(
+            lambda: self._served.config, lambda: self._served.users, self._tracker,
+            self._registry,
+        )  # fmt: skip
+        self._offsite.start()
+
     def _schedule_offsite(self, config: Config) -> None:
         """`offsite.prune_cron` and `offsite.check_cron` jobs (replaced on reload)."""
         for job_id in (OFFSITE_PRUNE_JOB_ID, OFFSITE_CHECK_JOB_ID):
@@ -511,6 +515,10 @@ class Daemon:
         if self._offsite is not None:
             self._offsite.set_users(new.users)
         self._served = new
+        if new.config.offsite is not None and self._offsite is None:
+            # [offsite] added by this reload (after the swap: the lane reads the new config).
+            self._start_offsite()
+            self._schedule_offsite(new.config)
         # Snapshots of users added, or of everyone if dest moved: listed off the main thread
         # (a worker may take its whole timeout), results applied to the metrics when done.
         dest_changed = old.config.dest != new.config.dest

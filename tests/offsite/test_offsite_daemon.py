@@ -158,3 +158,26 @@ def restic_pids(repository: str) -> list[int]:
         ["pgrep", "-f", f"restic --repo {repository} "], capture_output=True, text=True
     )
     return [int(pid) for pid in found.stdout.split()]
+
+
+def test_a_reload_that_adds_offsite_starts_the_lane(site: Site, local_backend: Backend) -> None:
+    # docs/operations.md: [offsite] in the config, `offsite init`, `systemctl reload`.
+    user = site.add_user()
+    site.write([user])
+    with daemon(site) as running:
+        password = password_file(site.root)
+        extra = offsite_section(local_backend, password, site.root / "cache", None)
+        config = site.write([user], extra=extra)
+        assert t3backupd(config, "offsite", "init").returncode == 0
+        running.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while '"reloaded"' not in running.log_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        running.signal(signal.SIGUSR1)
+        event = wait_offsite(running, user.name, 1)
+        assert event["status"] == "ok" and len(event["uploaded"]) == 1, event  # type: ignore[arg-type]
+        newest = snapshot_times(site, user)[-1][1]
+        text = scrape(site.port)
+        assert sample(text, "t3backup_offsite_last_success_timestamp_seconds", user=user.name) == (
+            newest
+        )

@@ -81,6 +81,38 @@ def test_an_installed_unit_and_its_drop_in_are_read(tmp_path: Path) -> None:
     assert installed_unit([str(tmp_path / "none")]) == (None, [])
 
 
+def test_drop_ins_of_every_directory_are_read_as_systemd_merges_them(tmp_path: Path) -> None:
+    # The package's unit in /lib, `systemctl edit`'s drop-in in /etc.
+    etc, lib = tmp_path / "etc", tmp_path / "lib"
+    for directory in (etc, lib):
+        (directory / "t3backupd.service.d").mkdir(parents=True)
+    (lib / "t3backupd.service").write_text(SHIPPED_UNIT.read_text())
+    (etc / "t3backupd.service.d" / "override.conf").write_text(
+        "[Service]\nReadWritePaths=/srv/t3-offsite\n"
+    )
+    (lib / "t3backupd.service.d" / "a.conf").write_text("[Service]\nReadWritePaths=/srv/a\n")
+    (lib / "t3backupd.service.d" / "override.conf").write_text("[Service]\nReadWritePaths=\n")
+    path, texts = installed_unit([str(etc), str(lib)])
+    assert path == str(lib / "t3backupd.service")
+    # a.conf, then /etc's override.conf (hiding /lib's, which would reset the list).
+    assert writable_paths(texts)[-2:] == ["/srv/a", "/srv/t3-offsite"]
+
+
+def test_warnings_name_an_offsite_local_repository_outside_the_writable_paths() -> None:
+    table = {"offsite": {"repository": "/srv/t3-offsite", "password_file": "/etc/p"}}
+    config = parse_config(table, "c.toml", {})
+    found = warnings_for(config, [], None, list(DEFAULT_WRITABLE))
+    assert len(found) == 1 and found[0].startswith("offsite.repository /srv/t3-offsite is outside")
+    assert "read_only" in found[0] and "ReadWritePaths=/srv/t3-offsite" in found[0]
+    assert warnings_for(config, [], None, [*DEFAULT_WRITABLE, "/srv/t3-offsite"]) == []
+    remote = parse_config(
+        {"offsite": {"repository": "s3:https://s3.example.net/b", "password_file": "/etc/p",
+                     "cache_dir": "/root/.cache/restic"}}, "c.toml", {},
+    )  # fmt: skip
+    (cache,) = warnings_for(remote, [], None, list(DEFAULT_WRITABLE))
+    assert cache.startswith("offsite.cache_dir /root/.cache/restic is outside")
+
+
 def test_warnings_name_dest_and_sources_outside_the_writable_paths() -> None:
     config = parse_config({"source": "/data/{user}/state.sqlite"}, "c.toml",
                           {"T3_BACKUP_DEST": "/srv/x"})  # fmt: skip

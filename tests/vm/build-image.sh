@@ -7,8 +7,10 @@ set -euo pipefail
 out=${1:?usage: build-image.sh OUTDIR}
 here=$(cd "$(dirname "$0")" && pwd)
 # What the guest has: systemd as PID 1, the kernel and its initrd, Python 3.11 (the
-# package's only dependency) and the tools the checks use. No network configuration.
-packages=systemd,systemd-sysv,udev,dbus,linux-image-amd64,initramfs-tools,python3.11,sqlite3,procps,kmod,passwd,apt
+# package's only dependency) and the tools the checks use, restic for the [offsite] checks
+# (Debian's 0.14, as on a real host). No network configuration. The image cache key
+# (run.py image_key) hashes this file, so a change to this list builds a new image.
+packages=systemd,systemd-sysv,udev,dbus,linux-image-amd64,initramfs-tools,python3.11,sqlite3,procps,kmod,passwd,apt,restic
 size=${T3VM_IMAGE_SIZE:-4G}
 
 mirror=$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\/debian\)[[:space:]]*$/\1/p' \

@@ -318,6 +318,170 @@ time.sleep(3600)' /home/alice/.t3/userdata/state.sqlite /tmp/wal-ready &
     verdict "systemd-analyze security (online) no higher than documented" "$exposure (documented $documented)"
 }
 
+# --- [offsite]: a local-path restic repository under the real unit -----------------------
+# As docs/operations.md says: a root-only 0600 password file, [offsite] in the config,
+# `offsite init`, a reload. The repository (/srv/t3-offsite) is outside the unit's
+# writable paths: first without the ReadWritePaths= drop-in (restic cannot write it: the
+# upload fails with reason read_only, the local snapshots still succeed), then with it.
+OFFSITE=/srv/t3-offsite
+OFFSITE_PASSWORD=/etc/t3backupd/offsite.password
+restic_here() { restic --repo "$OFFSITE" --password-file "$OFFSITE_PASSWORD" --no-cache "$@"; }
+offsite_logged() { # offsite_logged CURSOR: every user's offsite outcome of this pass is logged
+    local user
+    for user in "${USERS[@]}"; do
+        log_since "$1" | grep '"event": "offsite"' | grep -q "\"user\": \"$user\"" || return 1
+    done
+}
+# The files the daemon may write (the unit's writable paths, the journal, systemd's own
+# state) and this script's logs; anything else new since MARK is printed.
+written_elsewhere() {
+    find / -xdev -newer "$1" \( -type f -o -type d \) 2>/dev/null | grep -Ev \
+        '^/(var/log/journal|var/cache/t3backupd|srv/t3-offsite|var/backups/t3-state|var/lib/t3backupd|home|tmp|var/tmp|var/lib/systemd|etc/systemd/system/t3backupd\.service\.d)(/|$)|^/root/[^/.][^/]*\.log$' \
+        | head -20
+}
+
+phase_offsite() {
+    local mark t0 user name bad="" result started
+    started=$(now)
+    cp /etc/t3backupd/config.toml /root/config.before-offsite
+    install -d -m 0700 "$OFFSITE"
+    head -c 32 /dev/urandom | base64 > "$OFFSITE_PASSWORD"
+    chmod 0600 "$OFFSITE_PASSWORD"
+    # keep_last 1 alone: each pass uploads only the newest snapshot; the three users'
+    # uploads side by side (less TCG time).
+    printf '\n[offsite]\nrepository = "%s"\npassword_file = "%s"\nconcurrency = 3\nkeep_last = 1\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\n' \
+        "$OFFSITE" "$OFFSITE_PASSWORD" >> /etc/t3backupd/config.toml
+    t0=$(now)
+    t3backupd check-config > /root/offsite-check-config.log 2>&1 \
+        && t3backupd offsite init > /root/offsite-init.log 2>&1 \
+        && [ -f "$OFFSITE/config" ] && [ "$(stat -c '%U %a' "$OFFSITE_PASSWORD")" = "root 600" ] \
+        && grep -q "warning: offsite.repository $OFFSITE is outside" /root/offsite-check-config.log
+    st=$?
+    verdict "offsite: offsite init (local path $OFFSITE, 0600 root password file); check-config warns: no drop-in" \
+        "$(since "$t0") s; $(tail -1 /root/offsite-init.log)"
+
+    # Without the drop-in: ProtectSystem=strict keeps $OFFSITE read-only for the unit.
+    local files_before
+    files_before=$(find "$OFFSITE" | sort | sha256sum)
+    mark=$(cursor)
+    systemctl reload t3backupd
+    wait_until 60 logged "$mark" '"event": "reloaded"'
+    mark=$(cursor)
+    t0=$(now)
+    run_pass "$mark"
+    wait_until 120 offsite_logged "$mark"
+    result=$(pass_result "$mark")
+    local failures=0
+    for user in "${USERS[@]}"; do
+        log_since "$mark" -p err | grep '"event": "offsite"' | grep "\"user\": \"$user\"" \
+            | grep '"status": "failed"' | grep '"reason": "read_only"' \
+            | grep -q "ReadWritePaths=$OFFSITE" && failures=$((failures + 1))
+    done
+    local counted
+    counted=$(metric t3backup_offsite_failures_total 'reason="read_only",user="alice"')
+    [ "$counted" = none ] && counted=$(metric t3backup_offsite_failures_total 'user="alice",reason="read_only"')
+    [ "$result" = "3 ok" ] && [ "$failures" = 3 ] && [ "$counted" != none ] && [ "$counted" != 0.0 ] \
+        && [ "$(find "$OFFSITE" | sort | sha256sum)" = "$files_before" ] \
+        && [ "$(restic_here snapshots --json 2>/dev/null)" = "[]" ]
+    st=$?
+    [ "$failures" = 3 ] || log_since "$mark" | grep '"offsite' | cut -c1-400 | sed 's/^/NOTE journal: /' >> "$RESULTS"
+    verdict "offsite without the ReadWritePaths= drop-in: upload fails (read_only, at err), local pass ok, repository untouched" \
+        "pass $result; $failures/3 users read_only; failures_total{alice,read_only} $counted; $(since "$t0") s"
+
+    # With the drop-in the docs show (systemctl edit t3backupd writes the same file).
+    mkdir -p /etc/systemd/system/t3backupd.service.d
+    printf '[Service]\nReadWritePaths=%s\n' "$OFFSITE" > /etc/systemd/system/t3backupd.service.d/offsite.conf
+    systemctl daemon-reload
+    systemctl restart t3backupd
+    wait_until 120 unit_active
+    t3backupd check-config > /root/offsite-check-config2.log 2>&1
+    local warned=yes
+    grep -q "warning: offsite" /root/offsite-check-config2.log || warned=no
+    sleep 1
+    touch /root/offsite-mark
+    sleep 1
+    mark=$(cursor)
+    t0=$(now)
+    run_pass "$mark"
+    wait_until 300 offsite_logged "$mark"
+    result=$(pass_result "$mark")
+    local ok=0
+    for user in "${USERS[@]}"; do
+        log_since "$mark" | grep '"event": "offsite"' | grep "\"user\": \"$user\"" \
+            | grep -q '"status": "ok"' && ok=$((ok + 1))
+    done
+    [ "$result" = "3 ok" ] && [ "$ok" = 3 ] && [ "$warned" = no ]
+    st=$?
+    [ "$ok" = 3 ] || log_since "$mark" | grep '"offsite' | cut -c1-400 | sed 's/^/NOTE journal: /' >> "$RESULTS"
+    verdict "offsite with the drop-in (check-config reads it): the service's pass uploads every user" "pass $result; $ok/3 ok; $(since "$t0") s; check-config still warns: $warned"
+    # Checked before any CLI command runs restic again: what the service wrote, and where.
+    local cached elsewhere
+    cached=$(find /var/cache/t3backupd/restic -type f -newer /root/offsite-mark 2>/dev/null | wc -l)
+    elsewhere=$(written_elsewhere /root/offsite-mark)
+    [ "$cached" -gt 0 ] && [ "$(stat -c '%U %a' /var/cache/t3backupd)" = "root 700" ] \
+        && [ ! -e /root/.cache/restic ] && [ ! -e /root/.cache ] && [ -z "$elsewhere" ]
+    st=$?
+    verdict "offsite: restic's cache in /var/cache/t3backupd (CacheDirectory, root 0700), nothing written elsewhere" \
+        "$cached cache files; no /root/.cache: $([ -e /root/.cache ] && echo no || echo yes); elsewhere: ${elsewhere:-none}"
+
+    # Read back: list --offsite, restic itself, a restore, the metric.
+    t3backupd list --offsite > /root/offsite-list.log 2>&1
+    st=$?
+    local json
+    json=$(restic_here snapshots --json 2>/root/offsite-restic.err)
+    [ "$st" -eq 0 ] && [ -n "$json" ]
+    st=$?
+    for user in "${USERS[@]}"; do
+        name=$(snapshots_of "$user" | tail -1)
+        grep -A3 "^$user: 1 offsite copy" /root/offsite-list.log | grep -q "^  $name " || bad="$bad $user:list"
+        echo "$json" | $PY -c '
+import json, sys
+user, name = sys.argv[1], sys.argv[2]
+tags = [set(s.get("tags") or []) for s in json.load(sys.stdin)]
+sys.exit(not any({"t3backupd", "user=" + user, "name=" + name} <= t for t in tags))' "$user" "$name" \
+            || bad="$bad $user:restic"
+    done
+    [ "$st" -eq 0 ] && [ -z "$bad" ]
+    st=$?
+    [ -z "$bad" ] || sed 's/^/NOTE list: /' /root/offsite-list.log >> "$RESULTS"
+    verdict "offsite: list --offsite and restic snapshots --json show each user's newest snapshot" "${bad:-all 3 users}"
+
+    name=$(snapshots_of alice | tail -1)
+    rm -f /tmp/x
+    t0=$(now)
+    t3backupd restore --user alice --from offsite --to /tmp/x > /root/offsite-restore.log 2>&1
+    st=$?
+    local want got
+    want=$(cut -d' ' -f1 "$DEST/alice/$name.sha256")
+    got=$(sha256sum /tmp/x 2>/dev/null | cut -d' ' -f1)
+    [ "$st" -eq 0 ] && [ -n "$want" ] && [ "$got" = "$want" ] \
+        && [ "$(sha256sum < "$DEST/alice/$name" | cut -d' ' -f1)" = "$want" ] \
+        && [ "$(stat -c %U /tmp/x)" = alice ] && [ "$(integrity /tmp/x)" = ok ]
+    st=$?
+    verdict "offsite: restore --from offsite --to /tmp/x is byte-identical (sha256), alice's, integrity ok" \
+        "$name; $(since "$t0") s; $(tail -1 /root/offsite-restore.log | cut -c1-160)"
+
+    local missing=""
+    for user in "${USERS[@]}"; do
+        result=$(metric t3backup_offsite_last_success_timestamp_seconds "user=\"$user\"")
+        [ "$result" != none ] && [ "$result" != 0.0 ] || missing="$missing $user"
+    done
+    [ -z "$missing" ]
+    st=$?
+    verdict "offsite: t3backup_offsite_last_success_timestamp_seconds on the endpoint for each user" \
+        "missing:${missing:- none}"
+
+    # Back to the config without [offsite] for the power cuts (keeps their passes short).
+    # The password file and repository are the operator's, not the package's: removed
+    # here, or `apt purge` would rightly leave /etc/t3backupd behind.
+    rm -r /etc/systemd/system/t3backupd.service.d "$OFFSITE" "$OFFSITE_PASSWORD"
+    cp /root/config.before-offsite /etc/t3backupd/config.toml
+    systemctl daemon-reload
+    systemctl restart t3backupd
+    wait_until 120 unit_active
+    note "offsite checks took $(since "$started") s"
+}
+
 # After a power cut: snapshots that were there before the cut pass (and any the guest saw
 # published by a finished worker) still there; every snapshot verifies; then a pass works.
 after_cut() {
@@ -397,7 +561,7 @@ phase_final() {
 
 say "BOOT phase=$PHASE point=${POINT:-} cut=${CUT:-} uptime=$(cut -d' ' -f1 /proc/uptime)"
 case $PHASE in
-    main) phase_main ;;
+    main) phase_main; [ "${T3VM_OFFSITE:-1}" = 1 ] && phase_offsite ;;
     cut)
         [ "$CUT" -gt 1 ] && after_cut $((CUT - 1)) "$(cat "$IO/cut-$((CUT - 1))-point" 2>/dev/null)"
         echo "$POINT" > "$IO/cut-$CUT-point"

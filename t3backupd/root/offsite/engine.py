@@ -26,6 +26,7 @@ REASONS = (
     "auth",  # wrong repository password or back-end credentials refused
     "locked",  # another process holds the repository lock
     "no_space",  # the back-end is full
+    "read_only",  # a local-path repository on a file system read-only here (the unit's sandbox)
     "timeout",  # no result within offsite.timeout_seconds
     "no_repository",  # no repository at that location (run `offsite init`)
     "corrupt",  # the stream's size or sha256 differs from the recorded ones

@@ -428,7 +428,7 @@ def sync_user(
                 reason=error.reason,
                 message=error.message,
             )
-            if error.reason in ("unreachable", "auth", "no_repository", "no_space"):
+            if error.reason in ("unreachable", "auth", "no_repository", "no_space", "read_only"):
                 break  # the next one would fail the same way
             continue
         outcome.uploaded.append(uploaded)

@@ -56,6 +56,8 @@ BASE_ENVIRONMENT = {
 }
 _USER_TAG = re.compile(r"user=(.+)")
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    # First: restic says "unable to create lock" for it too, which is no stale lock.
+    ("read_only", re.compile(r"read-only file system", re.I)),
     ("auth", re.compile(r"wrong password|no key found", re.I)),
     ("locked", re.compile(r"already locked|unable to create lock", re.I)),
     ("no_space", re.compile(r"no space left|quota exceeded|disk quota|EntityTooLarge", re.I)),
@@ -111,7 +113,11 @@ def _error_line(stderr: bytes, repository: str, shown: str) -> str:
     text = stderr[-ERROR_TAIL_BYTES:].decode("utf-8", "replace").replace(repository, shown)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     fatal = [line for line in lines if line.startswith("Fatal:")]
-    line = fatal[-1] if fatal else (lines[-1] if lines else "no error output")
+    # restic 0.14 ends a failed lock with "unable to create lock in backend", after a Go
+    # stack trace; the line that says why comes before it.
+    read_only = [line for line in lines if "read-only file system" in line.lower()]
+    line = fatal[-1] if fatal else read_only[-1] if read_only else (
+        lines[-1] if lines else "no error output")  # fmt: skip
     line = line.removeprefix("Fatal: ")
     return "".join(ch if ch.isprintable() else "?" for ch in line)[:240]
 
@@ -166,6 +172,32 @@ _LOCKS_GUARD = threading.Lock()
 def _lock_for(repository: str) -> _ReadWriteLock:
     with _LOCKS_GUARD:
         return _LOCKS.setdefault(repository, _ReadWriteLock())
+
+
+def local_path(repository: str) -> str | None:
+    """The directory of a local-path repository (`/path` or `local:/path`), else None."""
+    path = repository.removeprefix("local:")
+    return path if path.startswith("/") else None
+
+
+def read_only_problem(path: str) -> str | None:
+    """Why restic could not write the local repository `path`: its file system (or that
+    of its nearest existing parent, for `init`) is read-only here, as under the unit's
+    ProtectSystem=strict without a ReadWritePaths= for it; None otherwise. restic itself
+    would retry such writes for about 45 s, then blame a lock."""
+    probe = os.path.normpath(path)
+    while not os.path.lexists(probe) and probe != "/":
+        probe = os.path.dirname(probe)
+    try:
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+    except OSError:
+        return None  # restic says what is wrong
+    if not read_only:
+        return None
+    return (
+        f"{path} is on a read-only file system for t3backupd (under systemd: add "
+        f"ReadWritePaths={path} in a drop-in, systemctl edit t3backupd)"
+    )
 
 
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
@@ -303,6 +335,10 @@ class ResticEngine:
             raise OffsiteError(
                 "auth", f"offsite.password_file {self.config.password_file}: {error}"
             ) from None
+        local = local_path(self.config.repository)
+        problem = read_only_problem(local) if local is not None else None
+        if problem is not None:
+            raise OffsiteError("read_only", problem)
         os.makedirs(self.config.cache_dir, mode=0o700, exist_ok=True)
         # Resolved here, so a missing binary is this one line, not the wrapper's error.
         env = self._environment()
