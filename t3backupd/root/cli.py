@@ -99,8 +99,16 @@ DOCS: dict[str, CommandDoc] = {
         "restore a snapshot, as the user",
         "Restore a snapshot: to a new file (--to, creates only that file) or into the "
         "live database (--in-place, after a pre-restore snapshot; needs root). The "
-        "snapshot is verified first.",
-        ("0  restored", "1  refused or failed (nothing was changed)"),
+        "snapshot is verified first. --from offsite takes the bytes from the offsite "
+        "repository, verified (size and sha256 as recorded, quick_check) before either. "
+        "--at TIME picks the newest snapshot at or before TIME in the [schedule] "
+        "timezone: in the hour repeated when DST ends, the earlier occurrence; a time "
+        "skipped when DST begins is refused.",
+        (
+            "0  restored",
+            "1  refused or failed (nothing was changed); no snapshot at or before --at",
+            "2  usage (also: --at and --snapshot together, a nonexistent --at time)",
+        ),
     ),
     "adopt": CommandDoc(
         "give the legacy script's snapshots a checksum",
