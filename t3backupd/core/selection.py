@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, tzinfo
 
 from t3backupd.core.errors import SnapshotNotFound, UsageError
 from t3backupd.core.naming import SnapshotName, is_valid_label, parse_name
+from t3backupd.core.wallclock import occurrences
 
 LATEST = "latest"
 PRE_RESTORE_LABEL = "pre-restore"
@@ -86,6 +88,55 @@ def choose_snapshot(
     if not candidates:
         raise SnapshotNotFound(request.not_found())
     return max(candidates, key=lambda parsed: (parsed.time, parsed.filename))
+
+
+# `--at`: a wall time in the config's time zone; a date alone means 00:00 that day.
+AT_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d")
+AT_SHOWN = "%Y-%m-%d %H:%M:%S %Z"
+
+
+def parse_at(text: str, zone: tzinfo, zone_name: str) -> datetime:
+    """The instant (aware, UTC) `--at TEXT` names, read as a wall time in `zone`.
+
+    A time in the hour that repeats when DST ends means its earlier occurrence; a time
+    the clocks skipped when DST began does not exist. Raises UsageError (one line).
+    """
+    for layout in AT_FORMATS:
+        try:
+            wall = datetime.strptime(text, layout)  # naive wall time, zoned below
+        except ValueError:
+            continue
+        break
+    else:
+        raise UsageError(
+            f"invalid --at {text!r}: use 'YYYY-MM-DD HH:MM', 'YYYY-MM-DD HH:MM:SS' or "
+            f"'YYYY-MM-DD' (a time in {zone_name})"
+        )
+    instants, in_gap = occurrences(wall, zone)
+    if in_gap:
+        raise UsageError(
+            f"--at {text!r} does not exist in {zone_name}: the clocks skipped it when DST "
+            "began; give a time before or after the change"
+        )
+    return instants[0]
+
+
+def choose_at(copies: Sequence[tuple[float, str]], moment: datetime, zone: tzinfo) -> str:
+    """The name of the newest of `copies` ((epoch seconds, name)) whose time is at or
+    before `moment`. Raises SnapshotNotFound: no copy at all, or (one line naming the
+    oldest copy and its time in `zone`) every copy is later than `moment`."""
+    if not copies:
+        raise SnapshotNotFound("no snapshot at all")
+    limit = moment.timestamp()
+    candidates = [copy for copy in copies if copy[0] <= limit]
+    if not candidates:
+        oldest_time, oldest = min(copies)
+        shown = datetime.fromtimestamp(oldest_time, zone).strftime(AT_SHOWN)
+        raise SnapshotNotFound(
+            f"no snapshot at or before {moment.astimezone(zone).strftime(AT_SHOWN)}: "
+            f"the oldest is {oldest} of {shown}"
+        )
+    return max(candidates)[1]
 
 
 def shorten_command(command: str) -> str:

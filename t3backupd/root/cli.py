@@ -35,7 +35,14 @@ from t3backupd.root.passes import (
     run_pass,
     run_verify_pass,
 )
-from t3backupd.root.restore import future_note, restore_in_place, restore_to
+from t3backupd.root.restore import (
+    StreamedCopy,
+    at_moment,
+    future_note,
+    local_at,
+    restore_in_place,
+    restore_to,
+)
 from t3backupd.root.served import Served, load_served, log_problems
 from t3backupd.root.spawn import running_as_root
 from t3backupd.root.usage import DIR_SIZES, destination_space, human
@@ -92,8 +99,16 @@ DOCS: dict[str, CommandDoc] = {
         "restore a snapshot, as the user",
         "Restore a snapshot: to a new file (--to, creates only that file) or into the "
         "live database (--in-place, after a pre-restore snapshot; needs root). The "
-        "snapshot is verified first.",
-        ("0  restored", "1  refused or failed (nothing was changed)"),
+        "snapshot is verified first. --from offsite takes the bytes from the offsite "
+        "repository, verified (size and sha256 as recorded, quick_check) before either. "
+        "--at TIME picks the newest snapshot at or before TIME in the [schedule] "
+        "timezone: in the hour repeated when DST ends, the earlier occurrence; a time "
+        "skipped when DST begins is refused.",
+        (
+            "0  restored",
+            "1  refused or failed (nothing was changed); no snapshot at or before --at",
+            "2  usage (also: --at and --snapshot together, a nonexistent --at time)",
+        ),
     ),
     "adopt": CommandDoc(
         "give the legacy script's snapshots a checksum",
@@ -264,11 +279,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     restore = command("restore")
     restore.add_argument("--user", required=True, metavar="U", help="whose snapshot (required)")
-    restore.add_argument(
+    which = restore.add_mutually_exclusive_group()
+    which.add_argument(
         "--snapshot",
         default="latest",
         metavar="S",
         help="a snapshot file name from list, 'latest' (default) or a label",
+    )
+    which.add_argument(
+        "--at",
+        metavar="TIME",
+        help="the newest snapshot at or before TIME ('YYYY-MM-DD HH:MM[:SS]' or "
+        "'YYYY-MM-DD' = 00:00), in the [schedule] timezone; in the hour that repeats "
+        "when DST ends, the earlier occurrence; a time skipped when DST begins is refused",
     )
     restore.add_argument(
         "--from",
@@ -680,31 +703,43 @@ def command_restore(args: argparse.Namespace) -> int:
     if args.force and not args.in_place:
         raise UsageError("--force applies only to --in-place")
     config, users, _ = load_context(args)
+    moment = at_moment(config, args.at) if args.at is not None else None
     out = Output(args.quiet)
     user = select_users(users, [args.user], config)[0]
+    streamed: StreamedCopy | None = None
+    request = args.snapshot
+    origin = ""
     if args.origin == "offsite":
         from t3backupd.root.offsite import commands as offsite_commands
 
-        return offsite_commands.restore(config, user, args.snapshot, args.to, args.in_place)
-    require_dest(config)
+        streamed = offsite_commands.streamed_copy(config, user, request, moment)
+        request, origin = streamed.name, " from offsite"
+    else:
+        require_dest(config)
+        if moment is not None:
+            request = local_at(config, user, moment)
     if args.to is not None:
         # Relative to the caller's cwd, not normalised: '..' keeps the kernel's meaning.
         target = args.to if os.path.isabs(args.to) else os.path.join(os.getcwd(), args.to)
-        report = restore_to(config, user, args.snapshot, target)
+        report = restore_to(config, user, request, target, streamed)
         if not report.ok:
             _refused(report)
             return EXIT_FAILED
-        out.result(f"{user.name}: restored {report.extra.get('restored_from')}: {report.message}")
+        out.result(
+            f"{user.name}: restored {report.extra.get('restored_from')}{origin}: {report.message}"
+        )
         note = future_note(report)
         if note is not None:
             out.result(f"{user.name}: {note}")
         return EXIT_OK
-    if not running_as_root() and os.lstat(config.dest).st_uid != os.geteuid():
+    if not running_as_root() and (
+        not os.path.lexists(config.dest) or os.lstat(config.dest).st_uid != os.geteuid()
+    ):
         raise T3BackupError(
             f"restore --in-place first takes a pre-restore snapshot into {config.dest}, "
             "which only root can write: run it as root (restore --to PATH works as the user)"
         )
-    result = restore_in_place(config, user, args.snapshot, force=args.force)
+    result = restore_in_place(config, user, request, force=args.force, streamed=streamed)
     report = result.report
     if result.pre_restore is not None:
         out.result(f"{user.name}: pre-restore snapshot {result.pre_restore} taken")

@@ -16,6 +16,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from t3backupd.core.config import ScheduleConfig
 from t3backupd.core.cron import CronFields, parse_crontab
+from t3backupd.core.wallclock import occurrences
 
 # How far back `previous_fire_time` looks, widening step by step: a schedule like
 # "0 0 29 2 *" (leap days) may not have fired for eight years.
@@ -33,21 +34,6 @@ def resolve_timezone(name: str) -> tzinfo:
     if name == "local":
         return tzlocal.get_localzone()
     return ZoneInfo(name)
-
-
-def occurrences(wall: datetime, zone: tzinfo) -> tuple[list[datetime], bool]:
-    """The real instants (UTC) of the naive local time `wall` in `zone`, and whether it
-    falls in a DST gap: one instant normally, two in the hour that repeats when DST ends
-    (first, second), none in the gap when it starts (then the instant at the old offset
-    is returned, for a fixed-time job, with True)."""
-    first = wall.replace(tzinfo=zone, fold=0)
-    second = wall.replace(tzinfo=zone, fold=1)
-    first_offset, second_offset = first.utcoffset(), second.utcoffset()
-    if first_offset == second_offset:
-        return [first.astimezone(UTC)], False
-    if first_offset is not None and second_offset is not None and first_offset > second_offset:
-        return [first.astimezone(UTC), second.astimezone(UTC)], False
-    return [first.astimezone(UTC)], True
 
 
 def is_repeated_wall_time(moment: datetime) -> bool:

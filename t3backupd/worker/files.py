@@ -97,6 +97,13 @@ class TempFiles:
                 with suppress(FileNotFoundError):
                     os.unlink(path + suffix)
 
+    def remove(self, path: str) -> None:
+        """Remove this one temp (and its sidecars), leaving the others."""
+        for suffix in SQLITE_SIDECARS:
+            with suppress(FileNotFoundError):
+                os.unlink(path + suffix)
+        self.discard(path)
+
 
 def classify_sqlite_error(error: sqlite3.Error) -> FailureReason:
     """Map an SQLite error to a failure reason."""

@@ -1,8 +1,10 @@
 """Worker job "restore", run as the user: to a new file (`--to`) or into the live database.
 
-The root side (`t3backupd.root.restore`) runs this twice for `--in-place`: a check-only
-run (choose, verify, look for processes holding the database), then, after a
-`pre-restore` snapshot, the real one on the exact snapshot chosen.
+The root side (`t3backupd.root.restore`) runs this twice for `--in-place` from a local
+snapshot: a check-only run (choose, verify, look for processes holding the database),
+then, after a `pre-restore` snapshot, the real one on the exact snapshot chosen. From
+offsite, one run receives the copy's bytes on a pipe, verifies them in a temp and takes
+that same in-place path with the temp as its source.
 """
 
 from __future__ import annotations
@@ -13,14 +15,21 @@ import os
 import secrets
 import sqlite3
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
 from urllib.parse import quote
 
 from t3backupd.core.errors import SnapshotNotFound, UsageError
 from t3backupd.core.naming import TEMP_PREFIX, TEMP_SUFFIX, SnapshotName, parse_name
-from t3backupd.core.protocol import Reason, Report, RestoreSpec, SnapshotInfo, printable
+from t3backupd.core.protocol import (
+    Reason,
+    Report,
+    RestoreSpec,
+    SnapshotInfo,
+    VerifyResult,
+    printable,
+)
 from t3backupd.core.selection import (
     PRE_RESTORE_LABEL,
     RESTORABLE_OUTCOMES,
@@ -186,38 +195,62 @@ def _publish_no_replace(temp: str, path: str) -> None:
     os.unlink(temp)
 
 
-def _restore_copy(job: Job, spec: RestoreSpec, parsed: SnapshotName, checked: Checked) -> Report:
-    """Write the verified snapshot to `spec.target`, then verify the copy."""
-    target = spec.target
-    source = os.path.join(spec.dest_dir, parsed.filename)
+def _write_verified(
+    temp: str, target_fd: int, fill: Callable[[int], int], expected: str | None, differs: str
+) -> int:
+    """Write a copy into the temp `temp` (open as `target_fd`, closed here) with `fill`
+    (returns the bytes written), fsync it, and verify it: still the file we created,
+    quick_check ok, sha256 equal to `expected`. Returns the bytes. Raises StepFailed."""
+    try:
+        written = fill(target_fd)
+        os.fsync(target_fd)
+        target_info = os.fstat(target_fd)
+    finally:
+        os.close(target_fd)
+    if not same_file(temp, (target_info.st_dev, target_info.st_ino)):
+        raise ops.StepFailed("verify_failed", f"{temp} was replaced while being written")
+    problems, digest = ops.verify_and_hash(temp, "quick")
+    if digest != expected or problems:
+        why = "; ".join(problems[:3]) or differs
+        raise ops.StepFailed("verify_failed", f"restored copy failed verification: {why}")
+    return written
+
+
+def _copy_to_target(
+    job: Job, target: str, fill: Callable[[int], int], expected: str | None, differs: str
+) -> int:
+    """`--to`: write and verify the copy in a hidden temp beside `target`, then give it
+    that name (never replacing a file). Returns the bytes written. Raises StepFailed."""
     _refuse_existing(target)
     temp, target_fd = _create_temp_beside(target)
     job.temps.add(temp)
     try:
-        try:
-            source_fd, info = open_snapshot(source)
-            try:
-                if (info.st_dev, info.st_ino) != checked.identity:
-                    raise ops.StepFailed("verify_failed", f"{parsed.filename} changed after check")
-                written = _copy_fd(source_fd, target_fd)
-            finally:
-                os.close(source_fd)
-            os.fsync(target_fd)
-            target_info = os.fstat(target_fd)
-        finally:
-            os.close(target_fd)
-        if not same_file(temp, (target_info.st_dev, target_info.st_ino)):
-            raise ops.StepFailed("verify_failed", f"{temp} was replaced while being written")
-        problems, digest = ops.verify_and_hash(temp, "quick")
-        if digest != checked.digest or problems:
-            why = "; ".join(problems[:3]) or "sha256 of the copy differs from the snapshot's"
-            raise ops.StepFailed("verify_failed", f"restored copy failed verification: {why}")
+        written = _write_verified(temp, target_fd, fill, expected, differs)
         _publish_no_replace(temp, target)
         ops.fsync_path(os.path.dirname(target) or "/", directory=True)
     except BaseException:
         job.temps.remove_all()
         raise
     job.temps.discard(temp)
+    return written
+
+
+def _restore_copy(job: Job, spec: RestoreSpec, parsed: SnapshotName, checked: Checked) -> Report:
+    """Write the verified snapshot to `spec.target`, then verify the copy."""
+    target = spec.target
+
+    def fill(target_fd: int) -> int:
+        source_fd, info = open_snapshot(os.path.join(spec.dest_dir, parsed.filename))
+        try:
+            if (info.st_dev, info.st_ino) != checked.identity:
+                raise ops.StepFailed("verify_failed", f"{parsed.filename} changed after check")
+            return _copy_fd(source_fd, target_fd)
+        finally:
+            os.close(source_fd)
+
+    written = _copy_to_target(
+        job, target, fill, checked.digest, "sha256 of the copy differs from the snapshot's"
+    )
     return Report(
         action="restore",
         status="ok",
@@ -372,12 +405,12 @@ def _safety_snapshot(job: Job, spec: RestoreSpec) -> str:
             spec.dest_dir, temp, datetime.now(UTC), PRE_RESTORE_LABEL, digest, job.temps
         )
     finally:
-        job.temps.remove_all()
+        job.temps.remove(temp)  # only its own: an offsite restore's source is a temp too
 
 
-def _restore_in_place(
-    job: Job, spec: RestoreSpec, parsed: SnapshotName, checked: Checked
-) -> Report:
+def _refuse_if_held(spec: RestoreSpec) -> str:
+    """Refuse (StepFailed "in_use") while a process of the user has the live database
+    open, unless `spec.force`; returns the note for a forced restore ("" if none)."""
     live = spec.source
     holders = find_holders([live, live + "-wal"])
     if holders and not spec.force:
@@ -386,7 +419,20 @@ def _restore_in_place(
             f"{describe_holders(holders)}; stop the app first (or pass --force to restore "
             "under it)",
         )
-    forced = f"; forced although {describe_holders(holders)}" if holders else ""
+    return f"; forced although {describe_holders(holders)}" if holders else ""
+
+
+def _restore_in_place(
+    job: Job,
+    spec: RestoreSpec,
+    parsed: SnapshotName,
+    checked: Checked,
+    snapshot_path: str | None = None,
+) -> Report:
+    """The one in-place restore, from `snapshot_path`: the local snapshot (default,
+    `<dest_dir>/<name>`) or a verified temp holding an offsite copy's bytes."""
+    live = spec.source
+    forced = _refuse_if_held(spec)
     extra = {"restored_from": parsed.filename, "target": live}
     if spec.check_only:
         return Report(
@@ -401,7 +447,8 @@ def _restore_in_place(
         before: os.stat_result | None = os.stat(live)
     except FileNotFoundError:
         before = None
-    snapshot_path = os.path.join(spec.dest_dir, parsed.filename)
+    if snapshot_path is None:
+        snapshot_path = os.path.join(spec.dest_dir, parsed.filename)
     if not same_file(snapshot_path, checked.identity):
         raise ops.StepFailed("verify_failed", f"{parsed.filename} changed after check")
     try:
@@ -459,45 +506,26 @@ def _restore_in_place(
     )
 
 
-def _restore_from_stream(job: Job, spec: RestoreSpec) -> Report:
-    """Restore from offsite: the snapshot's bytes arrive on `spec.stream_fd` (the root
-    side pumps them from the engine); written as a local `--to` restore is (a hidden temp
-    beside the target, renamed only once verified), and verified: size and sha256 must
-    equal the recorded ones, then quick_check. More bytes than recorded stop at once."""
-    name = spec.snapshot
-    parsed = parse_name(name)
-    if parsed is None:
-        os.close(spec.stream_fd)
-        raise ops.StepFailed("not_found", f"{name!r} is not a snapshot name")
-    target = spec.target
-    try:
-        _refuse_existing(target)
-        temp, target_fd = _create_temp_beside(target)
-    except BaseException:
-        os.close(spec.stream_fd)
-        raise
-    job.temps.add(temp)
-    digest = hashlib.sha256()
-    written = 0
-    try:
-        try:
-            while chunk := os.read(spec.stream_fd, 1 << 20):
-                written += len(chunk)
-                if written > spec.expected_bytes:
-                    raise ops.StepFailed(
-                        "verify_failed",
-                        f"the offsite copy of {name} is longer than its recorded "
-                        f"{spec.expected_bytes} bytes",
-                    )
-                digest.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(target_fd, view) :]
-            os.fsync(target_fd)
-            target_info = os.fstat(target_fd)
-        finally:
-            os.close(target_fd)
-            os.close(spec.stream_fd)
+def _receive_stream(spec: RestoreSpec, name: str) -> Callable[[int], int]:
+    """A `fill` that copies the offsite stream (`spec.stream_fd`) to a file: stops at
+    once past `spec.expected_bytes`, then size and sha256 must equal the recorded ones.
+    Raises StepFailed."""
+
+    def fill(target_fd: int) -> int:
+        digest = hashlib.sha256()
+        written = 0
+        while chunk := os.read(spec.stream_fd, 1 << 20):
+            written += len(chunk)
+            if written > spec.expected_bytes:
+                raise ops.StepFailed(
+                    "verify_failed",
+                    f"the offsite copy of {name} is longer than its recorded "
+                    f"{spec.expected_bytes} bytes",
+                )
+            digest.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(target_fd, view) :]
         if written != spec.expected_bytes or digest.hexdigest() != spec.expected_sha256:
             raise ops.StepFailed(
                 "verify_failed",
@@ -505,31 +533,74 @@ def _restore_from_stream(job: Job, spec: RestoreSpec) -> Report:
                 f"{spec.expected_bytes} bytes, sha256 "
                 f"{'matches' if digest.hexdigest() == spec.expected_sha256 else 'differs'})",
             )
-        if not same_file(temp, (target_info.st_dev, target_info.st_ino)):
-            raise ops.StepFailed("verify_failed", f"{temp} was replaced while being written")
-        problems, copy_digest = ops.verify_and_hash(temp, "quick")
-        if copy_digest != spec.expected_sha256 or problems:
-            why = "; ".join(problems[:3]) or "sha256 of the written file differs"
-            raise ops.StepFailed("verify_failed", f"restored copy failed verification: {why}")
-        _publish_no_replace(temp, target)
-        ops.fsync_path(os.path.dirname(target) or "/", directory=True)
-    except BaseException:
-        job.temps.remove_all()
-        raise
-    job.temps.discard(temp)
+        return written
+
+    return fill
+
+
+def _restore_from_stream(job: Job, spec: RestoreSpec) -> Report:
+    """Restore from offsite: the snapshot's bytes arrive on `spec.stream_fd` (the root
+    side pumps them from the engine) and are verified (size and sha256 must equal the
+    recorded ones, then quick_check) in a hidden temp before anything else happens.
+    `--to`: the temp is beside the target and renamed to it, as a local `--to` restore.
+    In place: the temp is in the user's backup directory and is the source of the one
+    in-place restore (pre-restore snapshot, write lock, swap, verification)."""
+    name = spec.snapshot
+    parsed = parse_name(name)
+    try:
+        if parsed is None:
+            raise ops.StepFailed("not_found", f"{name!r} is not a snapshot name")
+        if spec.in_place:
+            with ops.user_dir_lock(spec.dest_dir):
+                return _restore_stream_in_place(job, spec, parsed)
+        written = _copy_to_target(
+            job,
+            spec.target,
+            _receive_stream(spec, name),
+            spec.expected_sha256,
+            "sha256 of the written file differs",
+        )
+    finally:
+        os.close(spec.stream_fd)  # the one close: a refusal or failure stops the pump
     return Report(
         action="restore",
         status="ok",
         message=(
-            f"wrote {written} bytes to {target} (mode 0600); sha256 matches the recorded "
+            f"wrote {written} bytes to {spec.target} (mode 0600); sha256 matches the recorded "
             "digest, quick_check ok"
         ),
         snapshot=SnapshotInfo(
             name=name, time=parsed.time.timestamp(), bytes=written, label=parsed.label
         ),
         duration_s=round(job.elapsed(), 6),
-        extra={"restored_from": name, "target": target, "sha256": copy_digest},
+        extra={"restored_from": name, "target": spec.target, "sha256": spec.expected_sha256},
     )
+
+
+def _restore_stream_in_place(job: Job, spec: RestoreSpec, parsed: SnapshotName) -> Report:
+    # Refuse before the download when the app has the database open (checked again
+    # right before the swap, as for a local snapshot).
+    _refuse_if_held(spec)
+    temp, temp_fd = _create_temp_beside(os.path.join(spec.dest_dir, parsed.filename))
+    job.temps.add(temp)
+    try:
+        written = _write_verified(
+            temp,
+            temp_fd,
+            _receive_stream(spec, parsed.filename),
+            spec.expected_sha256,
+            "sha256 of the received copy differs from the recorded one",
+        )
+        info = os.lstat(temp)
+        checked = Checked(
+            result=VerifyResult(parsed.filename, "ok", "offsite copy: size and sha256 as recorded"),
+            digest=spec.expected_sha256,
+            identity=(info.st_dev, info.st_ino),
+            size=written,
+        )
+        return _restore_in_place(job, spec, parsed, checked, snapshot_path=temp)
+    finally:
+        job.temps.remove(temp)
 
 
 def restore_job(job: Job, spec: RestoreSpec) -> Report:

@@ -1,24 +1,24 @@
-"""The offsite CLI commands: `offsite init|check|sync`, `list --offsite`,
-`restore --from offsite`. One line per user; an engine failure is one line naming the
-repository and what failed; exit 0 ok, 1 failed (2 for usage, from the caller)."""
+"""The offsite CLI commands: `offsite init|check|sync`, `list --offsite`, and the source
+of `restore --from offsite`. One line per user; an engine failure is one line naming
+the repository and what failed; exit 0 ok, 1 failed (2 for usage, from the caller)."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from t3backupd.core.config import Config
-from t3backupd.core.errors import UsageError
+from t3backupd.core.errors import SnapshotNotFound, T3BackupError
 from t3backupd.core.selection import parse_snapshot_request
 from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
 from t3backupd.root.offsite import make_engine
 from t3backupd.root.offsite.engine import OffsiteError, OffsiteSnapshot
-from t3backupd.root.offsite.lane import drill_user, restore_from_offsite, run_offsite_pass
+from t3backupd.root.offsite.lane import choose_copy, drill_user, run_offsite_pass, stream_restore
+from t3backupd.root.restore import AtMoment, StreamedCopy, chosen_at
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -135,31 +135,28 @@ def list_offsite(config: Config, users: Sequence[User], as_json: bool) -> int:
     return EXIT_OK
 
 
-def restore(config: Config, user: User, request: str, target: str | None, in_place: bool) -> int:
+def streamed_copy(
+    config: Config, user: User, request: str, moment: AtMoment | None = None
+) -> StreamedCopy:
+    """The offsite copy of `user` that `--snapshot request` (or `--at`) names, as the
+    source of a restore (`root.restore.restore_to` / `restore_in_place`), whatever the
+    engine. Raises SnapshotNotFound or T3BackupError (one line, exit 1)."""
     parse_snapshot_request(request)
-    if in_place or target is None:
-        raise UsageError(
-            "--from offsite restores with --to PATH; then stop the app and move it in place, "
-            "or import it with `restore --to` and `restore --in-place` locally"
-        )
-    path = target if os.path.isabs(target) else os.path.join(os.getcwd(), target)
     engine = make_engine(config)
-    report = restore_from_offsite(engine, config, user, request, path)
-    log = get_logger()
-    (log.info if report.ok else log.error)(
-        "restore",
-        mode="to",
-        origin="offsite",
-        status=report.status,
-        reason=report.reason,
-        message=report.message,
-        snapshot=report.extra.get("restored_from"),
-        target=path,
+    try:
+        copies = engine.snapshots(user.name)
+    except OffsiteError as error:
+        raise T3BackupError(f"offsite: cannot list {user.name}'s copies: {error}") from None
+    try:
+        if moment is not None:
+            by_name = {copy.meta.name: copy for copy in copies}  # newest copy of a name
+            copy = by_name[
+                chosen_at(moment, [(c.meta.time, c.meta.name) for c in by_name.values()])
+            ]
+        else:
+            copy = choose_copy(copies, request)
+    except SnapshotNotFound as error:
+        raise SnapshotNotFound(f"offsite ({engine.location}): {error}") from None
+    return StreamedCopy(
+        copy.meta.name, lambda spec: stream_restore(engine, config, user, copy, spec)
     )
-    if not report.ok:
-        sys.stderr.write(f"t3backupd: restore refused ({report.reason}): {report.message}\n")
-        return EXIT_FAILED
-    print(
-        f"{user.name}: restored {report.extra.get('restored_from')} from offsite: {report.message}"
-    )
-    return EXIT_OK

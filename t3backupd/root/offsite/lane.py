@@ -25,10 +25,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from t3backupd.core.config import Config
-from t3backupd.core.errors import SnapshotNotFound
 from t3backupd.core.jobs import inventory_spec, user_dir
 from t3backupd.core.naming import parse_name
 from t3backupd.core.protocol import (
@@ -53,7 +52,12 @@ from t3backupd.root.offsite.engine import (
     SnapshotMeta,
 )
 from t3backupd.root.runner import run_for_users, run_user_job
-from t3backupd.root.spawn import ProcessTracker, start_worker
+from t3backupd.root.spawn import (
+    DirectoryRefused,
+    ProcessTracker,
+    prepare_user_dir,
+    start_worker,
+)
 
 CHUNK_BYTES = 1 << 20
 MAX_HEADER_BYTES = 1024
@@ -512,28 +516,28 @@ def choose_copy(snapshots: Sequence[OffsiteSnapshot], request: str) -> OffsiteSn
     return by_name[chosen.filename]
 
 
-def restore_from_offsite(
-    engine: Engine, config: Config, user: User, request: str, target: str
+def stream_restore(
+    engine: Engine, config: Config, user: User, copy: OffsiteSnapshot, spec: RestoreSpec
 ) -> Report:
-    """Stream `user`'s offsite copy `request` into a worker that writes `target` and
-    verifies it (size, sha256 = recorded, quick_check). Failures are in the report."""
+    """Run the restore worker `spec` (`--to` or in place) with `copy`'s bytes pumped into
+    its stream (counted and hashed here too; the worker verifies size, sha256 and
+    quick_check before it writes anything final). Failures are in the report."""
     timeout = float(config.offsite.timeout_seconds if config.offsite else 3600)
-    try:
-        copy = choose_copy(engine.snapshots(user.name), request)
-    except SnapshotNotFound as error:
-        return failed("restore", "not_found", f"offsite: {error}")
-    except OffsiteError as error:
-        return failed("restore", "not_found", f"offsite: {error}")
+    if spec.in_place:
+        # The pre-restore snapshot goes to <dest>/<user>: made here on a rebuilt machine.
+        try:
+            prepare_user_dir(config.dest, user)
+        except (DirectoryRefused, OSError) as error:
+            return failed("restore", "permission", f"{config.dest}: {error}")
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    spec = RestoreSpec(
-        user=user.name,
-        dest_dir=user_dir(config, user),
+    spec = replace(
+        spec,
         snapshot=copy.meta.name,
-        target=target,
         stream_fd=read_end,
         expected_bytes=copy.meta.size,
         expected_sha256=copy.meta.sha256,
-        timeout_seconds=timeout,
+        # In place, the worker also takes the pre-restore snapshot and swaps.
+        timeout_seconds=timeout + (spec.timeout_seconds if spec.in_place else 0.0),
     )
     try:
         worker = _StreamWorker(spec, user, read_end, None)
@@ -573,7 +577,9 @@ def restore_from_offsite(
         if write_end >= 0:
             with suppress(OSError):
                 os.close(write_end)
-    report = worker.report(timeout if problem is None else WORKER_REPORT_TIMEOUT_SECONDS)
+    report = worker.report(
+        spec.timeout_seconds if problem is None else WORKER_REPORT_TIMEOUT_SECONDS
+    )
     if problem is not None and report.ok:
         return failed("restore", "verify_failed", f"offsite: {problem}")
     return report
