@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import threading
@@ -70,8 +71,10 @@ from t3backupd.root.offsite.restic import (
     BASE_ENVIRONMENT,
     ERROR_TAIL_BYTES,
     LOCK_WAIT_SECONDS,
+    STOP_GRACE_SECONDS,
     _lock_for,
     _Process,
+    _signal_group,
 )
 
 ARCHIVE_PREFIX = "t3backupd"
@@ -169,6 +172,18 @@ def classify(stderr: bytes) -> tuple[str, str]:
                 return reason, line
     meaningful = [m for _, m in lines if not m.startswith("Remote: Traceback")]
     return "failed", (meaningful[-1] if meaningful else "no error output")
+
+
+def _terminate(process: _Process) -> None:
+    """SIGTERM the group (borg 1.2 then exits without an archive; SIGINT would make it
+    commit a `.checkpoint` archive of what it read), a grace, then SIGKILL."""
+    popen = process.popen
+    if popen.poll() is None:
+        _signal_group(popen, signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            popen.wait(STOP_GRACE_SECONDS)
+    _signal_group(popen, signal.SIGKILL)
+    process.stop()  # reaps, joins the drains, untracks (it is dead: no SIGINT is sent)
 
 
 def _printable(line: str) -> str:
@@ -310,14 +325,20 @@ class BorgEngine:
             _RUNNING[self.config.repository] = max(0, _RUNNING.get(self.config.repository, 1) - 1)
 
     def _wait(self, process: _Process, timeout: float) -> int | None:
+        """The exit status, or None (borg terminated, never SIGINTed) on timeout."""
         try:
-            return process.wait(timeout)
+            try:
+                process.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _terminate(process)
+                return None
+            return process.wait(STOP_GRACE_SECONDS)  # exited: drains joined, untracked
         finally:
             self._ended()
 
     def _stop(self, process: _Process) -> None:
         try:
-            process.stop()
+            _terminate(process)
         finally:
             self._ended()
 
@@ -404,7 +425,7 @@ class BorgEngine:
             "--compression",
             COMPRESSION,
             # No checkpoint archive within an upload's deadline: an aborted upload leaves
-            # nothing behind (SIGINT before EOF ends borg without an archive).
+            # nothing behind (SIGTERM before EOF ends borg without an archive).
             "--checkpoint-interval",
             str(self.config.timeout_seconds + 3600),
             "--comment",
@@ -523,8 +544,8 @@ class BorgUpload:
         return UploadResult(self.archive, max(0, added))
 
     def abort(self) -> None:
-        # SIGINT before EOF: borg stops without committing an archive (its transaction
-        # is rolled back at the next access).
+        # SIGTERM before EOF: borg stops without committing an archive (its transaction
+        # is rolled back at the next access); SIGINT would commit a checkpoint archive.
         try:
             self.engine._stop(self.process)
         finally:
