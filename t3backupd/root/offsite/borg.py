@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -62,6 +63,7 @@ from t3backupd.core.offsite_config import (
     subset_fraction,
 )
 from t3backupd.root.offsite.engine import (
+    LOW_PRIORITY,
     OffsiteError,
     OffsiteSnapshot,
     SnapshotMeta,
@@ -268,9 +270,10 @@ class BorgEngine:
         )
         return env
 
-    def _argv(self, command: str, args: Sequence[str]) -> list[str]:
+    def _argv(self, borg: str, command: str, args: Sequence[str]) -> list[str]:
         argv = [
-            self.config.borg,
+            *LOW_PRIORITY,
+            borg,
             command,
             "--log-json",
             "--lock-wait",
@@ -296,6 +299,10 @@ class BorgEngine:
                 "auth", f"offsite.password_file {self.config.password_file}: {error}"
             ) from None
         environment = self._environment()
+        # Resolved here, so a missing binary is this one line, not the wrapper's error.
+        borg = shutil.which(self.config.borg, path=environment.get("PATH"))
+        if borg is None:
+            raise OffsiteError("failed", f"cannot run {self.config.borg}: not found")
         for key in ("BORG_BASE_DIR", "BORG_CACHE_DIR", "BORG_CONFIG_DIR", "BORG_SECURITY_DIR"):
             os.makedirs(environment[key], mode=0o700, exist_ok=True)
         os.chmod(self.config.cache_dir, 0o700)
@@ -303,7 +310,7 @@ class BorgEngine:
             _RUNNING[self.config.repository] = _RUNNING.get(self.config.repository, 0) + 1
         try:
             popen = subprocess.Popen(
-                self._argv(command, args),
+                self._argv(borg, command, args),
                 stdin=stdin if stdin is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
