@@ -14,7 +14,7 @@ else
 VENV ?= $(CURDIR)/.venv
 endif
 PY := $(VENV)/bin/python
-APT_PACKAGES := python3-venv sqlite3 prometheus util-linux procps passwd systemd fuse3 python3-pyfuse3 openssl restic openssh-server openssh-client
+APT_PACKAGES := python3-venv sqlite3 prometheus util-linux procps passwd systemd fuse3 python3-pyfuse3 openssl restic openssh-server openssh-client borgbackup
 DEMO_DIR ?= /var/tmp/t3backupd-demo
 DEMO_USER ?= t3demo
 # The dev-only distribution (t3backupd_dev: sample databases, live writer, demo): installed

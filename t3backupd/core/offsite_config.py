@@ -17,8 +17,19 @@ from typing import Any
 
 from t3backupd.core.cron import CronError, parse_crontab
 
-ENGINES = ("restic",)
+ENGINES = ("restic", "borg")
 COMPRESSIONS = ("auto", "max", "off")
+# borg init --encryption: encrypted and authenticated, or authenticated only (restic
+# always encrypts; it has no such key).
+BORG_ENCRYPTIONS = ("repokey-blake2", "repokey", "authenticated", "authenticated-blake2")
+BORG_CACHE_DIR = "/var/cache/t3backupd/borg"
+# Keys that mean something for one engine only: set explicitly for the other engine,
+# they are refused (a silently ignored key would be a surprise).
+ENGINE_ONLY_KEYS = {
+    "restic": ("borg", "encryption"),
+    "borg": ("restic", "compression"),
+}
+_SSH_OPTION = re.compile(r"[A-Za-z][A-Za-z0-9]*=[^\s]+")
 _SUBSET = re.compile(r"(\d+)/(\d+)|(\d{1,3}(?:\.\d+)?)%|(\d+[KMGT]?)")
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -32,6 +43,24 @@ RESERVED_ENV = (
     "RESTIC_REPOSITORY",
     "RESTIC_REPOSITORY_FILE",
     "RESTIC_CACHE_DIR",
+    # borg: the passphrase, repository, its ssh command (BatchMode) and its directories
+    # are set by t3backupd alone.
+    "BORG_PASSPHRASE",
+    "BORG_PASSCOMMAND",
+    "BORG_PASSPHRASE_FD",
+    "BORG_NEW_PASSPHRASE",
+    "BORG_REPO",
+    "BORG_RSH",
+    "BORG_BASE_DIR",
+    "BORG_CACHE_DIR",
+    "BORG_CONFIG_DIR",
+    "BORG_SECURITY_DIR",
+    "BORG_KEYS_DIR",
+    "BORG_KEY_FILE",
+    "BORG_RELOCATED_REPO_ACCESS_IS_OK",
+    "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK",
+    "BORG_CHECK_I_KNOW_WHAT_I_AM_DOING",
+    "BORG_DELETE_I_KNOW_WHAT_I_AM_DOING",
 )
 MAX_SECRET_FILE_BYTES = 1 << 16
 
@@ -45,6 +74,8 @@ class OffsiteConfig:
     environment_file: str = ""
     engine: str = "restic"
     restic: str = "restic"
+    borg: str = "borg"  # engine "borg": the binary
+    encryption: str = "repokey-blake2"  # engine "borg": borg init --encryption
     host: str = ""  # restic --host of this machine's snapshots; "" = the hostname
     cache_dir: str = "/var/cache/t3backupd/restic"
     timeout_seconds: int = 3600
@@ -61,7 +92,9 @@ class OffsiteConfig:
     prune_cron: str = "15 5 * * 0"  # forget + prune weekly (Sunday 05:15)
     check_cron: str = "45 5 * * 0"  # restic check + restore drill weekly
     check_read_data_subset: str = "1/7"
-    options: tuple[str, ...] = ()  # restic --option KEY=VALUE (e.g. sftp.command=...)
+    # restic: --option KEY=VALUE (e.g. sftp.command=...); borg: ssh -o Key=Value options
+    # for BORG_RSH (e.g. UserKnownHostsFile=..., IdentityFile=...).
+    options: tuple[str, ...] = ()
 
 
 def parse_offsite(table: Mapping[str, Any], problems: list[str]) -> OffsiteConfig:
@@ -88,19 +121,33 @@ def parse_offsite(table: Mapping[str, Any], problems: list[str]) -> OffsiteConfi
             values[name] = value
     for unknown in sorted(set(table) - set(defaults.__dict__)):
         problems.append(f"offsite.{unknown}: unknown key")
+    if values["engine"] == "borg" and "cache_dir" not in table:
+        values["cache_dir"] = BORG_CACHE_DIR
     config = OffsiteConfig(**values)
 
     def check(name: str, ok: bool, message: str) -> None:
         if not ok:
             problems.append(f"offsite.{name}: {message}")
 
-    check("repository", bool(config.repository.strip()), "required (a restic repository)")
+    borg = config.engine == "borg"
     check(
         "repository",
-        not config.repository or _repository_ok(config.repository),
-        "expected /path, sftp:..., rest:..., s3:..., rclone:..., b2:..., azure:..., gs:... "
-        "or swift:...",
+        bool(config.repository.strip()),
+        f"required (a {'borg' if borg else 'restic'} repository)",
     )
+    if borg:
+        check(
+            "repository",
+            not config.repository or _borg_repository_ok(config.repository),
+            "expected /path or ssh://user@host[:port]/path for engine borg",
+        )
+    else:
+        check(
+            "repository",
+            not config.repository or _repository_ok(config.repository),
+            "expected /path, sftp:..., rest:..., s3:..., rclone:..., b2:..., azure:..., "
+            "gs:... or swift:...",
+        )
     check("password_file", config.password_file.startswith("/"), "required, an absolute path")
     check(
         "environment_file",
@@ -109,12 +156,27 @@ def parse_offsite(table: Mapping[str, Any], problems: list[str]) -> OffsiteConfi
     )
     check("engine", config.engine in ENGINES, f"must be one of {ENGINES}")
     check("restic", bool(config.restic), "must name the restic binary")
-    check("host", not config.host or _HOST.fullmatch(config.host) is not None, "invalid host name")
+    check("borg", bool(config.borg), "must name the borg binary")
     check(
-        "options",
-        all(re.fullmatch(r"[a-z0-9]+\.[a-z0-9.-]+=.*", item) for item in config.options),
-        'expected "backend.option=value" strings',
+        "encryption",
+        config.encryption in BORG_ENCRYPTIONS,
+        f"must be one of {BORG_ENCRYPTIONS}",
     )
+    for key in ENGINE_ONLY_KEYS.get(config.engine, ()):
+        check(key, key not in table, f"means nothing for engine {config.engine!r}; remove it")
+    check("host", not config.host or _HOST.fullmatch(config.host) is not None, "invalid host name")
+    if borg:
+        check(
+            "options",
+            all(_SSH_OPTION.fullmatch(item) for item in config.options),
+            'expected ssh "Key=Value" options for engine borg (e.g. "Port=2222")',
+        )
+    else:
+        check(
+            "options",
+            all(re.fullmatch(r"[a-z0-9]+\.[a-z0-9.-]+=.*", item) for item in config.options),
+            'expected "backend.option=value" strings',
+        )
     check("cache_dir", config.cache_dir.startswith("/"), "must be an absolute path")
     check("timeout_seconds", 1 <= config.timeout_seconds <= 7 * 86400, "must be 1-604800")
     check("concurrency", 1 <= config.concurrency <= 16, "must be 1-16")
@@ -142,7 +204,39 @@ def parse_offsite(table: Mapping[str, Any], problems: list[str]) -> OffsiteConfi
         _subset_ok(config.check_read_data_subset),
         'expected "n/t" (1 <= n <= t), "P%" or a size such as "500M"',
     )
+    check(
+        "check_read_data_subset",
+        not borg
+        or not _subset_ok(config.check_read_data_subset)
+        or subset_fraction(config.check_read_data_subset) is not None,
+        'expected "n/t" or "P%" for engine borg (a size means nothing to borg check)',
+    )
     return config
+
+
+def subset_fraction(text: str) -> float | None:
+    """The share of the data `check_read_data_subset` names ("n/t", "P%"), or None for a
+    size ("500M") or an invalid text."""
+    match = _SUBSET.fullmatch(text)
+    if match is None:
+        return None
+    if match.group(1) is not None:
+        return int(match.group(1)) / int(match.group(2)) if int(match.group(2)) else None
+    if match.group(3) is not None:
+        return float(match.group(3)) / 100
+    return None
+
+
+def _borg_repository_ok(repository: str) -> bool:
+    if any(ch.isspace() or not ch.isprintable() for ch in repository):
+        return False
+    if repository.startswith("/"):
+        return "::" not in repository
+    return (
+        re.fullmatch(r"ssh://(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+(?::\d{1,5})?/.+", repository)
+        is not None
+        and "::" not in repository
+    )
 
 
 def _repository_ok(repository: str) -> bool:

@@ -121,12 +121,14 @@ DOCS: dict[str, CommandDoc] = {
          "missing, or the job failed"),
     ),
     "offsite": CommandDoc(
-        "offsite repository (restic): init, sync, check",
-        "offsite init creates the [offsite] restic repository if it does not exist; "
+        "offsite repository (restic or borg): init, sync, check",
+        "offsite init creates the [offsite] repository (restic format 2, or borg init "
+        "--encryption) if it does not exist; "
         "offsite sync uploads each served user's local snapshots that are not offsite yet "
-        "(a worker as the user streams them; restic, run by root with the password, stores "
-        "them) and applies the offsite retention per user; offsite check runs restic check "
-        "--read-data-subset and a restore drill of each user's newest copy. list --offsite "
+        "(a worker as the user streams them; the engine, run by root with the password, "
+        "stores them) and applies the offsite retention per user; offsite check runs restic "
+        "check --read-data-subset (or borg check) and a restore drill of each user's newest "
+        "copy. list --offsite "
         "and restore --from offsite read the repository.",
         ("0  done for every user", "1  the repository or a user's upload or drill failed"),
     ),

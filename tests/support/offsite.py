@@ -23,6 +23,11 @@ from support.snapshots import json_config
 from t3backupd.core.usermap import User
 
 RESTIC = shutil.which("restic") or "restic"
+BORG = shutil.which("borg") or "borg"
+
+
+def need_borg() -> None:
+    need(shutil.which("borg") is not None, "needs borg (Debian package borgbackup)")
 
 
 def need_restic() -> None:
@@ -49,6 +54,8 @@ def offsite_section(
     ]
     if env_file is not None:
         lines.append(f'environment_file = "{env_file}"')
+    if backend.engine != "restic":
+        lines.append(f'engine = "{backend.engine}"')
     if backend.options:
         lines.append(f"options = {json.dumps(backend.options)}")
     for key, value in keys.items():
@@ -102,6 +109,8 @@ class Backend:
     process: subprocess.Popen[bytes] | None = None
     stopped: bool = False
     restart: Callable[[], None] | None = None
+    engine: str = "restic"
+    port: int = 0
 
     def env_file(self, directory: Path) -> Path | None:
         """The root-only KEY=VALUE credentials file (None if the back-end needs none)."""
@@ -188,6 +197,54 @@ def local_backend(directory: Path) -> Iterator[Backend]:
 SSHD = "/usr/sbin/sshd"
 
 
+def borg(backend: Backend, password: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """borg itself on the repository (not through t3backupd), its own scratch base dir."""
+    base = Path(password).parent / "borg-test-base"
+    base.mkdir(mode=0o700, exist_ok=True)
+    ssh = ["ssh", *(item for option in backend.options for item in ("-o", option))]
+    environment = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(base),
+        "BORG_BASE_DIR": str(base),
+        "BORG_PASSCOMMAND": f"cat {password}",
+        "BORG_RSH": " ".join(ssh),
+        "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
+    }
+    return subprocess.run(
+        [BORG, *args], capture_output=True, text=True, env=environment, timeout=300,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def borg_archives(backend: Backend, password: Path) -> list[dict[str, Any]]:
+    result = borg(backend, password, "list", "--json", "--format", "{comment}", backend.repository)
+    assert result.returncode == 0, result.stderr
+    return list(json.loads(result.stdout)["archives"])
+
+
+@contextmanager
+def borg_local_backend(directory: Path) -> Iterator[Backend]:
+    need_borg()
+    yield Backend("borg-local", str(directory / "borg-repo"), engine="borg")
+
+
+@contextmanager
+def borg_ssh_backend(directory: Path) -> Iterator[Backend]:
+    """The sftp fixture's sshd (its own host key, config, port), reached as
+    ssh://root@127.0.0.1:PORT/path: `borg serve` runs from the server side's PATH."""
+    need_borg()
+    with sftp_backend(directory) as backend:
+        ssh_dir = directory / "sshd"
+        backend.kind, backend.engine = "borg-ssh", "borg"
+        backend.repository = f"ssh://root@127.0.0.1:{backend.port}{directory / 'borg-ssh-repo'}"
+        backend.options = [
+            f"IdentityFile={ssh_dir / 'client'}",
+            f"UserKnownHostsFile={ssh_dir / 'known_hosts'}",
+            "ConnectTimeout=5",
+        ]
+        yield backend
+
+
 @contextmanager
 def sftp_backend(directory: Path) -> Iterator[Backend]:
     """A real sshd on 127.0.0.1 (own host key, config, port), root by key, sftp only."""
@@ -224,6 +281,7 @@ def sftp_backend(directory: Path) -> Iterator[Backend]:
             f"-o UserKnownHostsFile={ssh_dir / 'known_hosts'} -o StrictHostKeyChecking=yes "
             "-o ConnectTimeout=5 root@127.0.0.1 -s sftp"
         ],
+        port=port,
     )
 
     def start() -> None:
@@ -285,7 +343,13 @@ def s3_backend(directory: Path) -> Iterator[Backend]:
         backend.stop()
 
 
-BACKENDS = {"local": local_backend, "sftp": sftp_backend, "s3": s3_backend}
+BACKENDS = {
+    "local": local_backend,
+    "sftp": sftp_backend,
+    "s3": s3_backend,
+    "borg-local": borg_local_backend,
+    "borg-ssh": borg_ssh_backend,
+}
 
 
 @dataclass

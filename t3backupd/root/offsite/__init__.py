@@ -1,4 +1,5 @@
-"""Offsite copies: the engine interface (`engine`), restic (`restic`), the lane (`lane`)."""
+"""Offsite copies: the engine interface (`engine`), restic (`restic`), borg (`borg`), the
+lane (`lane`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ def make_engine(config: Config, tracker: Any = None) -> Engine:
     """The engine `[offsite]` names. Raises UsageError when there is no `[offsite]`."""
     if config.offsite is None:
         raise UsageError(f"{config.path}: no [offsite] section; offsite copies are off")
+    if config.offsite.engine == "borg":
+        from t3backupd.root.offsite.borg import BorgEngine
+
+        return BorgEngine(config.offsite, tracker)
     from t3backupd.root.offsite.restic import ResticEngine
 
     return ResticEngine(config.offsite, tracker)

@@ -35,7 +35,7 @@ def init(config: Config) -> int:
         _error(str(error))
         return EXIT_FAILED
     if created:
-        print(f"created {engine.name} repository {engine.location} (format 2)")
+        print(f"created {engine.name} repository {engine.location}")
     else:
         print(f"{engine.name} repository {engine.location} exists already; nothing changed")
     return EXIT_OK

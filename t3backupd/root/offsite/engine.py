@@ -68,6 +68,10 @@ class SnapshotMeta:
     size: int
     sha256: str  # the digest recorded at publish time
     label: str | None = None
+    # SQLite's page size, read from the stream's header before the upload starts (0 when
+    # unknown: a copy listed back from the repository). Engines that chunk at page
+    # boundaries (borg) need it before the first byte.
+    page_size: int = 0
 
     def valid(self) -> bool:
         parsed = parse_name(self.name)
@@ -78,6 +82,23 @@ class SnapshotMeta:
             and 0 <= self.size <= MAX_SNAPSHOT_BYTES
             and (self.label is None or is_valid_label(self.label))
         )
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+SQLITE_HEADER_BYTES = 100
+
+
+def sqlite_page_size(head: bytes) -> int | None:
+    """The page size in a SQLite database header (its first 100 bytes), or None when
+    `head` is not one: the magic string, then bytes 16-17 big-endian, 1 meaning 65536,
+    else a power of two 512..32768."""
+    if len(head) < SQLITE_HEADER_BYTES or not head.startswith(SQLITE_MAGIC):
+        return None
+    raw = int.from_bytes(head[16:18], "big")
+    size = 65536 if raw == 1 else raw
+    if size < 512 or size > 65536 or size & (size - 1):
+        return None
+    return size
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,12 @@ from t3backupd.core.selection import choose_snapshot, parse_snapshot_request
 from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
 from t3backupd.root.offsite.engine import (
+    SQLITE_HEADER_BYTES,
     Engine,
     OffsiteError,
     OffsiteSnapshot,
     SnapshotMeta,
+    sqlite_page_size,
 )
 from t3backupd.root.runner import run_for_users, run_user_job
 from t3backupd.root.spawn import (
@@ -286,6 +288,7 @@ def upload_snapshot(
             raise OffsiteError(
                 "corrupt", f"{name}: the worker says {meta.size} bytes, published {known_size}"
             )
+        meta, first = _with_page_size(meta, read_end, first, deadline)
         upload = engine.start_upload(meta)
         try:
             pumped = pump(read_end, upload.fd, meta.size, deadline, first)
@@ -319,6 +322,34 @@ def upload_snapshot(
             worker.stop()  # whatever it is doing, this upload is over
         worker.report(WORKER_REPORT_TIMEOUT_SECONDS)
     return Uploaded(meta, result.id, result.bytes_added, time.monotonic() - clock)
+
+
+def _with_page_size(
+    meta: SnapshotMeta, fd: int, first: bytes, deadline: float
+) -> tuple[SnapshotMeta, bytes]:
+    """`meta` with the page size from the stream's SQLite header, and the bytes read so
+    far (handed on to the pump, which hashes and counts them like the rest).
+
+    Read here, from the stream, rather than reported by the worker: the root side never
+    opens the user's file, a worker's claim would be one more thing to distrust, and the
+    header in the stream is exactly what the engine stores, so the chunking always
+    matches the bytes uploaded. An engine that chunks at page boundaries needs the size
+    before its first byte, so the first 100 bytes are buffered before it starts. A
+    stream that does not start with a SQLite header is `corrupt` (nothing is uploaded)."""
+    try:
+        while len(first) < SQLITE_HEADER_BYTES and len(first) <= meta.size:
+            chunk = _read_some(fd, deadline)
+            if not chunk:
+                break
+            first += chunk
+    except _Stalled:
+        raise OffsiteError("timeout", f"{meta.name}: no SQLite header in the stream") from None
+    page_size = sqlite_page_size(first[:SQLITE_HEADER_BYTES])
+    if page_size is None:
+        raise OffsiteError(
+            "corrupt", f"{meta.name}: the stream does not start with a SQLite header; not kept"
+        )
+    return replace(meta, page_size=page_size), first
 
 
 def _meta_from_header(user: User, name: str, header: dict[str, object]) -> SnapshotMeta:
