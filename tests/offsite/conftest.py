@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.offsite import BACKENDS, Backend, Offsite, make_offsite, need_restic
+from support.offsite import BACKENDS, Backend, Offsite, make_offsite, need_borg, need_restic
 
 
 @pytest.fixture(params=["local", "sftp", "s3"])
@@ -31,3 +31,14 @@ def offsite(sandbox: Path, local_backend: Backend) -> Offsite:
 @pytest.fixture
 def any_offsite(sandbox: Path, any_backend: Backend) -> Offsite:
     return make_offsite(sandbox, any_backend)
+
+
+@pytest.fixture(params=["local", "borg-local"])
+def each_engine(request: pytest.FixtureRequest, sandbox: Path) -> Iterator[Offsite]:
+    """A site on a local repository of each engine (restic, borg)."""
+    if request.param == "local":
+        need_restic()
+    else:
+        need_borg()
+    with BACKENDS[request.param](sandbox) as backend:
+        yield make_offsite(sandbox, backend)

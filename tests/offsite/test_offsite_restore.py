@@ -163,8 +163,9 @@ def test_a_tampered_offsite_copy_is_refused_and_the_live_db_untouched(
 
 
 def test_at_picks_the_newest_copy_at_or_before_a_time(
-    offsite: Offsite, make_user: MakeUser
+    each_engine: Offsite, make_user: MakeUser
 ) -> None:
+    offsite = each_engine  # the same selection over either engine's listing
     user = make_user()
     create_state_db(user, size_mb=1, seed=23)
     config = setup_offsite(offsite, user)
