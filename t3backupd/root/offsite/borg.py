@@ -69,14 +69,12 @@ from t3backupd.root.offsite.engine import (
     SnapshotMeta,
     UploadResult,
 )
-from t3backupd.root.offsite.restic import (
+from t3backupd.root.offsite.process import (
     BASE_ENVIRONMENT,
     ERROR_TAIL_BYTES,
     LOCK_WAIT_SECONDS,
-    STOP_GRACE_SECONDS,
-    _lock_for,
-    _Process,
-    _signal_group,
+    EngineProcess,
+    lock_for,
 )
 
 ARCHIVE_PREFIX = "t3backupd"
@@ -176,18 +174,6 @@ def classify(stderr: bytes) -> tuple[str, str]:
     return "failed", (meaningful[-1] if meaningful else "no error output")
 
 
-def _terminate(process: _Process) -> None:
-    """SIGTERM the group (borg 1.2 then exits without an archive; SIGINT would make it
-    commit a `.checkpoint` archive of what it read), a grace, then SIGKILL."""
-    popen = process.popen
-    if popen.poll() is None:
-        _signal_group(popen, signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            popen.wait(STOP_GRACE_SECONDS)
-    _signal_group(popen, signal.SIGKILL)
-    process.stop()  # reaps, joins the drains, untracks (it is dead: no SIGINT is sent)
-
-
 def _printable(line: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in line.strip())[:240]
 
@@ -232,7 +218,7 @@ class BorgEngine:
         self.location = config.repository  # borg URLs carry no password
         self.host = config.host or socket.gethostname().split(".")[0] or "localhost"
         self.tracker = tracker
-        self._lock = _lock_for(config.repository)
+        self._lock = lock_for(config.repository)
         self._owner = 0 if os.geteuid() == 0 else os.geteuid()
 
     # --- running borg -------------------------------------------------------------------
@@ -289,7 +275,7 @@ class BorgEngine:
         args: Sequence[str],
         stdin: int | None = None,
         drain_stdout: bool = True,
-    ) -> _Process:
+    ) -> EngineProcess:
         if self.tracker is not None and self.tracker.stopping.is_set():
             raise OffsiteError("failed", f"not started on {self.location}: stopping")
         try:
@@ -325,31 +311,28 @@ class BorgEngine:
             raise OffsiteError(
                 "failed", f"cannot run {self.config.borg}: {error.strerror}"
             ) from None
-        return _Process(popen, self.tracker, drain_stdout)
+        # SIGTERM, never SIGINT: on SIGINT borg 1.2 commits a `.checkpoint` archive of what
+        # it read; on SIGTERM it exits without one.
+        return EngineProcess(popen, self.tracker, drain_stdout, signal.SIGTERM)
 
     def _ended(self) -> None:
         with _RUNNING_GUARD:
             _RUNNING[self.config.repository] = max(0, _RUNNING.get(self.config.repository, 1) - 1)
 
-    def _wait(self, process: _Process, timeout: float) -> int | None:
-        """The exit status, or None (borg terminated, never SIGINTed) on timeout."""
+    def _wait(self, process: EngineProcess, timeout: float) -> int | None:
+        """The exit status, or None (borg stopped) on timeout."""
         try:
-            try:
-                process.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                _terminate(process)
-                return None
-            return process.wait(STOP_GRACE_SECONDS)  # exited: drains joined, untracked
+            return process.wait(timeout)
         finally:
             self._ended()
 
-    def _stop(self, process: _Process) -> None:
+    def _stop(self, process: EngineProcess) -> None:
         try:
-            _terminate(process)
+            process.stop()
         finally:
             self._ended()
 
-    def _fail(self, what: str, process: _Process, status: int | None) -> OffsiteError:
+    def _fail(self, what: str, process: EngineProcess, status: int | None) -> OffsiteError:
         if status is None:
             return OffsiteError(
                 "timeout",
@@ -513,7 +496,7 @@ class BorgUpload:
     """`borg create ... -` reading the pipe whose write end is `fd`."""
 
     def __init__(
-        self, engine: BorgEngine, process: _Process, fd: int, lock: Any, archive: str
+        self, engine: BorgEngine, process: EngineProcess, fd: int, lock: Any, archive: str
     ) -> None:
         self.engine = engine
         self.process = process
@@ -563,7 +546,7 @@ class BorgUpload:
 class BorgDownload:
     """`borg extract --stdout REPO::NAME`, its stdout read by the caller from `fd`."""
 
-    def __init__(self, engine: BorgEngine, process: _Process, lock: Any) -> None:
+    def __init__(self, engine: BorgEngine, process: EngineProcess, lock: Any) -> None:
         self.engine = engine
         self.process = process
         self._lock = lock

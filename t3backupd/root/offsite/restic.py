@@ -21,12 +21,10 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from t3backupd.core.naming import parse_name
@@ -43,17 +41,15 @@ from t3backupd.root.offsite.engine import (
     SnapshotMeta,
     UploadResult,
 )
+from t3backupd.root.offsite.process import (
+    BASE_ENVIRONMENT,
+    ERROR_TAIL_BYTES,
+    LOCK_WAIT_SECONDS,
+    EngineProcess,
+    lock_for,
+)
 
 MARKER_TAG = "t3backupd"
-STOP_GRACE_SECONDS = 5.0
-OUTPUT_CAP_BYTES = 64 << 20
-ERROR_TAIL_BYTES = 16 << 10
-LOCK_WAIT_SECONDS = 600.0
-BASE_ENVIRONMENT = {
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "LANG": "C.UTF-8",
-    "TZ": "UTC",
-}
 _USER_TAG = re.compile(r"user=(.+)")
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     # First: restic says "unable to create lock" for it too, which is no stale lock.
@@ -122,58 +118,6 @@ def _error_line(stderr: bytes, repository: str, shown: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in line)[:240]
 
 
-class _ReadWriteLock:
-    """Shared for backup/list/dump, exclusive for forget/prune/check (restic's own lock
-    would refuse them while a backup runs), each waited for with a deadline."""
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._readers = 0
-        self._writer = False
-
-    @contextmanager
-    def shared(self, timeout: float) -> Iterator[None]:
-        self._acquire(False, timeout)
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._readers -= 1
-                self._condition.notify_all()
-
-    @contextmanager
-    def exclusive(self, timeout: float) -> Iterator[None]:
-        self._acquire(True, timeout)
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._writer = False
-                self._condition.notify_all()
-
-    def _acquire(self, exclusive: bool, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self._condition:
-            while self._writer or (exclusive and self._readers):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise OffsiteError("locked", "another offsite operation holds the repository")
-                self._condition.wait(left)
-            if exclusive:
-                self._writer = True
-            else:
-                self._readers += 1
-
-
-_LOCKS: dict[str, _ReadWriteLock] = {}
-_LOCKS_GUARD = threading.Lock()
-
-
-def _lock_for(repository: str) -> _ReadWriteLock:
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(repository, _ReadWriteLock())
-
-
 def local_path(repository: str) -> str | None:
     """The directory of a local-path repository (`/path` or `local:/path`), else None."""
     path = repository.removeprefix("local:")
@@ -200,83 +144,6 @@ def read_only_problem(path: str) -> str | None:
     )
 
 
-def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signum)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGINT (restic cleans up: no snapshot, its lock removed), a grace, then SIGKILL."""
-    if process.poll() is None:
-        _signal_group(process, signal.SIGINT)
-        with suppress(subprocess.TimeoutExpired):
-            process.wait(STOP_GRACE_SECONDS)
-    _signal_group(process, signal.SIGKILL)
-    with suppress(subprocess.TimeoutExpired):
-        process.wait(STOP_GRACE_SECONDS)
-
-
-def _drain(stream: IO[bytes], sink: list[bytes], cap: int) -> None:
-    total = 0
-    while chunk := stream.read(1 << 16):
-        if total < cap:
-            sink.append(chunk[: cap - total])
-        total += len(chunk)
-
-
-class _Process:
-    """One restic process with its stdout/stderr drained by threads (bounded)."""
-
-    def __init__(self, popen: subprocess.Popen[bytes], tracker: Any, drain_stdout: bool) -> None:
-        self.popen = popen
-        self.out: list[bytes] = []
-        self.err: list[bytes] = []
-        # Tracked like a worker: a daemon stop signals its group too.
-        self._tracking = tracker.track(popen) if tracker is not None else None
-        if self._tracking is not None:
-            self._tracking.__enter__()
-        self._threads = []
-        streams = [(popen.stderr, self.err, ERROR_TAIL_BYTES * 4)]
-        if drain_stdout:
-            streams.append((popen.stdout, self.out, OUTPUT_CAP_BYTES))
-        for stream, sink, cap in streams:
-            if stream is not None:
-                thread = threading.Thread(target=_drain, args=(stream, sink, cap), daemon=True)
-                thread.start()
-                self._threads.append(thread)
-
-    def wait(self, timeout: float) -> int | None:
-        """The exit status, or None (the group is stopped) on timeout."""
-        try:
-            status = self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            _stop(self.popen)
-            status = None
-        finally:
-            self._done()
-        return status
-
-    def stop(self) -> None:
-        _stop(self.popen)
-        self._done()
-
-    def _done(self) -> None:
-        _signal_group(self.popen, signal.SIGKILL)  # nothing of it outlives it
-        for thread in self._threads:
-            thread.join(STOP_GRACE_SECONDS)
-        if self._tracking is not None:
-            self._tracking.__exit__(None, None, None)
-            self._tracking = None
-
-    @property
-    def stdout(self) -> bytes:
-        return b"".join(self.out)
-
-    @property
-    def stderr(self) -> bytes:
-        return b"".join(self.err)
-
-
 class ResticEngine:
     """restic on one repository (see the module docstring)."""
 
@@ -287,7 +154,7 @@ class ResticEngine:
         self.location = redact(config.repository)
         self.host = config.host or socket.gethostname().split(".")[0] or "localhost"
         self.tracker = tracker
-        self._lock = _lock_for(config.repository)
+        self._lock = lock_for(config.repository)
         self._owner = 0 if os.geteuid() == 0 else os.geteuid()
 
     # --- running restic ---------------------------------------------------------------
@@ -324,7 +191,7 @@ class ResticEngine:
 
     def _start(
         self, command: Sequence[str], stdin: int | None = None, drain_stdout: bool = True
-    ) -> _Process:
+    ) -> EngineProcess:
         if self.tracker is not None and self.tracker.stopping.is_set():
             # Stopping: start nothing a stop could miss (it would outlive the daemon).
             raise OffsiteError("failed", f"not started on {self.location}: stopping")
@@ -361,9 +228,9 @@ class ResticEngine:
             raise OffsiteError(
                 "failed", f"cannot run {self.config.restic}: {error.strerror}"
             ) from None
-        return _Process(popen, self.tracker, drain_stdout)
+        return EngineProcess(popen, self.tracker, drain_stdout, signal.SIGINT)
 
-    def _fail(self, what: str, process: _Process, status: int | None) -> OffsiteError:
+    def _fail(self, what: str, process: EngineProcess, status: int | None) -> OffsiteError:
         if status is None:
             return OffsiteError(
                 "timeout",
@@ -481,7 +348,7 @@ class ResticEngine:
 class ResticUpload:
     """`restic backup --stdin` reading the pipe whose write end is `fd`."""
 
-    def __init__(self, engine: ResticEngine, process: _Process, fd: int, lock: Any) -> None:
+    def __init__(self, engine: ResticEngine, process: EngineProcess, fd: int, lock: Any) -> None:
         self.engine = engine
         self.process = process
         self.fd = fd
@@ -528,7 +395,7 @@ class ResticUpload:
 class ResticDownload:
     """`restic dump ID /<user>.sqlite`, its stdout read by the caller from `fd`."""
 
-    def __init__(self, engine: ResticEngine, process: _Process, lock: Any) -> None:
+    def __init__(self, engine: ResticEngine, process: EngineProcess, lock: Any) -> None:
         self.engine = engine
         self.process = process
         self._lock = lock
