@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import IO, Any
@@ -219,6 +219,18 @@ class ProcessTracker:
         finally:
             with self._lock:
                 self._processes.discard(process)
+
+    def launch(self, start: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+        """Start a process and track it in one step, under the lock `terminate_all` takes,
+        so a stop can never fall between the two and leave it running unwatched (a CLI's
+        Ctrl-C while the runner thread is between Popen and `track`). Started once a stop
+        has begun, it is told to stop at once. `track` then only scopes it."""
+        with self._lock:
+            process = start()
+            self._processes.add(process)
+            if self.stopping.is_set():
+                _stop_signal(process)
+        return process
 
     def running(self) -> int:
         with self._lock:
@@ -543,7 +555,10 @@ def run_worker(
     # The daemon's main thread (its handler) keeps receiving them.
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, DAEMON_ONLY_SIGNALS)
     try:
-        process = start_worker(user)
+        if tracker is not None:
+            process = tracker.launch(lambda: start_worker(user))
+        else:
+            process = start_worker(user)
     except OSError as error:
         return failed(spec.action, "worker_crashed", f"cannot start worker: {error}")
     finally:

@@ -6,6 +6,8 @@ Real workers (as the invoking user, non-root mode: no uid switch needed for thes
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -112,3 +114,28 @@ def test_users_not_started_when_stopping_are_left_out(tmp_path: Path) -> None:
     tracker.stopping.set()
     config = Config(dest=str(tmp_path / "dest"))
     assert run_inventory(config, users_named("ann"), 2, tracker) == []
+
+
+def test_a_stop_during_a_launch_still_reaches_the_new_process() -> None:
+    # The stop request comes while the process is being started (as a CLI's Ctrl-C can
+    # while a runner thread is in Popen): it waits for the launch, then signals it.
+    tracker = ProcessTracker()
+    stopper = threading.Thread(target=tracker.terminate_all)
+
+    def start() -> subprocess.Popen[bytes]:
+        stopper.start()
+        time.sleep(0.2)  # the stop is waiting for the tracker's lock by now
+        return subprocess.Popen(["sleep", "60"], process_group=0)
+
+    process = tracker.launch(start)
+    stopper.join(10)
+    assert process.wait(10) == -signal.SIGTERM
+
+
+def test_a_process_launched_once_a_stop_began_is_told_to_stop_at_once() -> None:
+    tracker = ProcessTracker()
+    tracker.terminate_all()
+    process = tracker.launch(lambda: subprocess.Popen(["sleep", "60"], process_group=0))
+    with tracker.track(process):
+        assert process.wait(10) == -signal.SIGTERM
+    assert tracker.running() == 0
