@@ -222,14 +222,11 @@ class ProcessTracker:
 
     def launch(self, start: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
         """Start a process and track it in one step, under the lock `terminate_all` takes,
-        so a stop can never fall between the two and leave it running unwatched (a CLI's
-        Ctrl-C while the runner thread is between Popen and `track`). Started once a stop
-        has begun, it is told to stop at once. `track` then only scopes it."""
+        so a stop can never fall between the two and miss it (a CLI's Ctrl-C while the
+        runner thread is between Popen and `track`). `track` then only scopes it."""
         with self._lock:
             process = start()
             self._processes.add(process)
-            if self.stopping.is_set():
-                _stop_signal(process)
         return process
 
     def running(self) -> int:

@@ -143,6 +143,14 @@ def test_worker_killed_mid_copy_publishes_nothing_partial_and_next_pass_cleans_u
     assert after.stdout.startswith(f"{user.name}: ok {name} ")
 
 
+def parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
 @pytest.mark.root
 def test_ctrl_c_on_the_cli_stops_even_a_stopped_worker_and_leaves_no_temp(
     sandbox: Path, make_user: MakeUser
@@ -163,7 +171,8 @@ def test_ctrl_c_on_the_cli_stops_even_a_stopped_worker_and_leaves_no_temp(
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
         )  # fmt: skip
         deadline = time.monotonic() + 30
-        while not (pids := worker_pids(user)):
+        # This CLI's own worker: a uid can be reused by a user of another test run.
+        while not (pids := [pid for pid in worker_pids(user) if parent_of(pid) == cli.pid]):
             assert time.monotonic() < deadline, "worker never started"
             time.sleep(0.05)
         os.kill(pids[0], signal.SIGSTOP)

@@ -130,12 +130,3 @@ def test_a_stop_during_a_launch_still_reaches_the_new_process() -> None:
     process = tracker.launch(start)
     stopper.join(10)
     assert process.wait(10) == -signal.SIGTERM
-
-
-def test_a_process_launched_once_a_stop_began_is_told_to_stop_at_once() -> None:
-    tracker = ProcessTracker()
-    tracker.terminate_all()
-    process = tracker.launch(lambda: subprocess.Popen(["sleep", "60"], process_group=0))
-    with tracker.track(process):
-        assert process.wait(10) == -signal.SIGTERM
-    assert tracker.running() == 0
