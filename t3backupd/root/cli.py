@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import textwrap
 import time
@@ -824,13 +825,65 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+# What ends a command the way Ctrl-C does. SIGHUP (the terminal went away) too, unless
+# it was inherited ignored: that is `nohup`, asking the command to outlive the terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def install_stop_handlers() -> None:
+    """Make SIGINT and SIGTERM (and a not-ignored SIGHUP) raise KeyboardInterrupt in the
+    main thread, so every command stops through one path: its workers stopped and
+    reaped, their temp files gone, exit 130.
+
+    Set explicitly, whatever was inherited: a command started in the background by a
+    non-interactive shell (`cmd &` in a script, a CI harness) inherits SIGINT *ignored*,
+    and Python then installs no KeyboardInterrupt handler, so a Ctrl-C or `kill -INT`
+    was silently lost (issue 18). A SIGTERM's default action killed the CLI at once and
+    left its workers (their own process groups) running unwatched. Only the first signal
+    counts: later ones are ignored so that the bounded stop is never cut short.
+    """
+    handled = list(STOP_SIGNALS)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        handled.append(signal.SIGHUP)
+
+    def on_stop(signum: int, frame: object) -> None:
+        _ignore(handled)
+        raise KeyboardInterrupt
+
+    for number in handled:
+        signal.signal(number, on_stop)
+
+
+def _ignore(signals: Sequence[int]) -> None:
+    for number in signals:
+        signal.signal(number, signal.SIG_IGN)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The program (`argv` None: the process's own command line), or one command run
+    in-process (`argv` given, as tests do): its signal handlers are put back after."""
     args = build_parser().parse_args(argv)
+    stoppable = args.command != "run"  # the daemon handles its own signals (reload, stop)
+    previous = {number: signal.getsignal(number) for number in (*STOP_SIGNALS, signal.SIGHUP)}
+    if stoppable:
+        install_stop_handlers()
+    try:
+        status = _dispatch(args)
+        if stoppable and argv is None:
+            _ignore(list(previous))  # done, the process exits next: nothing left to stop
+    except KeyboardInterrupt:  # at most one: the handler ignores every later signal
+        sys.stderr.write("t3backupd: interrupted\n")
+        return EXIT_INTERRUPTED
+    finally:
+        if stoppable and argv is not None:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+    return status
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except T3BackupError as error:
         sys.stderr.write(f"t3backupd: {error}\n")
         return error.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write("t3backupd: interrupted\n")
-        return EXIT_INTERRUPTED

@@ -150,7 +150,8 @@ def run_for_users(
     arrive after it are not handed to `on_result`: a worker stopped because we are
     stopping did not fail on its own. An exception in a job is a bug: it is logged with
     its traceback and that user's result is `worker_crashed`. On an exception in the
-    caller's thread (Ctrl-C in the CLI) the running workers are stopped, no more start.
+    caller's thread (Ctrl-C in the CLI) no more start, and the running workers are
+    stopped and reaped before it propagates (bounded: `ProcessTracker.stop_all`).
 
     Plain daemon threads, not an executor: an executor's threads are joined at
     interpreter exit, which would hold a stop up behind a worker that never ends.
@@ -198,6 +199,15 @@ def run_for_users(
             while thread.is_alive():
                 thread.join(JOIN_POLL_SECONDS)
     except BaseException:
-        tracker.terminate_all()
+        # Ctrl-C or SIGTERM in the CLI: its process exits next, so wait (bounded) until
+        # every worker is gone and its temp files with it, SIGKILL past the grace.
+        left = tracker.stop_all()
+        if left:
+            get_logger().error(
+                "workers not stopped",
+                action=action,
+                pids=[process.pid for process in left],
+                message="blocked in the kernel past SIGKILL: left to exit on their own",
+            )
         raise
     return [result for result in results if result is not None]

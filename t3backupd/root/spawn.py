@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -203,10 +203,16 @@ def worker_environment(user: User) -> dict[str, str]:
 
 
 class ProcessTracker:
-    """Running workers, so a stop request can signal every worker's process group."""
+    """Running workers, so a stop request can signal every worker's process group.
+
+    A stop is final: once `stopping` is set nothing more is launched, and `stop_all`
+    waits (bounded) until every tracked worker has been reaped by its runner.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # Notified whenever a process leaves the set (its runner reaped it).
+        self._changed = threading.Condition(self._lock)
         self._processes: set[subprocess.Popen[bytes]] = set()
         self.stopping = threading.Event()
 
@@ -217,14 +223,26 @@ class ProcessTracker:
         try:
             yield
         finally:
-            with self._lock:
-                self._processes.discard(process)
+            self.forget(process)
 
-    def launch(self, start: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    def forget(self, process: subprocess.Popen[bytes]) -> None:
+        """`process` is reaped (or abandoned): no longer signalled, no longer waited for."""
+        with self._lock:
+            self._processes.discard(process)
+            self._changed.notify_all()
+
+    def launch(
+        self, start: Callable[[], subprocess.Popen[bytes]]
+    ) -> subprocess.Popen[bytes] | None:
         """Start a process and track it in one step, under the lock `terminate_all` takes,
         so a stop can never fall between the two and miss it (a CLI's Ctrl-C while the
-        runner thread is between Popen and `track`). `track` then only scopes it."""
+        runner thread is between Popen and `track`). None, starting nothing, once a stop
+        has begun: `terminate_all` sets `stopping` before it takes the lock, so a process
+        is either started and signalled, or never started. The caller `forget`s it once
+        it has reaped it."""
         with self._lock:
+            if self.stopping.is_set():
+                return None
             process = start()
             self._processes.add(process)
         return process
@@ -236,10 +254,39 @@ class ProcessTracker:
     def terminate_all(self) -> None:
         """Ask every running worker group to stop (they remove their temp files)."""
         self.stopping.set()
-        with self._lock:
-            processes = list(self._processes)
-        for process in processes:
+        for process in self._snapshot():
             _stop_signal(process)
+
+    def stop_all(
+        self, grace: float | None = None, kill_grace: float | None = None
+    ) -> list[subprocess.Popen[bytes]]:
+        """Stop every worker and wait until their runners have reaped them, bounded:
+        SIGTERM (+SIGCONT), up to `grace`; SIGKILL to the groups still there, up to
+        `kill_grace`. For a process about to exit (the CLI on Ctrl-C or SIGTERM): a worker
+        must neither outlive it nor be left half-way through removing its temp files.
+        Returns the workers still not reaped (blocked in the kernel): never waited for.
+        """
+        self.terminate_all()
+        if not self._wait_empty(STOP_GRACE_SECONDS if grace is None else grace):
+            for process in self._snapshot():
+                _signal_group(process, signal.SIGKILL)
+            self._wait_empty(KILL_GRACE_SECONDS if kill_grace is None else kill_grace)
+        return self._snapshot()
+
+    def _snapshot(self) -> list[subprocess.Popen[bytes]]:
+        with self._lock:
+            return list(self._processes)
+
+    def _wait_empty(self, seconds: float) -> bool:
+        """True once no process is tracked, within `seconds`; never longer."""
+        deadline = time.monotonic() + seconds
+        with self._lock:
+            while self._processes:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+        return True
 
 
 def _stop_signal(process: subprocess.Popen[bytes]) -> None:
@@ -553,41 +600,41 @@ def run_worker(
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, DAEMON_ONLY_SIGNALS)
     try:
         if tracker is not None:
-            process = tracker.launch(lambda: start_worker(user))
+            launched = tracker.launch(lambda: start_worker(user))
         else:
-            process = start_worker(user)
+            launched = start_worker(user)
     except OSError as error:
         return failed(spec.action, "worker_crashed", f"cannot start worker: {error}")
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+    if launched is None:
+        return Report(spec.action, STOPPED, None, "stopped: not started", duration_s=0.0)
+    process = launched
     if process.stdin is None or process.stdout is None or process.stderr is None:
         raise RuntimeError("Popen without pipes")  # cannot happen: all three are PIPE
-    pidfd: int | None
-    try:
-        pidfd = os.pidfd_open(process.pid)
-    except OSError:
-        pidfd = None  # e.g. EMFILE: fall back to short waitpid polls, still bounded
-    stdout = _Capped(process.stdout, MAX_REPORT_BYTES)
-    stderr = _Capped(process.stderr, STDERR_TAIL_BYTES * 16)
+    pidfd: int | None = None
     timed_out = False
     reaped = True
+    # From here on the worker is ours to end: any exception (Ctrl-C in the CLI's main
+    # thread, a bug) stops and reaps it before it propagates; nothing runs on unwatched.
     try:
-        with tracker.track(process) if tracker is not None else nullcontext():
-            try:
-                exited = _exchange(
-                    process, pidfd, spec.to_json(), [stdout, stderr], started + timeout
-                )
-                if exited:
-                    _signal_group(process, signal.SIGKILL)  # grandchildren left behind
-                    reaped = _reap(process, REAP_GRACE_SECONDS)
-                else:
-                    timed_out = True
-                    reaped = _stop_group(process, pidfd)
-            except BaseException:
-                # Ctrl-C (or any error) while waiting: the worker must not run on unwatched.
-                if not _stop_group(process, pidfd):
-                    ABANDONED.add(user, spec.action, process)
-                raise
+        try:
+            pidfd = os.pidfd_open(process.pid)
+        except OSError:
+            pidfd = None  # e.g. EMFILE: fall back to short waitpid polls, still bounded
+        stdout = _Capped(process.stdout, MAX_REPORT_BYTES)
+        stderr = _Capped(process.stderr, STDERR_TAIL_BYTES * 16)
+        exited = _exchange(process, pidfd, spec.to_json(), [stdout, stderr], started + timeout)
+        if exited:
+            _signal_group(process, signal.SIGKILL)  # grandchildren left behind
+            reaped = _reap(process, REAP_GRACE_SECONDS)
+        else:
+            timed_out = True
+            reaped = _stop_group(process, pidfd)
+    except BaseException:
+        if not _stop_group(process, pidfd):
+            ABANDONED.add(user, spec.action, process)
+        raise
     finally:
         # Close and forget our ends: whatever copy the user holds is theirs.
         for stream in (process.stdin, process.stdout, process.stderr):
@@ -595,6 +642,8 @@ def run_worker(
                 stream.close()
         if pidfd is not None:
             os.close(pidfd)
+        if tracker is not None:
+            tracker.forget(process)  # reaped (or abandoned): `stop_all` stops waiting
     duration = time.monotonic() - started
     if not reaped:
         stuck = ABANDONED.add(user, spec.action, process)

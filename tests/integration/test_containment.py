@@ -17,14 +17,14 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
-from support import need
+from support import fuse, need
 from support.daemon import Running, Site, daemon, sample, scrape
+from support.fuse import Mount, process_state, wait_until
 from support.snapshots import json_config
 from support.system import (
     IS_ROOT,
@@ -115,13 +115,6 @@ def stuck_gauges(metrics: Metrics) -> dict[str, float]:
     }
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 @pytest.mark.usefixtures("fast_deadlines")
 def test_a_user_holding_their_worker_by_ptrace_never_stalls_anyone(
     sandbox: Path, make_user: MakeUser, attack: Attack
@@ -207,61 +200,18 @@ def test_a_descriptor_thief_leaks_no_descriptor_or_thread_and_delays_nothing(
     assert len(snapshot_files(sandbox / "dest" / other.name)) == 5
 
 
-FUSE_STALLER = Path(__file__).parent.parent / "support" / "fuse_staller.py"
-SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def process_state(pid: int) -> str:
-    """The kernel's one-letter states of `pid`'s threads (R, S, D, Z...), "" if gone."""
-    states = ""
-    try:
-        for task in sorted(os.listdir(f"/proc/{pid}/task")):
-            with suppress(OSError, IndexError):
-                states += Path(f"/proc/{pid}/task/{task}/stat").read_text().rsplit(") ", 1)[1][0]
-    except OSError:
-        return ""
-    return states
-
-
 @pytest.fixture
-def stalled_userdata(
-    sandbox: Path,
-) -> Iterator[Callable[[User], tuple[Path, subprocess.Popen[bytes]]]]:
+def stalled_userdata(sandbox: Path) -> Iterator[Mount]:
     """Mount a FUSE file system that never answers over a user's ~/.t3/userdata."""
-    need(IS_ROOT, "needs root to mount FUSE and run workers as real users")
-    need(os.path.exists("/dev/fuse"), "needs /dev/fuse (the fuse kernel module)")
-    need(shutil.which("fusermount3") is not None, "needs fusermount3 (Debian package fuse3)")
-    have_pyfuse3 = subprocess.run([SYSTEM_PYTHON, "-c", "import pyfuse3"], capture_output=True)
-    need(have_pyfuse3.returncode == 0, "needs Debian package python3-pyfuse3")
-    mounted: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def mount(user: User) -> tuple[Path, subprocess.Popen[bytes]]:
-        mountpoint = Path(user.home) / ".t3" / "userdata"
-        ready = sandbox / f"fuse-{user.name}.ready"
-        server = subprocess.Popen(
-            [SYSTEM_PYTHON, "-I", str(FUSE_STALLER), str(mountpoint), str(ready),
-             str(user.uid), str(user.gid)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        mounted.append((server, mountpoint))
-        wait_until(lambda: ready.exists() or server.poll() is not None, 30, "the FUSE mount")
-        if server.poll() is not None:
-            pytest.fail(f"FUSE staller failed: {server.stderr.read() if server.stderr else ''}")
-        return ready, server
-
-    yield mount
-    for server, mountpoint in mounted:
-        server.kill()  # aborts the connection: every stalled request fails, waiters go
-        server.wait(30)
-        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+    with fuse.stalled_userdata(sandbox) as mount:
+        yield mount
 
 
 @pytest.mark.usefixtures("fast_deadlines")
 def test_a_worker_blocked_in_the_kernel_is_abandoned_and_nobody_waits(
     sandbox: Path,
     make_user: MakeUser,
-    stalled_userdata: Callable[[User], tuple[Path, subprocess.Popen[bytes]]],
+    stalled_userdata: Mount,
 ) -> None:
     hostile, other = make_user(), make_user()
     for user in (hostile, other):

@@ -128,5 +128,6 @@ def test_a_stop_during_a_launch_still_reaches_the_new_process() -> None:
         return subprocess.Popen(["sleep", "60"], process_group=0)
 
     process = tracker.launch(start)
+    assert process is not None
     stopper.join(10)
     assert process.wait(10) == -signal.SIGTERM

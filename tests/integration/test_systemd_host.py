@@ -13,7 +13,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -102,6 +102,17 @@ def test_workers_survive_sighup_and_sigusr1_from_their_first_instant(site: Site)
 # --- fix 4: a stop is a stop -----------------------------------------------------------------
 
 
+class StopsOnceLaunched(ProcessTracker):
+    """A stop that begins right after the worker is started (none starts after a stop)."""
+
+    def launch(
+        self, start: Callable[[], subprocess.Popen[bytes]]
+    ) -> subprocess.Popen[bytes] | None:
+        process = super().launch(start)
+        self.stopping.set()
+        return process
+
+
 def test_worker_killed_before_its_handler_while_stopping_counts_as_stopped(site: Site) -> None:
     need(IS_ROOT, "needs root: the worker runs as another user")
     user = site.add_user()
@@ -109,8 +120,7 @@ def test_worker_killed_before_its_handler_while_stopping_counts_as_stopped(site:
     spec = snapshot_spec(config, user, None)
     (site.dest / user.name).mkdir(parents=True, mode=0o700)
     os.chown(site.dest / user.name, user.uid, user.gid)
-    tracker = ProcessTracker()
-    tracker.stopping.set()  # the daemon is stopping; its SIGKILL/SIGTERM lands at once
+    tracker = StopsOnceLaunched()  # the daemon stops; its SIGKILL/SIGTERM lands at once
     with signalling(user.uid, (signal.SIGKILL,)) as signalled:
         report = run_worker(spec, user, 60, tracker)
     assert signalled
