@@ -110,7 +110,12 @@ def render(parser: argparse.ArgumentParser | None = None) -> str:
     lines += [".SH EXIT STATUS", ".TP", "\\fB0\\fR", "success", ".TP", "\\fB1\\fR"]
     lines += ["a failure the command reports (a user failed, a snapshot is bad...)"]
     lines += [".TP", "\\fB2\\fR", _text(USAGE_EXIT.split("  ", 2)[-1])]
-    lines += [".TP", "\\fB130\\fR", "interrupted (Ctrl\\-C); running workers were stopped"]
+    lines += [
+        ".TP",
+        "\\fB130\\fR",
+        "interrupted (Ctrl\\-C, SIGINT or SIGTERM): running workers were stopped and reaped "
+        "within 10 s, their temp files removed",
+    ]
     lines += [".PP", "What 0 and 1 mean for each command is listed under COMMANDS."]
     lines += [".SH ENVIRONMENT"]
     for env_line in ENVIRONMENT.splitlines()[1:]:
