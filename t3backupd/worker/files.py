@@ -75,34 +75,53 @@ class StepFailed(Exception):
 
 
 class TempFiles:
-    """Temp paths this process created, so a SIGTERM handler can remove them."""
+    """Temp paths this process created, so a SIGTERM handler can remove them.
+
+    Once `close`d (the worker is stopping) no temp can be added: `add` removes the path it
+    is given and raises, so the job thread, which runs on until it notices, cannot leave a
+    new temp behind. Paths stay listed after removal: a later `remove_all` also removes a
+    file the job thread recreated under the same name (VACUUM INTO creates its target).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._paths: set[str] = set()
+        self._closed = False
 
     def add(self, path: str) -> None:
         with self._lock:
-            self._paths.add(path)
+            if not self._closed:
+                self._paths.add(path)
+                return
+        _unlink_with_sidecars(path)
+        raise StepFailed("timeout", "stopping: no new temp file")
 
     def discard(self, path: str) -> None:
         with self._lock:
             self._paths.discard(path)
 
+    def close(self) -> None:
+        """Refuse every later `add`, and remove every temp made so far."""
+        with self._lock:
+            self._closed = True
+        self.remove_all()
+
     def remove_all(self) -> None:
         with self._lock:
             paths = list(self._paths)
         for path in paths:
-            for suffix in SQLITE_SIDECARS:
-                with suppress(FileNotFoundError):
-                    os.unlink(path + suffix)
+            _unlink_with_sidecars(path)
 
     def remove(self, path: str) -> None:
         """Remove this one temp (and its sidecars), leaving the others."""
-        for suffix in SQLITE_SIDECARS:
-            with suppress(FileNotFoundError):
-                os.unlink(path + suffix)
+        _unlink_with_sidecars(path)
         self.discard(path)
+
+
+def _unlink_with_sidecars(path: str) -> None:
+    for suffix in SQLITE_SIDECARS:
+        with suppress(FileNotFoundError):
+            os.unlink(path + suffix)
 
 
 def classify_sqlite_error(error: sqlite3.Error) -> FailureReason:
@@ -471,7 +490,9 @@ def publish(
         if temps is not None:
             temps.add(checksum_temp)
         try:
-            with open(checksum_temp, "w", encoding="ascii") as handle:
+            # Opened without O_CREAT: a temp removed by a stop is not made again.
+            flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            with open(os.open(checksum_temp, flags), "w", encoding="ascii") as handle:
                 handle.write(f"{digest}  {name}\n")
                 handle.flush()
                 os.fsync(handle.fileno())

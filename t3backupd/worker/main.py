@@ -42,6 +42,8 @@ from t3backupd.worker.verify import verify_job
 
 MAX_SPEC_BYTES = 1 << 16
 EXIT_STOPPED = 3
+# How long a stopping worker waits for its job thread to end (the parent waits 5 s).
+JOB_STOP_WAIT_SECONDS = 2.0
 
 
 def dispatch(job: Job) -> Report:
@@ -120,11 +122,15 @@ def main() -> int:
     while worker.is_alive():
         worker.join(0.1)
         if stop.is_set() or time.monotonic() > deadline:
-            # Interrupt SQLite where it listens, drop our temp files, and leave at once:
-            # the OS releases the source's read lock and our flock on exit.
+            # Interrupt SQLite where it listens, drop our temp files (no new one can be
+            # made from here on), give the job thread a moment to end (it may be between
+            # two steps), drop what it left, and leave: the OS releases the source's read
+            # lock and our flock on exit. Well inside the parent's SIGTERM grace.
             for connection in list(job.connections):
                 with suppress(sqlite3.Error):
                     connection.interrupt()
+            job.temps.close()
+            worker.join(JOB_STOP_WAIT_SECONDS)
             job.temps.remove_all()
             why = "stopped by signal" if stop.is_set() else "timed out"
             _emit(failed(spec.action, "timeout", f"{why} after {job.elapsed():.1f}s"))
