@@ -93,15 +93,15 @@ class StreamedCopy:
 
 
 def future_note(report: Report, now: float | None = None) -> str | None:
-    """A warning line when the snapshot restored is dated in the future ("latest" picks by
-    the time in the name: a clock fault, or a planted name, makes it the newest)."""
+    """A warning line when the snapshot restored is dated in the future (only when named
+    exactly: `latest`, labels and `--at` never pick one)."""
     parsed = parse_name(report.extra.get("restored_from", ""))
     moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
     if parsed is None or not is_future_dated(parsed.time, moment):
         return None
     return (
-        f"note: {parsed.filename} is dated in the future ({parsed.time:%Y-%m-%d %H:%M:%SZ}); "
-        "it was picked as the newest by its name: a clock fault, or a planted name"
+        f"note: {parsed.filename} is dated in the future ({parsed.time:%Y-%m-%d %H:%M:%SZ}): "
+        "a clock fault, or a planted name; its content may be older than its name says"
     )
 
 
