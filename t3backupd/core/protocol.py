@@ -406,12 +406,14 @@ def parse_report(raw: bytes, expected_action: Action) -> Report:
             VerifyResult(name, entry["outcome"], _clean_text(entry.get("detail", ""), "detail"))
         )
     extra_raw = _object(
-        data.get("extra", {}), "extra", {"restored_from", "undo", "target", "pre_restore", "sha256"}
+        data.get("extra", {}),
+        "extra",
+        {"restored_from", "undo", "target", "pre_restore", "sha256", "skipped_future"},
     )
     extra = {key: _clean_text(value, f"extra.{key}", 4096) for key, value in extra_raw.items()}
     if "sha256" in extra and not _is_sha256(extra["sha256"]):
         raise ReportError("extra.sha256: not a sha256 digest")
-    for key in ("restored_from", "pre_restore"):
+    for key in ("restored_from", "pre_restore", "skipped_future"):
         if key in extra and parse_name(extra[key]) is None:
             raise ReportError(f"extra.{key}: not a snapshot name")
     snapshot_raw = data.get("snapshot")

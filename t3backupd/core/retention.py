@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from t3backupd.core.naming import SnapshotName
 
@@ -27,6 +28,23 @@ FUTURE_SLACK = timedelta(minutes=5)
 def is_future_dated(when: datetime, now: datetime) -> bool:
     """Whether a snapshot time is in the future (beyond the slack) as seen at `now`."""
     return when > now + FUTURE_SLACK
+
+
+def is_future_timestamp(seconds: float, now: float) -> bool:
+    """`is_future_dated` for epoch seconds (what reports, metrics and the state file hold)."""
+    return seconds > now + FUTURE_SLACK.total_seconds()
+
+
+Item = TypeVar("Item")
+
+
+def newest_current(
+    items: Iterable[Item], time_of: Callable[[Item], float], now: float
+) -> Item | None:
+    """The newest of `items` (by `time_of`, epoch seconds) that is not future-dated at
+    `now`, or None: what "newest" means for metrics, the state file and catch-up."""
+    current = [item for item in items if not is_future_timestamp(time_of(item), now)]
+    return max(current, key=time_of, default=None)
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 
 from t3backupd.core.errors import SnapshotNotFound, UsageError
 from t3backupd.core.naming import SnapshotName, is_valid_label, parse_name
+from t3backupd.core.retention import is_future_dated
 from t3backupd.core.wallclock import occurrences
 
 LATEST = "latest"
@@ -66,28 +67,74 @@ def parse_snapshot_request(text: str) -> SnapshotRequest:
     )
 
 
-def choose_snapshot(
-    entries: Sequence[tuple[SnapshotName, bool]], request: SnapshotRequest
-) -> SnapshotName:
+@dataclass(frozen=True)
+class Choice:
+    """A snapshot chosen, and the future-dated one skipped for it (the one that would have
+    been "the newest" by its name), if any."""
+
+    snapshot: SnapshotName
+    skipped: SnapshotName | None = None
+
+
+def _shown(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def skipped_line(name: str, when: datetime) -> str:
+    """The one line saying a future-dated snapshot was passed over."""
+    return (
+        f"skipped {name}: dated in the future ({_shown(when)}; a clock fault, or a planted "
+        "name); took the newest snapshot not in the future"
+    )
+
+
+def pick_snapshot(
+    entries: Sequence[tuple[SnapshotName, bool]], request: SnapshotRequest, now: datetime
+) -> Choice:
     """The snapshot `request` names among `entries` ((parsed name, is a regular file)).
 
     "latest" and labels pick the newest regular file by the time in its name (what
-    `list` shows); an exact name may be any entry, so that a planted link is reported by
-    the verification rather than silently skipped. Raises SnapshotNotFound.
+    `list` shows) that is not future-dated at `now` (retention's slack); the newest one
+    passed over is `skipped`. An exact name may be any entry, future-dated too, so that a
+    planted link is reported by the verification rather than silently skipped. Raises
+    SnapshotNotFound (also when every candidate is future-dated: it names the newest).
     """
     if request.kind == "name":
         for parsed, _ in entries:
             if parsed.filename == request.value:
-                return parsed
+                return Choice(parsed)
         raise SnapshotNotFound(request.not_found())
     candidates = [
         parsed
         for parsed, regular in entries
         if regular and (request.kind == "latest" or parsed.label == request.value)
     ]
-    if not candidates:
+
+    def newest(items: Sequence[SnapshotName]) -> SnapshotName | None:
+        return max(items, key=lambda parsed: (parsed.time, parsed.filename), default=None)
+
+    future = newest([parsed for parsed in candidates if is_future_dated(parsed.time, now)])
+    chosen = newest([parsed for parsed in candidates if not is_future_dated(parsed.time, now)])
+    if chosen is None:
+        if future is not None:
+            wanted = "no snapshot" if request.kind == "latest" else request.not_found()
+            raise SnapshotNotFound(
+                f"{wanted} that is not dated in the future: the newest, "
+                f"{future.filename}, is dated {_shown(future.time)} (a clock fault, or a "
+                "planted name); name it with --snapshot to restore it anyway"
+            )
         raise SnapshotNotFound(request.not_found())
-    return max(candidates, key=lambda parsed: (parsed.time, parsed.filename))
+    return Choice(chosen, future)
+
+
+def choose_snapshot(
+    entries: Sequence[tuple[SnapshotName, bool]],
+    request: SnapshotRequest,
+    now: datetime | None = None,
+) -> SnapshotName:
+    """`pick_snapshot`'s snapshot (`now` defaults to the current time). Raises
+    SnapshotNotFound."""
+    return pick_snapshot(entries, request, now or datetime.now(UTC)).snapshot
 
 
 # `--at`: a wall time in the config's time zone; a date alone means 00:00 that day.
@@ -121,22 +168,51 @@ def parse_at(text: str, zone: tzinfo, zone_name: str) -> datetime:
     return instants[0]
 
 
-def choose_at(copies: Sequence[tuple[float, str]], moment: datetime, zone: tzinfo) -> str:
+def pick_at(
+    copies: Sequence[tuple[float, str]], moment: datetime, zone: tzinfo, now: datetime
+) -> tuple[str, str | None]:
     """The name of the newest of `copies` ((epoch seconds, name)) whose time is at or
-    before `moment`. Raises SnapshotNotFound: no copy at all, or (one line naming the
-    oldest copy and its time in `zone`) every copy is later than `moment`."""
+    before `moment` and not future-dated at `now`, and the newest future-dated one at or
+    before `moment` that was passed over (or None). Raises SnapshotNotFound: no copy at
+    all, every copy is later than `moment` (one line naming the oldest copy and its time
+    in `zone`), or every one at or before it is future-dated."""
     if not copies:
         raise SnapshotNotFound("no snapshot at all")
     limit = moment.timestamp()
-    candidates = [copy for copy in copies if copy[0] <= limit]
+    at_or_before = [copy for copy in copies if copy[0] <= limit]
+    future: list[tuple[float, str]] = []
+    candidates: list[tuple[float, str]] = []
+    for copy in at_or_before:
+        (future if is_future_dated(_instant(copy[0]), now) else candidates).append(copy)
+    asked = moment.astimezone(zone).strftime(AT_SHOWN)
     if not candidates:
+        if future:
+            newest_time, newest = max(future)
+            raise SnapshotNotFound(
+                f"no snapshot at or before {asked} that is not dated in the future: "
+                f"{newest} is dated {_shown(_instant(newest_time))} (a clock fault, or a "
+                "planted name); name it with --snapshot to restore it anyway"
+            )
         oldest_time, oldest = min(copies)
         shown = datetime.fromtimestamp(oldest_time, zone).strftime(AT_SHOWN)
         raise SnapshotNotFound(
-            f"no snapshot at or before {moment.astimezone(zone).strftime(AT_SHOWN)}: "
-            f"the oldest is {oldest} of {shown}"
+            f"no snapshot at or before {asked}: the oldest is {oldest} of {shown}"
         )
-    return max(candidates)[1]
+    return max(candidates)[1], max(future)[1] if future else None
+
+
+def _instant(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def choose_at(
+    copies: Sequence[tuple[float, str]],
+    moment: datetime,
+    zone: tzinfo,
+    now: datetime | None = None,
+) -> str:
+    """`pick_at`'s name (`now` defaults to the current time). Raises SnapshotNotFound."""
+    return pick_at(copies, moment, zone, now or datetime.now(UTC))[0]
 
 
 def shorten_command(command: str) -> str:

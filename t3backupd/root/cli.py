@@ -43,6 +43,7 @@ from t3backupd.root.restore import (
     local_at,
     restore_in_place,
     restore_to,
+    skipped_note,
 )
 from t3backupd.root.served import Served, load_served, log_problems
 from t3backupd.root.spawn import running_as_root
@@ -485,7 +486,7 @@ def _age(seconds: float) -> str:
     return f"{seconds / 86400:.1f}d"
 
 
-def _snapshot_json(info: SnapshotInfo) -> dict[str, object]:
+def _snapshot_json(info: SnapshotInfo, in_future: bool) -> dict[str, object]:
     return {
         "name": info.name,
         "time": datetime.fromtimestamp(info.time, UTC).isoformat(),
@@ -493,6 +494,7 @@ def _snapshot_json(info: SnapshotInfo) -> dict[str, object]:
         "bytes": info.bytes,
         "label": info.label,
         "has_checksum": info.has_checksum,
+        "in_future": in_future,
     }
 
 
@@ -531,6 +533,7 @@ def command_list(args: argparse.Namespace) -> int:
     now = time.time()
     documents = [(user, inventory_user(config, user).report) for user in selected]
     status = EXIT_FAILED if any(_failure_text(r) for _, r in documents) else EXIT_OK
+    future = {name for _, report in documents for name in future_dated(report.snapshots, now)}
     if args.json:
         payload = {
             "users": [
@@ -538,7 +541,10 @@ def command_list(args: argparse.Namespace) -> int:
                     "user": user.name,
                     "error": _failure_text(report),
                     "dir_bytes": report.dir_bytes,
-                    "snapshots": [_snapshot_json(info) for info in newest_first(report.snapshots)],
+                    "snapshots": [
+                        _snapshot_json(info, info.name in future)
+                        for info in newest_first(report.snapshots)
+                    ],
                 }
                 for user, report in documents
             ]
@@ -560,15 +566,18 @@ def command_list(args: argparse.Namespace) -> int:
             continue
         usage = f", directory {human(report.dir_bytes)}" if report.dir_bytes else ""
         out.result(f"{user.name}: {len(report.snapshots)} snapshot(s), newest first{usage}")
-        future = set(future_dated(report.snapshots, now))
         for info in newest_first(report.snapshots):
             when = datetime.fromtimestamp(info.time, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
             checksum = "" if info.has_checksum else "  (no checksum)"
             label = f"  [{info.label}]" if info.label else ""
             if info.name in future:
-                checksum += "  (dated in the future: clock fault or planted)"
+                # No negative age: a clock fault, or a planted name.
+                age = "in the future"
+                checksum += "  (clock fault or planted; never taken as latest)"
+            else:
+                age = f"{_age(max(0.0, now - info.time)):>6} ago"
             out.result(
-                f"  {info.name:<52} {when}  {_age(now - info.time):>6} ago  "
+                f"  {info.name:<52} {when}  {age:>10}  "
                 f"{_human_size(info.bytes):>10}{label}{checksum}"
             )
     space = destination_space(config.dest)
@@ -701,6 +710,13 @@ def _refused(report: Report) -> None:
     sys.stderr.write(f"t3backupd: restore refused ({report.reason}): {report.message}\n")
 
 
+def _skipped(out: Output, user: str, name: str | None) -> None:
+    """One line when the choice passed over a future-dated snapshot (`latest`, `--at`)."""
+    note = skipped_note(name)
+    if note is not None:
+        out.result(f"{user}: {note}")
+
+
 def command_restore(args: argparse.Namespace) -> int:
     parse_snapshot_request(args.snapshot)  # one clear line before anything runs
     if args.force and not args.in_place:
@@ -712,6 +728,7 @@ def command_restore(args: argparse.Namespace) -> int:
     streamed: StreamedCopy | None = None
     request = args.snapshot
     origin = ""
+    skipped: str | None = None
     if args.origin == "offsite":
         from t3backupd.root.offsite import commands as offsite_commands
 
@@ -720,7 +737,7 @@ def command_restore(args: argparse.Namespace) -> int:
     else:
         require_dest(config)
         if moment is not None:
-            request = local_at(config, user, moment)
+            request, skipped = local_at(config, user, moment)
     if args.to is not None:
         # Relative to the caller's cwd, not normalised: '..' keeps the kernel's meaning.
         target = args.to if os.path.isabs(args.to) else os.path.join(os.getcwd(), args.to)
@@ -728,6 +745,7 @@ def command_restore(args: argparse.Namespace) -> int:
         if not report.ok:
             _refused(report)
             return EXIT_FAILED
+        _skipped(out, user.name, skipped or report.extra.get("skipped_future"))
         out.result(
             f"{user.name}: restored {report.extra.get('restored_from')}{origin}: {report.message}"
         )
@@ -744,6 +762,7 @@ def command_restore(args: argparse.Namespace) -> int:
         )
     result = restore_in_place(config, user, request, force=args.force, streamed=streamed)
     report = result.report
+    _skipped(out, user.name, skipped or result.skipped_future)
     if result.pre_restore is not None:
         out.result(f"{user.name}: pre-restore snapshot {result.pre_restore} taken")
     if not report.ok:

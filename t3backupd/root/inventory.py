@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from t3backupd.core.config import Config
 from t3backupd.core.protocol import UserResult
+from t3backupd.core.retention import newest_current
 from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
 from t3backupd.root.metrics import Metrics
@@ -88,5 +90,5 @@ class Inventory:
             return None
         self._metrics.restore(user.name, report.snapshots, listed_at=result.started)
         self._metrics.record_dir_bytes(user.name, report.dir_bytes)
-        times = [info.time for info in report.snapshots]
-        return max(times) if times else None
+        newest = newest_current(report.snapshots, lambda info: info.time, time.time())
+        return newest.time if newest is not None else None

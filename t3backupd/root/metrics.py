@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from t3backupd import __version__
 from t3backupd.core.protocol import FAILURE_REASONS, SnapshotInfo, UserResult
+from t3backupd.core.retention import is_future_timestamp, newest_current
 
 PREFIX = "t3backup_"
 
@@ -126,11 +128,12 @@ class Metrics:
         self, user: str, snapshots: Sequence[SnapshotInfo], listed_at: float | None = None
     ) -> None:
         """Set what is on disk (from an inventory): newest snapshot's time and size, count.
+        A future-dated name (a clock fault, or planted) is counted but never the newest.
 
         Ignored if a pass recorded a result for the user after the listing began at
         `listed_at` (wall clock): that result saw the disk later.
         """
-        newest = max(snapshots, key=lambda info: info.time, default=None)
+        newest = newest_current(snapshots, lambda info: info.time, time.time())
         # What is on disk is the truth: no snapshots there (e.g. dest moved) = never.
         self.restore_summary(
             user,
@@ -215,7 +218,12 @@ class Metrics:
             record.duration = result.duration_s
             if report.source_bytes:
                 record.source_size = report.source_bytes
-            if report.ok and report.snapshot is not None:
+            if (
+                report.ok
+                and report.snapshot is not None
+                and not is_future_timestamp(report.snapshot.time, time.time())
+            ):
+                # A worker reporting a future time (a forged report) is not the newest.
                 record.last_success = report.snapshot.time
                 record.last_snapshot_size = report.snapshot.bytes
             if report.ok or report.snapshots:

@@ -31,7 +31,14 @@ from t3backupd.core.jobs import inventory_spec, restore_spec
 from t3backupd.core.naming import parse_name
 from t3backupd.core.protocol import Report, RestoreSpec, failed
 from t3backupd.core.retention import is_future_dated
-from t3backupd.core.selection import choose_at, parse_at, parse_snapshot_request, undo_command
+from t3backupd.core.selection import (
+    choose_at,
+    parse_at,
+    parse_snapshot_request,
+    pick_at,
+    skipped_line,
+    undo_command,
+)
 from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
 from t3backupd.root.runner import run_user_job
@@ -56,22 +63,24 @@ def at_moment(config: Config, text: str) -> AtMoment:
 
 
 def chosen_at(moment: AtMoment, copies: Sequence[tuple[float, str]]) -> str:
-    """The newest of `copies` ((epoch seconds, name)) at or before `moment`. Raises
-    SnapshotNotFound (one line naming the oldest copy's time)."""
+    """The newest of `copies` ((epoch seconds, name)) at or before `moment` that is not
+    future-dated now. Raises SnapshotNotFound (one line naming the oldest copy's time)."""
     return choose_at(copies, moment.instant, moment.zone)
 
 
-def local_at(config: Config, user: User, moment: AtMoment) -> str:
-    """The name of `user`'s newest local snapshot at or before `moment` (listed by a
-    worker as the user). Raises SnapshotNotFound or T3BackupError."""
+def local_at(config: Config, user: User, moment: AtMoment) -> tuple[str, str | None]:
+    """The name of `user`'s newest local snapshot at or before `moment` that is not
+    future-dated (listed by a worker as the user), and the future-dated one passed over
+    (or None). Raises SnapshotNotFound or T3BackupError."""
     report = run_user_job(config, user, inventory_spec(config, user), None).report
     if report.reason == "no_directory":
-        return chosen_at(moment, [])
+        return chosen_at(moment, []), None
     if not report.ok:
         raise T3BackupError(
             f"cannot list {user.name}'s snapshots: {report.reason}: {report.message}"
         )
-    return chosen_at(moment, [(info.time, info.name) for info in report.snapshots])
+    copies = [(info.time, info.name) for info in report.snapshots]
+    return pick_at(copies, moment.instant, moment.zone, datetime.now(UTC))
 
 
 @dataclass(frozen=True)
@@ -84,16 +93,23 @@ class StreamedCopy:
 
 
 def future_note(report: Report, now: float | None = None) -> str | None:
-    """A warning line when the snapshot restored is dated in the future ("latest" picks by
-    the time in the name: a clock fault, or a planted name, makes it the newest)."""
+    """A warning line when the snapshot restored is dated in the future (only when named
+    exactly: `latest`, labels and `--at` never pick one)."""
     parsed = parse_name(report.extra.get("restored_from", ""))
     moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
     if parsed is None or not is_future_dated(parsed.time, moment):
         return None
     return (
-        f"note: {parsed.filename} is dated in the future ({parsed.time:%Y-%m-%d %H:%M:%SZ}); "
-        "it was picked as the newest by its name: a clock fault, or a planted name"
+        f"note: {parsed.filename} is dated in the future ({parsed.time:%Y-%m-%d %H:%M:%SZ}): "
+        "a clock fault, or a planted name; its content may be older than its name says"
     )
+
+
+def skipped_note(name: str | None) -> str | None:
+    """The one line saying `latest` (or `--at`) passed over the future-dated snapshot
+    `name` (a worker's `skipped_future`, or `local_at`'s), or None."""
+    parsed = parse_name(name) if name is not None else None
+    return None if parsed is None else skipped_line(parsed.filename, parsed.time)
 
 
 def _log(report: Report, **fields: object) -> None:
@@ -146,15 +162,20 @@ def _origin(streamed: StreamedCopy | None) -> str:
 
 @dataclass(frozen=True)
 class InPlaceResult:
-    """An in-place restore: the final report, and the pre-restore snapshot taken (if any)."""
+    """An in-place restore: the final report, the pre-restore snapshot taken (if any), and
+    the future-dated snapshot the choice passed over (if any)."""
 
     report: Report
     pre_restore: str | None
     undo: str | None
+    skipped_future: str | None = None
 
 
-def _checked_choice(config: Config, user: User, request: str, force: bool) -> Report | str:
-    """Step 1 for a local snapshot: the check worker's choice (a name), or its report."""
+def _checked_choice(
+    config: Config, user: User, request: str, force: bool
+) -> Report | tuple[str, str | None]:
+    """Step 1 for a local snapshot: the check worker's choice (a name, and the
+    future-dated one it skipped), or its report."""
     check = run_user_job(
         config,
         user,
@@ -174,7 +195,7 @@ def _checked_choice(config: Config, user: User, request: str, force: bool) -> Re
         )
         _log(report, mode="in-place", phase="check")
         return report
-    return chosen
+    return chosen, check.extra.get("skipped_future")
 
 
 def restore_in_place(
@@ -199,12 +220,13 @@ def restore_in_place(
     """
     parse_snapshot_request(request)
     clock = time.monotonic()
+    skipped = None
     with structlog.contextvars.bound_contextvars(user=user.name):
         if streamed is None:
             choice = _checked_choice(config, user, request, force)
             if isinstance(choice, Report):
                 return InPlaceResult(choice, None, None)
-            chosen = choice
+            chosen, skipped = choice
         else:
             chosen = streamed.name
         # One worker takes the pre-restore snapshot and restores, holding the live
@@ -222,4 +244,4 @@ def restore_in_place(
             pre_restore=pre_name,
             duration_s=round(time.monotonic() - clock, 3),
         )
-    return InPlaceResult(report, pre_name, undo)
+    return InPlaceResult(report, pre_name, undo, skipped)

@@ -6,7 +6,10 @@ systemd; without it there is no state file). It is read like hostile input: the 
 and the file must be root's (our euid's), not group/other-writable, reached without a
 symbolic link, a regular file of bounded size, and the content must match the schema
 exactly; anything else is ignored with one warning (the background inventory then fills
-the values in). It is only a cache: what is on disk always wins when the listing arrives.
+the values in). Each user's entry is checked on its own (`check_entry`): a bad one drops
+that user only, with one warning naming them, and `save` leaves out what the loader would
+refuse, so one user's values can never cost the others theirs. It is only a cache: what
+is on disk always wins when the listing arrives.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from t3backupd.core.protocol import printable
 from t3backupd.root.log import get_logger
 
 FILE_NAME = "inventory.json"
@@ -60,9 +64,29 @@ def _check(info: os.stat_result, path: str, kind: Any) -> None:
         raise ValueError(f"{path}: group/other-writable")
 
 
-def parse(data: bytes, dest: str, now: float) -> dict[str, Summary]:
-    """The per-user summaries in a state file's bytes, if it was written for `dest`.
-    Raises ValueError (with what is wrong) for anything but the exact schema."""
+def check_entry(entry: object, now: float) -> Summary:
+    """One user's entry, [snapshots, newest, bytes], as a Summary: the one rule the loader
+    and `save` share (so the daemon never writes what it would refuse at the next start).
+    Raises ValueError saying what is wrong."""
+    if not isinstance(entry, list | tuple) or len(entry) != 3:
+        raise ValueError("expected [snapshots, newest, bytes]")
+    count, newest, size = entry
+    if type(count) is not int or not 0 <= count <= MAX_SNAPSHOTS:
+        raise ValueError(f"snapshots {count!r}: expected an integer 0..{MAX_SNAPSHOTS}")
+    if type(newest) not in (int, float) or not math.isfinite(newest) or newest < 0:
+        raise ValueError(f"newest {newest!r}: expected a time (epoch seconds)")
+    if newest > now + MAX_FUTURE_SECONDS:
+        raise ValueError(f"newest {newest!r}: in the future")
+    if type(size) is not int or not 0 <= size <= MAX_BYTES_PER_SNAPSHOT:
+        raise ValueError(f"bytes {size!r}: expected an integer 0..{MAX_BYTES_PER_SNAPSHOT}")
+    return (count, float(newest), size)
+
+
+def parse(data: bytes, dest: str, now: float) -> tuple[dict[str, Summary], dict[str, str]]:
+    """The per-user summaries in a state file's bytes, if it was written for `dest`, and
+    the entries dropped (user -> what is wrong with their entry): one bad entry costs
+    that user only. Raises ValueError (with what is wrong) if the file as a whole is not
+    the schema."""
     try:
         document = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -72,27 +96,18 @@ def parse(data: bytes, dest: str, now: float) -> dict[str, Summary]:
     if document["version"] != VERSION:
         raise ValueError(f"version {document['version']!r}, expected {VERSION}")
     if document["dest"] != dest:
-        return {}  # written for another dest: nothing in it applies
+        return {}, {}  # written for another dest: nothing in it applies
     users = document["users"]
     if not isinstance(users, dict):
         raise ValueError("users: expected an object")
     found: dict[str, Summary] = {}
+    dropped: dict[str, str] = {}
     for name, entry in users.items():
-        if not isinstance(entry, list) or len(entry) != 3:
-            raise ValueError(f"users.{name!r}: expected [snapshots, newest, bytes]")
-        count, newest, size = entry
-        if (
-            type(count) is not int
-            or not 0 <= count <= MAX_SNAPSHOTS
-            or type(newest) not in (int, float)
-            or not math.isfinite(newest)
-            or not 0 <= newest <= now + MAX_FUTURE_SECONDS
-            or type(size) is not int
-            or not 0 <= size <= MAX_BYTES_PER_SNAPSHOT
-        ):
-            raise ValueError(f"users.{name!r}: value out of range")
-        found[name] = (count, float(newest), size)
-    return found
+        try:
+            found[name] = check_entry(entry, now)
+        except ValueError as error:
+            dropped[name] = str(error)
+    return found, dropped
 
 
 def load(directory: str | None, dest: str, names: Iterable[str]) -> dict[str, Summary]:
@@ -114,27 +129,35 @@ def load(directory: str | None, dest: str, names: Iterable[str]) -> dict[str, Su
             if info.st_size > MAX_BYTES:
                 raise ValueError(f"{path}: larger than {MAX_BYTES} bytes")
             data = file.read(MAX_BYTES + 1)
-        summaries = parse(data, dest, time.time())
+        summaries, dropped = parse(data, dest, time.time())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as error:
         text = f"{error.strerror}" if isinstance(error, OSError) and error.strerror else str(error)
         get_logger().warning("state file ignored", path=path, error=text)
         return {}
+    for name, why in dropped.items():
+        get_logger().warning(
+            "state file entry dropped", path=path, user=printable(name)[:64], error=why
+        )
     wanted = set(names)
     return {name: summary for name, summary in summaries.items() if name in wanted}
 
 
 def save(directory: str | None, dest: str, summaries: Mapping[str, Summary]) -> None:
-    """Replace the state file atomically (temp file, fsync, rename). A failure is logged
-    (the state file is only a cache); never raises."""
+    """Replace the state file atomically (temp file, fsync, rename). An entry the loader
+    would refuse (`check_entry`) is left out and logged; a failure is logged (the state
+    file is only a cache); never raises."""
     if directory is None:
         return
-    document = {
-        "version": VERSION,
-        "dest": dest,
-        "users": {name: list(summary) for name, summary in sorted(summaries.items())},
-    }
+    now = time.time()
+    users: dict[str, list[int | float]] = {}
+    for name, summary in sorted(summaries.items()):
+        try:
+            users[name] = list(check_entry(summary, now))
+        except ValueError as error:
+            get_logger().warning("state file entry not saved", user=name, error=str(error))
+    document = {"version": VERSION, "dest": dest, "users": users}
     data = json.dumps(document, separators=(",", ":")).encode()
     temp = f".{FILE_NAME}.{os.getpid()}.{threading.get_ident()}.tmp"
     with _write_lock:

@@ -17,6 +17,7 @@ import sqlite3
 import stat
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from dataclasses import replace
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -34,9 +35,9 @@ from t3backupd.core.selection import (
     PRE_RESTORE_LABEL,
     RESTORABLE_OUTCOMES,
     SnapshotRequest,
-    choose_snapshot,
     describe_holders,
     parse_snapshot_request,
+    pick_snapshot,
 )
 from t3backupd.worker import files as ops
 from t3backupd.worker.job import Job
@@ -107,13 +108,17 @@ def _info(parsed: SnapshotName, checked: Checked) -> SnapshotInfo:
     )
 
 
-def _choose_and_verify(dest_dir: str, request: SnapshotRequest) -> tuple[SnapshotName, Checked]:
-    """Raises StepFailed("not_found") or StepFailed("verify_failed")."""
+def _choose_and_verify(
+    dest_dir: str, request: SnapshotRequest
+) -> tuple[SnapshotName, Checked, SnapshotName | None]:
+    """The snapshot chosen, its check, and the future-dated one skipped for it (if any).
+    Raises StepFailed("not_found") or StepFailed("verify_failed")."""
     entries = [(parsed, stat.S_ISREG(info.st_mode)) for parsed, info in ops.scan(dest_dir)]
     try:
-        parsed = choose_snapshot(entries, request)
+        choice = pick_snapshot(entries, request, datetime.now(UTC))
     except SnapshotNotFound as error:
         raise ops.StepFailed("not_found", str(error)) from None
+    parsed = choice.snapshot
     checked = check_snapshot(dest_dir, parsed.filename, "quick")
     if checked is None:
         raise ops.StepFailed("not_found", f"{parsed.filename} disappeared")
@@ -123,7 +128,7 @@ def _choose_and_verify(dest_dir: str, request: SnapshotRequest) -> tuple[Snapsho
             f"{parsed.filename}: {checked.result.outcome.replace('_', ' ')}: "
             f"{checked.result.detail}; refusing to restore it",
         )
-    return parsed, checked
+    return parsed, checked, choice.skipped
 
 
 def _copy_fd(source: int, target: int) -> int:
@@ -613,7 +618,11 @@ def restore_job(job: Job, spec: RestoreSpec) -> Report:
     except UsageError as error:  # the parent validated it; kept for a clear report
         raise ops.StepFailed("not_found", str(error)) from None
     with ops.user_dir_lock(spec.dest_dir):
-        parsed, checked = _choose_and_verify(spec.dest_dir, request)
+        parsed, checked, skipped = _choose_and_verify(spec.dest_dir, request)
         if spec.in_place:
-            return _restore_in_place(job, spec, parsed, checked)
-        return _restore_copy(job, spec, parsed, checked)
+            report = _restore_in_place(job, spec, parsed, checked)
+        else:
+            report = _restore_copy(job, spec, parsed, checked)
+        if skipped is None:
+            return report
+        return replace(report, extra={**report.extra, "skipped_future": skipped.filename})

@@ -5,6 +5,7 @@ READY=1 before the inventory; catch-up decided after it; the state file."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -455,3 +456,78 @@ def test_state_file_serves_until_the_fresh_inventory_and_a_hostile_one_is_ignore
         text = running.notify.ready_scrape()
         assert sample(text, "t3backup_last_success_timestamp_seconds", user=user.name) == 0
         assert "state file ignored" in running.log_text()
+
+
+# --- issue 20 item 5: one user's file must not wipe everyone's saved state ---------------
+
+PLANTED_2099 = "state-20990101T000000Z.sqlite"
+
+
+@contextmanager
+def frozen_users(users: list[User]) -> Iterator[None]:
+    """Every process of `users` stopped as it appears: their inventory workers never
+    report, so their values are the state file's only."""
+    with ExitStack() as stack:
+        for user in users:
+            stack.enter_context(frozen_processes_of(user.uid))
+        yield
+
+
+def test_a_planted_2099_snapshot_never_costs_other_users_their_saved_last_success(
+    site: Site,
+) -> None:
+    need(IS_ROOT, "needs root: real users, and their inventory workers are frozen")
+    victims = [site.add_user(), site.add_user()]
+    attacker = site.add_user()
+    site.write([*victims, attacker])
+    cli_snapshot(site)
+    newest = {user.name: snapshot_times(site, user)[-1][1] for user in [*victims, attacker]}
+    # The attacker plants a snapshot named for 2099 in their own directory, as themselves.
+    own_dir = site.dest / attacker.name
+    current = snapshot_times(site, attacker)[-1][0]
+    subprocess.run(["cp", str(own_dir / current), str(own_dir / PLANTED_2099)],
+                   check=True, **as_user(attacker))  # fmt: skip
+    state = site.root / "state"
+    state.mkdir(mode=0o755)
+    env = {"STATE_DIRECTORY": str(state)}
+    with daemon(site, env=env):  # the listing sees the 2099 name; the state file is saved
+        listed = scrape(site.port)
+    with frozen_users([*victims, attacker]), daemon(site, env=env, wait_inventory=False) as running:
+        text = running.notify.ready_scrape()
+        log = running.log_text()
+    # Before: the state file held 2099, the loader refused it whole ("value out of
+    # range") and every user's last success restarted at 0.
+    assert "state file ignored" not in log, log
+    for user in [*victims, attacker]:
+        assert sample(text, "t3backup_inventory_pending", user=user.name) == 1
+        restored = sample(text, "t3backup_last_success_timestamp_seconds", user=user.name)
+        assert restored == newest[user.name], user.name
+    # The planted name is counted, never the newest (metrics, and so the state file).
+    last_success = sample(listed, "t3backup_last_success_timestamp_seconds", user=attacker.name)
+    assert last_success == newest[attacker.name]
+    assert sample(listed, "t3backup_snapshots", user=attacker.name) == 2
+
+
+def test_a_corrupted_state_entry_drops_that_user_only(site: Site) -> None:
+    need(IS_ROOT, "needs root: real users, and their inventory workers are frozen")
+    victim, broken = site.add_user(), site.add_user()
+    site.write([victim, broken])
+    cli_snapshot(site)
+    newest = snapshot_times(site, victim)[-1][1]
+    state = site.root / "state"
+    state.mkdir(mode=0o755)
+    env = {"STATE_DIRECTORY": str(state)}
+    with daemon(site, env=env):
+        pass  # the start-up listing is done: the state file is written
+    path = state / "inventory.json"
+    document = json.loads(path.read_bytes())
+    document["users"][broken.name] = [1, "yesterday", 4096]  # hand-corrupted
+    path.write_text(json.dumps(document))
+    with frozen_users([victim, broken]), daemon(site, env=env, wait_inventory=False) as running:
+        text = running.notify.ready_scrape()
+        log = running.log_text()
+    assert sample(text, "t3backup_last_success_timestamp_seconds", user=victim.name) == newest
+    assert sample(text, "t3backup_last_success_timestamp_seconds", user=broken.name) == 0
+    assert "state file ignored" not in log
+    dropped = [line for line in log.splitlines() if "state file entry dropped" in line]
+    assert len(dropped) == 1 and broken.name in dropped[0] and "newest" in dropped[0], log

@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from support.system import (
     t3backupd,
 )
 
+from t3backupd.core.naming import format_name
 from t3backupd.core.usermap import User
 
 # Content of a database, read as its owner (never as root: SQLite may create -shm).
@@ -449,3 +451,83 @@ def test_no_commit_lands_between_the_pre_restore_snapshot_and_an_in_place_restor
     lost = committed - in_safety - after
     assert not lost, f"{len(lost)} commits lost between the safety snapshot and the restore"
     assert "write lock was held" in result.stdout
+
+
+# --- issue 20 item 7: after a clock fault, `latest` and `--at` never restore stale data -----
+
+
+def plant_future_copy(user: User, directory: Path, source: str) -> str:
+    """As the user: a copy of the snapshot `source` under a name dated a year ahead, with
+    its checksum (what a clock that ran a year ahead leaves behind, or a planted name)."""
+    planted = format_name(datetime.now(UTC) + timedelta(days=365))
+    run_as(user, ["cp", str(directory / source), str(directory / planted)])
+    run_as(user, ["sh", "-c", f"cd {directory} && sha256sum {planted} > {planted}.sha256"])
+    return planted
+
+
+@pytest.mark.root
+def test_latest_and_at_skip_a_future_dated_older_snapshot_and_list_marks_it(
+    sandbox: Path, make_user: MakeUser
+) -> None:
+    user = make_user()
+    database = create_state_db(user, size_mb=1, seed=21)
+    config = json_config(sandbox, [user])
+    stale = take_snapshot(config, user)
+    change_database(user, database)
+    current = take_snapshot(config, user)
+    directory = sandbox / "dest" / user.name
+    planted = plant_future_copy(user, directory, stale)
+    assert digest_as(user, directory / stale) != digest_as(user, directory / current)
+    skipped = f"{user.name}: skipped {planted}: dated in the future"
+
+    for how in ([], ["--at", "2099-01-01"]):
+        target = Path(user.home) / f"restored{len(how)}.sqlite"
+        result = t3backupd(config, "restore", "--user", user.name, *how, "--to", str(target))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"restored {current}" in result.stdout, (how, result.stdout)
+        assert target.read_bytes() == (directory / current).read_bytes()
+        notes = [line for line in result.stdout.splitlines() if "skipped" in line]
+        assert len(notes) == 1 and notes[0].startswith(skipped), (how, result.stdout)
+
+    # In place: the check worker's choice is what is restored, and it says so too.
+    result = t3backupd(config, "restore", "--user", user.name, "--in-place")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"restored {current} into" in result.stdout and skipped in result.stdout
+    assert digest_as(user, database) == digest_as(user, directory / current)
+
+    listing = t3backupd(config, "list", "--user", user.name)
+    assert listing.returncode == 0, listing.stdout + listing.stderr
+    line = next(line for line in listing.stdout.splitlines() if planted in line)
+    assert "in the future" in line and "-" not in line.split(planted)[1].split("Z", 1)[1], line
+    assert " ago" in next(line for line in listing.stdout.splitlines() if current in line)
+    shown = t3backupd(config, "list", "--user", user.name, "--json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    snapshots = json.loads(shown.stdout)["users"][0]["snapshots"]
+    assert {entry["name"]: entry["in_future"] for entry in snapshots if entry["label"] is None} \
+        == {planted: True, current: False, stale: False}  # fmt: skip
+
+
+@pytest.mark.root
+def test_latest_with_only_future_dated_snapshots_is_refused_in_one_line(
+    sandbox: Path, make_user: MakeUser
+) -> None:
+    user = make_user()
+    create_state_db(user, size_mb=1, seed=22)
+    config = json_config(sandbox, [user])
+    only = take_snapshot(config, user)
+    directory = sandbox / "dest" / user.name
+    planted = plant_future_copy(user, directory, only)
+    for name in (only, f"{only}.sha256"):
+        os.unlink(directory / name)
+    target = Path(user.home) / "out.sqlite"
+    result = t3backupd(config, "restore", "--user", user.name, "--to", str(target))
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert len(lines) == 1 and "not dated in the future" in lines[0] and planted in lines[0]
+    assert not target.exists()
+    # Named exactly it is still restorable, with the note that says what it is.
+    named = t3backupd(
+        config, "restore", "--user", user.name, "--snapshot", planted, "--to", str(target)
+    )
+    assert named.returncode == 0, named.stdout + named.stderr
+    assert "is dated in the future" in named.stdout

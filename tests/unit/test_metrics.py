@@ -320,3 +320,30 @@ def test_internal_errors_and_endpoint_events_are_counted(
     assert value(registry, "t3backup_metrics_bind_failures_total") == 1
     assert value(registry, "t3backup_metrics_connections_rejected_total") == 1
     assert value(registry, "t3backup_metrics_socket_activated") == 1
+
+
+# A name dated 2099 in a user's own directory (planted, or a clock fault): issue 20 item 5.
+PLANTED = snapshot("state-20990101T000000Z.sqlite", 4070908800.0, 7)
+
+
+def test_a_future_dated_name_is_counted_but_never_the_newest(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    metrics.set_users(["alice"])
+    metrics.restore("alice", [OLD, PLANTED, NEWEST])
+    assert value(registry, "t3backup_last_success_timestamp_seconds", user="alice") == NEWEST.time
+    assert value(registry, "t3backup_last_snapshot_size_bytes", user="alice") == NEWEST.bytes
+    assert value(registry, "t3backup_snapshots", user="alice") == 3
+    assert metrics.known()["alice"] == (3, NEWEST.time, NEWEST.bytes)
+    metrics.restore("alice", [PLANTED])  # only a future-dated one: never succeeded
+    assert value(registry, "t3backup_last_success_timestamp_seconds", user="alice") == 0
+
+
+def test_a_report_of_a_future_dated_snapshot_is_not_the_last_success(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    metrics.set_users(["alice"])
+    metrics.restore("alice", [NEWEST])
+    report = Report(action="snapshot", status="ok", snapshot=PLANTED, snapshots=(NEWEST, PLANTED))
+    metrics.record_result(UserResult(ALICE, report, started=100.0, duration_s=5.0))
+    assert value(registry, "t3backup_last_success_timestamp_seconds", user="alice") == NEWEST.time

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from t3backupd.core.errors import SnapshotNotFound, UsageError
-from t3backupd.core.selection import choose_at, parse_at
+from t3backupd.core.selection import choose_at, parse_at, pick_at
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -55,6 +55,7 @@ def test_malformed_at_is_refused_with_the_formats(text: str) -> None:
 
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC).timestamp()
 COPIES = [(T0, "a"), (T0 + 3600, "b"), (T0 + 7200, "c")]
+LATER = datetime.fromtimestamp(T0 + 10**7, UTC)  # "now": after every copy of these tests
 
 
 @pytest.mark.parametrize(
@@ -63,13 +64,13 @@ COPIES = [(T0, "a"), (T0 + 3600, "b"), (T0 + 7200, "c")]
 )
 def test_choose_at_takes_the_newest_at_or_before(offset: int, expected: str) -> None:
     moment = datetime.fromtimestamp(T0 + offset, UTC)
-    assert choose_at(COPIES, moment, UTC) == expected
-    assert choose_at(list(reversed(COPIES)), moment, UTC) == expected  # order-free
+    assert choose_at(COPIES, moment, UTC, LATER) == expected
+    assert choose_at(list(reversed(COPIES)), moment, UTC, LATER) == expected  # order-free
 
 
 def test_before_the_first_copy_names_the_oldest_and_its_time() -> None:
     with pytest.raises(SnapshotNotFound) as error:
-        choose_at(COPIES, datetime.fromtimestamp(T0 - 1, UTC), BERLIN)
+        choose_at(COPIES, datetime.fromtimestamp(T0 - 1, UTC), BERLIN, LATER)
     message = str(error.value)
     assert "the oldest is a of 2026-12-01 11:00:00 CET" in message, message
     assert "2026-12-01 10:59:59 CET" in message
@@ -87,6 +88,30 @@ def test_choose_at_against_a_plain_scan(times: list[int], moment: int) -> None:
     eligible = [t for t in times if t <= moment]
     if not eligible:
         with pytest.raises(SnapshotNotFound):
-            choose_at(copies, at, UTC)
+            choose_at(copies, at, UTC, LATER)
     else:
-        assert choose_at(copies, at, UTC) == f"n{max(eligible)}"
+        assert choose_at(copies, at, UTC, LATER) == f"n{max(eligible)}"
+
+
+# --- future-dated names (issue 20 item 7): a clock fault, or planted ------------------------
+
+
+def test_at_never_picks_a_future_dated_copy_and_names_the_one_it_skipped() -> None:
+    now = datetime.fromtimestamp(T0 + 7200, UTC)
+    year_ahead = (T0 + 7200 + 365 * 86400, "ahead")  # written while the clock ran ahead
+    copies = [*COPIES, year_ahead]
+    far = datetime.fromtimestamp(year_ahead[0] + 1, UTC)  # an --at after even that one
+    assert pick_at(copies, far, UTC, now) == ("c", "ahead")
+    assert pick_at(copies, now, UTC, now) == ("c", None)  # nothing skipped: not eligible
+    # Within retention's slack (5 minutes) a name is current, not future-dated.
+    slight = (T0 + 7200 + 240, "slight")
+    assert pick_at([*copies, slight], far, UTC, now) == ("slight", "ahead")
+
+
+def test_at_with_only_future_dated_copies_says_so_in_one_line() -> None:
+    now = datetime.fromtimestamp(T0, UTC) - timedelta(days=30)
+    with pytest.raises(SnapshotNotFound) as error:
+        choose_at(COPIES, datetime.fromtimestamp(T0 + 7200, UTC), UTC, now)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "not dated in the future" in message and "c is dated 2026-12-01 12:00:00Z" in message

@@ -8,7 +8,7 @@ import os
 import stat
 import subprocess
 import time
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,10 +23,12 @@ from t3backupd.core.errors import SnapshotNotFound, UsageError
 from t3backupd.core.naming import SnapshotName, parse_name
 from t3backupd.core.protocol import Report, ReportError, VerifyResult, parse_report
 from t3backupd.core.selection import (
+    Choice,
     SnapshotRequest,
     choose_snapshot,
     describe_holders,
     parse_snapshot_request,
+    pick_snapshot,
     undo_command,
 )
 from t3backupd.worker.restore import find_holders
@@ -126,6 +128,32 @@ def test_exact_name_picks_that_entry_even_if_not_regular() -> None:
 def test_missing_snapshot_raises_snapshot_not_found(request_: SnapshotRequest) -> None:
     with pytest.raises(SnapshotNotFound):
         choose_snapshot(ENTRIES, request_)
+
+
+def test_latest_and_labels_skip_future_dated_names_and_name_the_one_skipped() -> None:
+    # The clock ran a year ahead for two weeks, then was fixed: snapshots written then
+    # are named for next year and older in content than today's.
+    now = datetime(2025, 1, 5, 4, 0, tzinfo=UTC)
+    ahead = name("state-20260103T030000Z.sqlite")
+    ahead_label = name("state-20260104T030000Z--before-bump.sqlite")
+    entries = [*ENTRIES[:-1], (ahead, True), (ahead_label, True)]
+    latest = pick_snapshot(entries, SnapshotRequest("latest", "latest"), now)
+    assert latest == Choice(name("state-20250105T030000Z.sqlite"), ahead_label)
+    label = pick_snapshot(entries, SnapshotRequest("label", "before-bump"), now)
+    assert label == Choice(name("state-20250104T030000Z--before-bump.sqlite"), ahead_label)
+    # An exact name is still restorable, future-dated or not.
+    exact = pick_snapshot(entries, SnapshotRequest("name", ahead.filename), now)
+    assert exact == Choice(ahead)
+    # Within retention's slack (5 minutes) a name is current.
+    slight = name("state-20250105T040400Z.sqlite")
+    assert pick_snapshot([*entries, (slight, True)], SnapshotRequest("latest", "latest"),
+                         now).snapshot == slight  # fmt: skip
+    # Only future-dated ones: not found, in one line naming the newest and its date.
+    with pytest.raises(SnapshotNotFound) as error:
+        pick_snapshot([(ahead, True)], SnapshotRequest("latest", "latest"), now)
+    message = str(error.value)
+    assert "\n" not in message and "not dated in the future" in message
+    assert ahead.filename in message and "2026-01-03 03:00:00Z" in message
 
 
 def test_latest_of_no_regular_snapshot_raises() -> None:

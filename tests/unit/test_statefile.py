@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 from support import need
 
 from t3backupd.root import statefile
@@ -48,19 +49,67 @@ def test_no_state_directory_means_no_state_file() -> None:
         (b"[]", "expected keys"),
         (document({}, version=2), "version"),
         (document([]), "users: expected an object"),
-        (document({"alice": [1, 2]}), "expected [snapshots"),
-        (document({"alice": [-1, 1.0, 1]}), "out of range"),
-        (document({"alice": [True, 1.0, 1]}), "out of range"),
-        (document({"alice": [1, "1", 1]}), "out of range"),
-        (document({"alice": [1, NOW + 3 * 86400, 1]}), "out of range"),
-        (document({"alice": [1, 1.0, 1.5]}), "out of range"),
-        (b'{"version": 1, "dest": "/var/backups/t3-state", "users": {"a": [1, NaN, 1]}}',
-         "out of range"),
     ],
 )  # fmt: skip
 def test_hostile_content_is_refused_with_why(data: bytes, why: str) -> None:
     with pytest.raises(ValueError, match=why.replace("[", r"\[")):
         statefile.parse(data, DEST, NOW)
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        ([1, 2], "expected [snapshots, newest, bytes]"),
+        ({"count": 1}, "expected [snapshots, newest, bytes]"),
+        ([-1, 1.0, 1], "snapshots -1"),
+        ([True, 1.0, 1], "snapshots True"),
+        ([1, "1", 1], "newest '1'"),
+        ([1, NOW + 3 * 86400, 1], "in the future"),
+        ([1, -5.0, 1], "newest -5.0"),
+        ([1, 1.0, 1.5], "bytes 1.5"),
+        ([1, 1.0, 1 << 60], "bytes"),
+    ],
+)  # fmt: skip
+def test_a_bad_entry_drops_that_user_only_with_why(entry: object, why: str) -> None:
+    data = document({"alice": [1, 1.0, 1], "mallory": entry, "bob": [2, 2.0, 2]})
+    found, dropped = statefile.parse(data, DEST, NOW)
+    assert found == {"alice": (1, 1.0, 1), "bob": (2, 2.0, 2)}
+    assert list(dropped) == ["mallory"] and why in dropped["mallory"]
+
+
+def test_a_nan_entry_drops_that_user_only() -> None:
+    data = (b'{"version": 1, "dest": "/var/backups/t3-state", '
+            b'"users": {"a": [1, NaN, 1], "b": [1, 1.0, 1]}}')  # fmt: skip
+    found, dropped = statefile.parse(data, DEST, NOW)
+    assert found == {"b": (1, 1.0, 1)} and list(dropped) == ["a"]
+
+
+def test_load_logs_each_dropped_entry_once_naming_the_user(tmp_path: Path) -> None:
+    os.chmod(tmp_path, 0o755)
+    write_raw(tmp_path, document({"alice": [1, 1.0, 1], "mallory": [1, 4.1e9, 1]}))
+    with capture_logs() as logs:
+        found = statefile.load(str(tmp_path), DEST, ["alice", "mallory"])
+    assert found == {"alice": (1, 1.0, 1)}
+    dropped = [event for event in logs if event["event"] == "state file entry dropped"]
+    assert len(dropped) == 1
+    assert dropped[0]["user"] == "mallory" and "in the future" in dropped[0]["error"]
+    assert not [event for event in logs if event["event"] == "state file ignored"]
+
+
+def test_save_never_writes_what_load_would_refuse(tmp_path: Path) -> None:
+    # Before: a value far in the future was written, and the next start refused the
+    # whole file ("value out of range"): every user's last success was lost.
+    os.chmod(tmp_path, 0o755)
+    summaries = {"alice": (3, 1_700_000_000.0, 10), "mallory": (2, 4_070_908_800.0, 10)}
+    with capture_logs() as logs:
+        statefile.save(str(tmp_path), DEST, summaries)
+    assert [event["user"] for event in logs if event["event"] == "state file entry not saved"] \
+        == ["mallory"]  # fmt: skip
+    saved = json.loads((tmp_path / statefile.FILE_NAME).read_bytes())
+    assert set(saved["users"]) == {"alice"}
+    assert statefile.load(str(tmp_path), DEST, ["alice", "mallory"]) == {
+        "alice": (3, 1_700_000_000.0, 10)
+    }
 
 
 def write_raw(directory: Path, data: bytes, mode: int = 0o600) -> Path:
