@@ -29,9 +29,16 @@ VM_CUTS ?= 4
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 DEB_BUILD := $(CURDIR)/build/deb
 DEB := $(CURDIR)/build/t3backupd_$(VERSION)_all.deb
+# The Debian Maintainer (debian/control) and the changelog's signer come from this one
+# place, set at build time the way dch(1) and debmake read them: DEBFULLNAME and DEBEMAIL
+# (`make deb DEBFULLNAME="Jane Doe" DEBEMAIL=jane@example.org`, or in the environment).
+# packaging/debian carries the placeholder @DEB_MAINTAINER@; the defaults name the project.
+DEBFULLNAME ?= t3backupd contributors
+DEBEMAIL ?= maintainers@t3backupd.example
+export DEB_MAINTAINER := $(DEBFULLNAME) <$(DEBEMAIL)>
 
 .PHONY: help apt apt-deb apt-vm venv install test lint typecheck unit demo demo-clean bench \
-	bench-tools bench-history bench-pipeline man deb wheels test-systemd
+	bench-tools bench-history bench-pipeline man deb deb-source wheels test-systemd
 
 help:
 	@echo "make demo   - sandbox with a live T3-shaped database, daemon in the foreground"
@@ -137,18 +144,28 @@ wheels: install
 
 # A Debian package from this checkout (tracked and new files), built with debhelper in
 # build/deb/src, then checked with lintian (overrides explained in packaging/debian/).
-deb: apt-deb wheels
-	rm -rf $(DEB_BUILD)/src && mkdir -p $(DEB_BUILD)/src
-	git ls-files -z -co --exclude-standard | grep -zv '^build/' | xargs -0 tar -cf - | tar -xf - -C $(DEB_BUILD)/src
-	cp -r packaging/debian $(DEB_BUILD)/src/debian
+deb: apt-deb wheels deb-source
 	cp -r $(DEB_BUILD)/wheels $(DEB_BUILD)/src/wheels
-	test "$$(dpkg-parsechangelog -l packaging/debian/changelog -S Version)" = "$(VERSION)" \
-	  || { echo "packaging/debian/changelog: version is not $(VERSION) (pyproject.toml)" >&2; exit 1; }
 	cd $(DEB_BUILD)/src && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL dpkg-buildpackage -b -us -uc -rfakeroot > $(DEB_BUILD)/build.log 2>&1 \
 	  || { tail -40 $(DEB_BUILD)/build.log >&2; exit 1; }
 	mv $(DEB_BUILD)/t3backupd_$(VERSION)_all.deb $(DEB)
 	lintian --allow-root --fail-on error,warning --display-info $(DEB)
 	@echo "built $(DEB)"
+
+# The source tree dpkg-buildpackage builds from (build/deb/src): this checkout and
+# debian/ with the Maintainer filled in (DEBFULLNAME, DEBEMAIL above). No tools needed.
+deb-source:
+	@case "$(DEBFULLNAME)" in ""|*[\<\>]*) echo "DEBFULLNAME must be a name: '$(DEBFULLNAME)'" >&2; exit 2;; esac
+	@case "$(DEBEMAIL)" in *[\<\>\ ]*|*@*@*|@*|*@) echo "DEBEMAIL must be an address: '$(DEBEMAIL)'" >&2; exit 2;; *@*) ;; \
+	  *) echo "DEBEMAIL must be an address: '$(DEBEMAIL)'" >&2; exit 2;; esac
+	rm -rf $(DEB_BUILD)/src && mkdir -p $(DEB_BUILD)/src
+	git ls-files -z -co --exclude-standard | grep -zv '^build/' | xargs -0 tar -cf - | tar -xf - -C $(DEB_BUILD)/src
+	cp -r packaging/debian $(DEB_BUILD)/src/debian
+	perl -pi -e 's/\@DEB_MAINTAINER\@/$$ENV{DEB_MAINTAINER}/g' \
+	  $(DEB_BUILD)/src/debian/control $(DEB_BUILD)/src/debian/changelog
+	test "$$(dpkg-parsechangelog -l $(DEB_BUILD)/src/debian/changelog -S Version)" = "$(VERSION)" \
+	  || { echo "packaging/debian/changelog: version is not $(VERSION) (pyproject.toml)" >&2; exit 1; }
+	test "$$(dpkg-parsechangelog -l $(DEB_BUILD)/src/debian/changelog -S Maintainer)" = "$$DEB_MAINTAINER"
 
 # The .deb under a real systemd: Debian 12 in qemu (KVM if it boots here, else TCG), image
 # cached in /var/tmp/t3backupd-vm; every guest check prints a PASS/FAIL line (tests/vm/).

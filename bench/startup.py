@@ -133,7 +133,16 @@ def one_start(python: str, config: Path, directory: Path) -> dict[str, float | N
     environment["NOTIFY_SOCKET"] = notify.path
     started = time.perf_counter()
     process = subprocess.Popen(
-        [python, "-I", "-m", "t3backupd", "-c", str(config), "run"],
+        [
+            python,
+            "-I",
+            "-m",
+            "t3backupd",
+            "-c",
+            str(config),
+            "run",
+            *([] if os.geteuid() == 0 else ["--unprivileged"]),
+        ],
         env=environment,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -28,7 +28,7 @@ from t3backupd.core.naming import is_valid_label, parse_name
 from t3backupd.core.protocol import Report, SnapshotInfo, VerifyResult
 from t3backupd.core.selection import parse_snapshot_request
 from t3backupd.core.usermap import NOT_ROOT_REASON, Problem, User
-from t3backupd.root.log import configure_logging
+from t3backupd.root.log import configure_logging, get_logger, is_journal_stream
 from t3backupd.root.passes import (
     future_dated,
     inventory_user,
@@ -45,7 +45,7 @@ from t3backupd.root.restore import (
     restore_to,
     skipped_note,
 )
-from t3backupd.root.served import Served, load_served, log_problems
+from t3backupd.root.served import Served, load_served, log_problems, nobody_served, own_name
 from t3backupd.root.spawn import running_as_root
 from t3backupd.root.usage import DIR_SIZES, destination_space, human
 
@@ -145,7 +145,9 @@ DOCS: dict[str, CommandDoc] = {
     "run": CommandDoc(
         "run the daemon in the foreground (for systemd)",
         "Run the daemon in the foreground (systemd Type=notify): scheduled passes, "
-        "metrics endpoint, SIGHUP reloads, SIGUSR1 runs a pass now, SIGTERM stops.",
+        "metrics endpoint, SIGHUP reloads, SIGUSR1 runs a pass now, SIGTERM stops. "
+        "Runs as root (each worker switches to its user); a user who is not root is "
+        "refused, before anything starts, unless --unprivileged says they mean it.",
         ("0  clean stop", "1  workers did not stop within the 30 s grace",
          "2  invalid config at start"),
     ),
@@ -271,7 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 1 if a usermap line is skipped or a warning is printed",
     )
-    command("run")
+    run = command("run")
+    run.add_argument(
+        "--unprivileged",
+        action="store_true",
+        help="as a user who is not root: serve only your own usermap entry (the demo, "
+        "tests, a single-user install); no effect as root",
+    )
 
     verify = command("verify")
     users_option(verify, "every served user")
@@ -371,23 +379,34 @@ def load_context(
     """Config + resolved users (the daemon's loader). Reports each skipped usermap line
     once: as a log event when events are on, else as a human line on stderr.
 
-    An unreadable usermap means zero users and one error line, as the legacy script
-    behaved; with `strict_usermap` (check-config) it is a ConfigError.
-    Raises ConfigError if the config is invalid.
+    A usermap that serves nobody is one warning (when the command would serve every
+    user; with --user the "not a served user" error says it). The exit status stays
+    what the command decides, 0 for snapshot, list, verify and offsite sync with no
+    users: an empty usermap is a state the operator can choose (every user moved off
+    the host, a host being set up), and cron jobs and scripts must not fail on it; the
+    warning says it on every run and the daemon's T3BackupNoUsers alert pages on it.
+    check-config (`strict_usermap`) prints all of this in its own result.
+    Raises ConfigError if the config is invalid or the usermap is missing or unreadable.
     """
-    served = load_served(resolve_config_path(args.config), usermap_optional=not strict_usermap)
+    served = load_served(resolve_config_path(args.config))
     fmt, level = log_settings(args, served.config)
     configure_logging(fmt, level)
+    if strict_usermap:
+        return served.config, list(served.users), list(served.problems)
+    nobody = nobody_served(served.config, served.users) if not getattr(args, "user", None) else None
     if events_on(args):
         log_problems(served)
-    elif not strict_usermap:  # check-config prints them in its own result
+        if nobody is not None:
+            get_logger().warning("usermap serves no user", usermap=served.config.usermap,
+                                 detail=nobody)  # fmt: skip
+    else:
         _print_problems(served)
+        if nobody is not None:
+            sys.stderr.write(f"t3backupd: warning: {nobody}\n")
     return served.config, list(served.users), list(served.problems)
 
 
 def _print_problems(served: Served) -> None:
-    if served.usermap_error:
-        sys.stderr.write(f"t3backupd: {served.usermap_error}\n")
     for problem in served.problems:
         # Run as a user for themselves, the other users' lines are expected, not news.
         if problem.reason != NOT_ROOT_REASON:
@@ -401,28 +420,13 @@ def select_users(users: Sequence[User], wanted: Sequence[str], config: Config) -
     by_name = {user.name: user for user in users}
     unknown = [name for name in wanted if name not in by_name]
     if unknown:
-        if not running_as_root() and unknown[0] != _own_name():
+        if not running_as_root() and unknown[0] != own_name():
             raise UsageError(
-                f"user {unknown[0]!r}: not root, so only your own backups ({_own_name()}) "
+                f"user {unknown[0]!r}: not root, so only your own backups ({own_name()}) "
                 "can be served; run as root"
             )
         raise UsageError(f"user {unknown[0]!r} is not a served user in {config.usermap}")
     return [by_name[name] for name in dict.fromkeys(wanted)]
-
-
-def _own_name() -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return str(os.geteuid())
-
-
-def no_users_line(config: Config) -> str:
-    if running_as_root():
-        return f"no served users in {config.usermap}"
-    return f"no served users: {_own_name()} is not a user in {config.usermap} (or run as root)"
 
 
 def require_dest(config: Config) -> None:
@@ -446,8 +450,7 @@ def command_snapshot(args: argparse.Namespace) -> int:
     out = Output(args.quiet)
     selected = select_users(users, args.user, config)
     if not selected:
-        out.result(f"no users to back up ({no_users_line(config)})")
-        return EXIT_OK
+        return EXIT_OK  # load_context warned: the usermap serves no user
     results = run_pass(config, selected, label=args.label)
     for result in results:
         report = result.report
@@ -551,8 +554,6 @@ def command_list(args: argparse.Namespace) -> int:
         }
         print(json.dumps(payload, indent=2))
         return status
-    if not selected:
-        out.result(no_users_line(config))
     for user, report in documents:
         failure = _failure_text(report)
         if failure is not None:
@@ -615,6 +616,9 @@ def command_check_config(args: argparse.Namespace) -> int:
     unit, texts = installed_unit()
     writable = writable_paths(texts) if texts else list(DEFAULT_WRITABLE)
     warnings = warnings_for(config, users, unit, writable)
+    nobody = nobody_served(config, users)
+    if nobody is not None:
+        warnings.append(nobody)
     for warning in warnings:
         out.problem(f"warning: {warning}")
     # Imported here: APScheduler (behind the scheduler) is for `run` and this listing
@@ -682,8 +686,6 @@ def command_verify(args: argparse.Namespace) -> int:
         }
         print(json.dumps(payload, indent=2))
         return EXIT_FAILED if failed_run else EXIT_OK
-    if not selected:
-        out.result(no_users_line(config))
     for user, report in reports:
         if report.status == "failed":
             out.problem(f"{user.name}: cannot verify: {report.reason}: {report.message}")
@@ -814,6 +816,13 @@ def command_adopt(args: argparse.Namespace) -> int:
 
 
 def command_run(args: argparse.Namespace) -> int:
+    if not running_as_root() and not args.unprivileged:
+        # Before the config is read: nothing binds the metrics port or runs a pass. A
+        # daemon started by mistake as a user would serve nobody else, every minute.
+        raise UsageError(
+            f"run must run as root (its workers switch to each user), not as {own_name()}; "
+            "to serve only your own backups, run --unprivileged"
+        )
     # Imported here: the daemon's scheduler and HTTP server are for `run` only.
     from t3backupd.root import daemon
 
@@ -904,5 +913,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except T3BackupError as error:
-        sys.stderr.write(f"t3backupd: {error}\n")
+        # On systemd's journal stream (a refused `run`), at err like the daemon's errors.
+        priority = "<3>" if is_journal_stream(sys.stderr) else ""
+        sys.stderr.write(f"{priority}t3backupd: {error}\n")
         return error.exit_code

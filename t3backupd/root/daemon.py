@@ -51,7 +51,7 @@ from t3backupd.root.scheduler import (
     should_catch_up,
     trigger_for,
 )
-from t3backupd.root.served import Served, load_served, log_problems
+from t3backupd.root.served import Served, load_served, log_problems, nobody_served
 from t3backupd.root.spawn import ProcessTracker
 from t3backupd.root.usage import DestinationCollector
 from t3backupd.root.watch import DestWatch
@@ -177,7 +177,8 @@ class Daemon:
         STATUS, retried, and the backups run."""
         self._install_signal_handlers()
         served = self._served
-        log_problems(served)  # an unreadable usermap: zero users until a reload reads it
+        log_problems(served)
+        self._warn_if_nobody(served)
         names = [user.name for user in served.users]
         self._metrics.set_users(names)
         self._watch.prime()
@@ -498,6 +499,7 @@ class Daemon:
         if old.config.log != new.config.log:
             configure_logging(new.config.log.format, new.config.log.level)
         log_problems(new)
+        self._warn_if_nobody(new)
         if schedule_key(old.config.schedule) != schedule_key(new.config.schedule):
             self._scheduler.reschedule_job(JOB_ID, trigger=trigger)
             self._publish_schedule_interval(new.config)
@@ -533,6 +535,14 @@ class Daemon:
         changes = "; ".join(describe_changes(old, new))
         self._log.info("reloaded", changes=changes, users=len(new.users))
         self._notifier.send("READY=1", status_line(f"reloaded ({changes}); {self._status()}"))
+
+    def _warn_if_nobody(self, served: Served) -> None:
+        """One warning when the usermap serves no user (t3backup_users 0: the
+        T3BackupNoUsers alert)."""
+        nobody = nobody_served(served.config, served.users)
+        if nobody is not None:
+            self._log.warning("usermap serves no user", usermap=served.config.usermap,
+                              detail=nobody)  # fmt: skip
 
     def _start_endpoint(self, settings: MetricsConfig) -> None:
         """Serve /metrics on the sockets systemd passed (t3backupd.socket), else on
@@ -590,13 +600,12 @@ class Daemon:
     def _status(self) -> str:
         running = "; pass running" if self._gate.locked() else ""
         served = self._served
-        unreadable = f" ({served.usermap_error})" if served.usermap_error else ""
         pending = len(self._metrics.pending())
         listing = f"; listing snapshots of {pending} user(s)" if pending else ""
         problem = self._endpoint.problem
         endpoint = f"; METRICS NOT SERVED: {problem} (retrying)" if problem else ""
         return (
-            f"{len(served.users)} user(s){unreadable}; next pass "
+            f"{len(served.users)} user(s); next pass "
             f"{_format_time(self._next_run_time())}; last pass: {self._previous_result}"
             f"{running}{listing}{endpoint}"
         )
@@ -639,9 +648,9 @@ class Daemon:
 def run(config_path: Path) -> int:
     """`t3backupd run`: serve until stopped. Returns the exit status.
 
-    Raises ConfigError if the config is invalid or metrics cannot be served (an unreadable
-    usermap at start means zero users and an error line; a reload then reads it).
+    Raises ConfigError if the config is invalid, the usermap is missing or unreadable
+    (nothing has started then: no port bound, no pass), or metrics cannot be served.
     """
-    served = load_served(config_path, usermap_optional=True)
+    served = load_served(config_path)
     configure_logging(served.config.log.format, served.config.log.level)
     return Daemon(config_path, served, Notifier.from_environment()).serve()

@@ -7,6 +7,8 @@ same things.
 from __future__ import annotations
 
 import os
+import pwd
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +27,13 @@ class Served:
     config: Config
     users: tuple[User, ...]
     problems: tuple[Problem, ...]
-    usermap_error: str = ""  # why the usermap could not be read ("" = it was read)
 
 
-def load_served(path: Path, *, usermap_optional: bool = False) -> Served:
+def load_served(path: Path) -> Served:
     """Read config and usermap. Raises ConfigError if the config is invalid or unreadable,
-    and if the usermap is unreadable unless `usermap_optional` (then zero users, and
-    `usermap_error` says why: the legacy script backed up nobody and said so)."""
+    or if the usermap is missing or unreadable: for every command and for the daemon (at
+    start; a reload keeps the old one). The legacy script backed up nobody and exited 0
+    then (issue 21): a typo in `usermap` must never look like a green run."""
     config = load_config(path, reader=_read_config)
     for key, tls_path in (("metrics.tls_cert", config.metrics.tls_cert),
                           ("metrics.tls_key", config.metrics.tls_key)):  # fmt: skip
@@ -52,9 +54,7 @@ def load_served(path: Path, *, usermap_optional: bool = False) -> Served:
         raise ConfigError(config.usermap, [f"usermap refused: {error}"]) from None
     except OSError as error:
         reason = f"usermap unreadable: {error.strerror or error}"
-        if not usermap_optional:
-            raise ConfigError(config.usermap, [reason]) from None
-        return Served(config, (), (), usermap_error=f"{config.usermap}: {reason}")
+        raise ConfigError(config.usermap, [reason]) from None
     return Served(config, tuple(users), tuple(problems))
 
 
@@ -71,10 +71,8 @@ def _read_usermap(path: str) -> str:
 
 
 def log_problems(served: Served) -> None:
-    """One log line per skipped usermap line, and one if the usermap was unreadable."""
+    """One log line per skipped usermap line."""
     log = get_logger()
-    if served.usermap_error:
-        log.error("usermap unreadable", usermap=served.config.usermap, error=served.usermap_error)
     for problem in served.problems:
         # Run by a user for themselves, the other users' lines are expected: debug only.
         (log.debug if problem.reason == NOT_ROOT_REASON else log.warning)(
@@ -84,3 +82,22 @@ def log_problems(served: Served) -> None:
             name=problem.name,
             reason=problem.reason,
         )
+
+
+def nobody_served(config: Config, users: Sequence[User]) -> str | None:
+    """The one warning for a usermap that was read but serves no user (empty, only
+    comments, every line skipped; run by a user, none of its lines theirs), else None."""
+    if users:
+        return None
+    usermap = config.usermap
+    if running_as_root():
+        return f"usermap {usermap} serves no user (empty, only comments, or every line skipped)"
+    return f"usermap {usermap} serves no user: {own_name()} is not in it (or run as root)"
+
+
+def own_name() -> str:
+    """The login name of the effective uid (the uid itself if it has none)."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())

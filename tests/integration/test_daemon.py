@@ -8,6 +8,7 @@ import itertools
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -300,26 +301,35 @@ def test_reload_moving_dest_restores_every_users_metrics_from_the_new_dest(site:
     assert sample(after, "t3backup_last_success_timestamp_seconds", user=user.name) == taken
 
 
-def error_lines(running: Running, fragment: str) -> list[dict[str, object]]:
-    lines = [json.loads(line) for line in running.log_text().splitlines() if line.startswith("{")]
-    return [line for line in lines if line.get("level") == "error" and fragment in str(line)]
+def test_missing_usermap_at_start_is_one_line_and_exit_2_before_serving(site: Site) -> None:
+    user = site.add_user()
+    site.write([user])
+    (site.root / "usermap").unlink()
+    with daemon(site, wait_ready=False) as running:
+        assert running.process.wait(START_TIMEOUT) == 2, running.log_text()
+    lines = running.log_text().strip().splitlines()
+    assert lines == [
+        f"t3backupd: {site.root / 'usermap'}: usermap unreadable: No such file or directory"
+    ]
+    assert running.notify.messages == []  # never READY, never a STATUS
+    with socket.socket() as probe:  # the metrics port was never bound
+        probe.bind(("127.0.0.1", site.port))
 
 
-def test_missing_usermap_at_start_means_zero_users_and_one_error_line(site: Site) -> None:
+def test_usermap_serving_nobody_at_start_is_zero_users_and_one_warning(site: Site) -> None:
     user = site.add_user()
     site.write([user])
     usermap = site.root / "usermap"
     kept = usermap.read_text()
-    usermap.unlink()
-    with daemon(site, wait_ready=False) as running:
-        ready = running.notify.messages[running.notify.wait_field("READY", "1")]
-        assert running.process.poll() is None, running.log_text()
-        status = ready.fields["STATUS"]
-        assert "0 user(s)" in status and "usermap unreadable" in status
+    usermap.write_text("# nobody yet\n")
+    with daemon(site) as running:
         text = scrape(site.port)
-        assert sample(text, "t3backup_users") == 0
+        assert sample(text, "t3backup_users") == 0  # T3BackupNoUsers fires on this
         assert sample(text, "t3backup_config_last_reload_successful") == 1
-        assert len(error_lines(running, "usermap unreadable")) == 1
+        events = [json.loads(line) for line in running.log_text().splitlines()
+                  if line.startswith("{")]  # fmt: skip
+        warnings = [e for e in events if e["event"] == "usermap serves no user"]
+        assert [e["level"] for e in warnings] == ["warning"]
         usermap.write_text(kept)  # the operator fixes it and reloads
         assert f"users added: {user.name}" in reload(running)
         fixed = scrape(site.port)

@@ -188,6 +188,7 @@ def test_unit_runs_the_installed_daemon_as_a_notify_service() -> None:
     ]
     assert service_values("ExecReload") == ["/bin/kill -HUP $MAINPID"]
     assert service_values("Restart") == ["on-failure"]
+    assert service_values("RestartPreventExitStatus") == ["2"]  # a refused start stays failed
     assert service_values("WatchdogSec"), "the daemon sends WATCHDOG=1; systemd must expect it"
 
 

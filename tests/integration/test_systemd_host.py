@@ -167,22 +167,25 @@ def journal_env(path: Path) -> str:
 
 
 def test_daemon_lines_carry_syslog_priority_only_on_the_journal_stream(site: Site) -> None:
-    site.write([], extra="")
-    site.config.write_text(site.config.read_text().replace(str(site.root / "usermap"),
-                                                           str(site.root / "missing")))  # fmt: skip
+    site.write([], extra="")  # a usermap serving nobody: a warning at start
     log = site.root / "daemon.log"
     log.write_bytes(b"")  # start_daemon reopens this inode: JOURNAL_STREAM can name it
     os.environ["JOURNAL_STREAM"] = journal_env(log)
     try:
         with daemon(site) as running:
-            pass
+            (site.root / "usermap").unlink()  # a reload refused: an error
+            mark = len(running.notify.messages)
+            running.signal(signal.SIGHUP)
+            running.notify.wait_field("READY", "1", after=mark)
     finally:
         del os.environ["JOURNAL_STREAM"]
     lines = [line for line in running.log_text().splitlines() if line]
     assert lines and all(line[:3] in ("<3>", "<4>", "<6>", "<7>") for line in lines), lines
     by_level = {json.loads(line[3:])["level"]: line[:3] for line in lines}
-    assert by_level["error"] == "<3>"  # usermap unreadable
+    assert by_level["error"] == "<3>"  # reload refused: usermap unreadable
+    assert by_level["warning"] == "<4>"  # usermap serves no user
     assert by_level["info"] == "<6>"
+    site.write([], extra="")
     # Inherited JOURNAL_STREAM, stderr elsewhere (a redirect): no prefixes.
     other = site.root / "other"
     other.write_bytes(b"")
@@ -194,6 +197,24 @@ def test_daemon_lines_carry_syslog_priority_only_on_the_journal_stream(site: Sit
         del os.environ["JOURNAL_STREAM"]
     lines = [line for line in running.log_text().splitlines() if line]
     assert lines and all(line.startswith("{") for line in lines), lines
+
+
+def test_a_start_refused_for_a_missing_usermap_is_one_line_at_err_on_the_journal(
+    site: Site,
+) -> None:
+    site.write([], extra="")
+    (site.root / "usermap").unlink()
+    log = site.root / "daemon.log"
+    log.write_bytes(b"")
+    os.environ["JOURNAL_STREAM"] = journal_env(log)
+    try:
+        with daemon(site, wait_ready=False) as running:
+            assert running.process.wait(60) == 2
+    finally:
+        del os.environ["JOURNAL_STREAM"]
+    assert running.log_text().splitlines() == [
+        f"<3>t3backupd: {site.root / 'usermap'}: usermap unreadable: No such file or directory"
+    ]
 
 
 # --- fix 1: dest on a fresh host ----------------------------------------------------------

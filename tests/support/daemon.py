@@ -199,6 +199,10 @@ def inventory_done(message: Message) -> bool:
     return status is not None and "listing snapshots" not in status
 
 
+# As a user who is not root the daemon runs only when asked to (`run --unprivileged`).
+RUN_AS_ME: tuple[str, ...] = () if IS_ROOT else ("--unprivileged",)
+
+
 @dataclass
 class Running:
     process: subprocess.Popen[bytes]
@@ -252,7 +256,17 @@ def start_daemon(
     environment.update(env or {})
     with log.open("wb") as log_file:
         process = subprocess.Popen(
-            [*(command or []), PYTHON, "-I", "-m", "t3backupd", "-c", str(config), "run"],
+            [
+                *(command or []),
+                PYTHON,
+                "-I",
+                "-m",
+                "t3backupd",
+                "-c",
+                str(config),
+                "run",
+                *RUN_AS_ME,
+            ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=environment,

@@ -121,6 +121,19 @@ phase_main() {
     apt-get install -y -q /root/t3backupd_*.deb > /root/apt-install.log 2>&1
     st=$?
     verdict "apt install ./t3backupd_*.deb (offline)" "$(since "$t0") s"
+    # No usermap yet: the start is refused (exit 2, one err line naming it), not retried.
+    sleep 6  # longer than RestartSec: a restart loop would have begun
+    [ "$(systemctl is-active t3backupd)" = failed ] \
+        && [ "$(systemctl show -P ExecMainStatus t3backupd)" = 2 ] \
+        && [ "$(systemctl show -P NRestarts t3backupd)" = 0 ] \
+        && [ "$(systemctl is-enabled t3backupd)" = enabled ]
+    st=$?
+    verdict "fresh host without a usermap: start refused (failed, exit 2, not restarted)"
+    journalctl -u t3backupd -p err -o cat -q | grep -q '/etc/ttyd-user-map: usermap unreadable'
+    st=$?
+    verdict "journal priority: the refused start's one line names the usermap, at err (journalctl -p err)"
+    echo "# sso-name=unix-user, one per line" > /etc/ttyd-user-map
+    systemctl restart t3backupd
     status=$(systemctl is-active t3backupd)
     ready=$($PY -c "import sys; a, b = map(int, sys.argv[1:]); print(f'{(b - a) / 1e6:.2f}')" \
         "$(systemctl show -P InactiveExitTimestampMonotonic t3backupd)" \
@@ -128,11 +141,10 @@ phase_main() {
     [ "$status" = active ] && [ "$(stat -c '%a %U' "$DEST")" = "755 root" ] \
         && [ -n "$(systemctl show -P StatusText t3backupd)" ] && [ "$(systemctl is-enabled t3backupd)" = enabled ]
     st=$?
-    verdict "started on a fresh host (enabled, active, dest 0755 root, Status: line)" "READY ${ready} s after start"
-    # journalctl -p: priorities reach the journal (the usermap is missing: one error line)
-    journalctl -u t3backupd -p err -o cat -q | grep -q '"usermap unreadable'
+    verdict "started with a usermap serving nobody (enabled, active, dest 0755 root, Status: line)" "READY ${ready} s after start"
+    journalctl -u t3backupd -p warning -o cat -q | grep -q '"usermap serves no user'
     st=$?
-    verdict "journal priority: 'usermap unreadable' is at err (journalctl -p err)"
+    verdict "journal priority: 'usermap serves no user' is at warning (journalctl -p warning)"
 
     # --- users, a live WAL, reload adding users -----------------------------------------
     for user in "${USERS[@]}"; do useradd --create-home --shell /usr/sbin/nologin "$user"; done

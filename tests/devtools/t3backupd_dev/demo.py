@@ -201,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_serve or status != 0:
             return status
         _say(f"the daemon, every minute; metrics at http://{args.listen}/metrics (Ctrl-C stops)")
-        daemon = subprocess.Popen([*cli, "run"])
+        # Not root: the daemon serves only this user's entry, and must be told so.
+        unprivileged = [] if os.geteuid() == 0 else ["--unprivileged"]
+        daemon = subprocess.Popen([*cli, "run", *unprivileged])
         try:
             return daemon.wait()
         except KeyboardInterrupt:
