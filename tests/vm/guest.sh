@@ -122,7 +122,13 @@ phase_main() {
     st=$?
     verdict "apt install ./t3backupd_*.deb (offline)" "$(since "$t0") s"
     # No usermap yet: the start is refused (exit 2, one err line naming it), not retried.
-    sleep 6  # longer than RestartSec: a restart loop would have begun
+    # Under TCG the refused start itself can take a while: wait until it has settled,
+    # then longer than RestartSec, so a restart loop would have begun.
+    for _ in $(seq 1 120); do
+        [ "$(systemctl is-active t3backupd)" = activating ] || break
+        sleep 1
+    done
+    sleep 7
     [ "$(systemctl is-active t3backupd)" = failed ] \
         && [ "$(systemctl show -P ExecMainStatus t3backupd)" = 2 ] \
         && [ "$(systemctl show -P NRestarts t3backupd)" = 0 ] \
