@@ -37,6 +37,8 @@ from t3backupd.root.spawn import (
 TIMEOUT_SLACK_SECONDS = 10.0
 # Joins poll, so Ctrl-C reaches the CLI's main thread while workers run.
 JOIN_POLL_SECONDS = 0.2
+# After a stop, how long the runner threads get to finish what they were doing.
+RUNNER_STOP_SECONDS = 2.0
 
 
 # Jobs that may create `<dest>` and `<dest>/<user>`; every other job only looks.
@@ -209,5 +211,10 @@ def run_for_users(
                 pids=[process.pid for process in left],
                 message="blocked in the kernel past SIGKILL: left to exit on their own",
             )
+        # A runner between two steps (making `<dest>`, then chmod) must finish them before
+        # the process exits: nothing is launched any more, so each ends at once.
+        deadline = time.monotonic() + RUNNER_STOP_SECONDS
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
         raise
     return [result for result in results if result is not None]

@@ -11,6 +11,7 @@ import errno
 import os
 import select
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -131,8 +132,9 @@ def ensure_dest_root(dest: str) -> None:
         info = os.fstat(fd)
         if info.st_uid != os.geteuid():
             raise DirectoryRefused(f"{dest} is owned by uid {info.st_uid}, not by us")
-        if created:
-            # <dest> is 0755 (workers traverse it); mkdir honoured the umask.
+        if created or stat.S_IMODE(info.st_mode) == 0o700:
+            # <dest> is 0755 (workers traverse it); mkdir honoured the umask. 0700 is how we
+            # create it: a run that ended between the mkdir and this chmod left it so.
             os.fchmod(fd, 0o755)
             info = os.fstat(fd)
         if info.st_mode & 0o022:

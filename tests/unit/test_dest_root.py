@@ -39,3 +39,12 @@ def test_a_group_writable_dest_is_refused(tmp_path: Path) -> None:
     dest.chmod(0o775)
     with pytest.raises(DirectoryRefused, match="writable"):
         ensure_dest_root(str(dest))
+
+
+def test_a_dest_left_0700_by_an_interrupted_creation_is_finished(tmp_path: Path) -> None:
+    # ensure_dest_root makes <dest> 0700, checks it, then chmods it 0755: a run that ended
+    # in between (a CLI exiting on Ctrl-C) left it 0700, and every worker locked out.
+    dest = tmp_path / "dest"
+    dest.mkdir(mode=0o700)
+    ensure_dest_root(str(dest))
+    assert mode(dest) == 0o755
