@@ -54,23 +54,11 @@ def wait_sample(site: Site, name: str, wanted: float, timeout: float = 30) -> st
     return text
 
 
-def events(running: Running, name: str) -> list[dict[str, object]]:
-    found = []
-    for line in running.log_text().splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and event.get("event") == name:
-            found.append(event)
-    return found
-
-
 def wait_restored(running: Running, timeout: float = 60) -> None:
     """Until the daemon's start-up listing of the repository has ended: `restic check`
     needs the repository's exclusive lock, which a listing holds off."""
     deadline = time.monotonic() + timeout
-    while not events(running, "offsite metrics restored"):
+    while not running.events("offsite metrics restored"):
         assert time.monotonic() < deadline, running.log_text()[-2000:]
         time.sleep(0.2)
 
@@ -95,7 +83,7 @@ def test_a_cli_check_is_recorded_and_served_from_the_first_scrape_of_a_later_dae
         # The oldest copy comes from the repository's listing, in the background.
         newest = snapshot_times(site, site.users[0])[-1][1]
         assert sample(wait_sample(site, OLDEST, newest), OLDEST) == newest
-        assert events(running, "offsite check record ignored") == []
+        assert running.events("offsite check record ignored") == []
 
 
 def test_a_cli_check_while_the_daemon_runs_reaches_its_metrics_without_a_restart(
@@ -140,7 +128,7 @@ def test_a_planted_bad_check_record_is_ignored_with_one_warning(
         time.sleep(5)  # the daemon looks at the record every 2 s: it may warn only once
         text = scrape(site.port)
         assert sample(text, LAST_CHECK) == 0
-        ignored = events(running, "offsite check record ignored")
+        ignored = running.events("offsite check record ignored")
         assert len(ignored) == 1, ignored
         assert ignored[0]["path"] == str(planted)
         # The next check replaces it with a good record, which the daemon then serves.
@@ -148,4 +136,4 @@ def test_a_planted_bad_check_record_is_ignored_with_one_warning(
         check(config)
         passed = json.loads(planted.read_text())["last_passed"]
         assert sample(wait_sample(site, LAST_CHECK, passed), LAST_CHECK) == passed
-        assert len(events(running, "offsite check record ignored")) == 1
+        assert len(running.events("offsite check record ignored")) == 1
