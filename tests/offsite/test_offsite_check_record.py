@@ -26,12 +26,14 @@ FAILURES = "t3backup_offsite_check_failures_total"
 OLDEST = "t3backup_offsite_oldest_copy_timestamp_seconds"
 
 
-def offsite_site(site: Site, backend: Backend, upload: bool = True) -> tuple[Path, Path]:
+def offsite_site(
+    site: Site, backend: Backend, upload: bool = True, check_cron: str = "45 5 * * 0"
+) -> tuple[Path, Path]:
     """`site` with one user and [offsite] on `backend`, initialised (and with one copy
     uploaded); returns the config and the password file."""
     user = site.add_user()
     password = password_file(site.root)
-    extra = offsite_section(backend, password, site.root / "cache", None)
+    extra = offsite_section(backend, password, site.root / "cache", None, check_cron=check_cron)
     config = site.write([user], extra=extra)
     for command in (["offsite", "init"], ["snapshot"], ["offsite", "sync"])[: 3 if upload else 1]:
         result = t3backupd(config, *command)
@@ -137,3 +139,22 @@ def test_a_planted_bad_check_record_is_ignored_with_one_warning(
         passed = json.loads(planted.read_text())["last_passed"]
         assert sample(wait_sample(site, LAST_CHECK, passed), LAST_CHECK) == passed
         assert len(running.events("offsite check record ignored")) == 1
+
+
+def test_the_daemons_own_check_is_recorded_and_served_by_the_next_daemon(
+    site: Site, local_backend: Backend
+) -> None:
+    _, password = offsite_site(site, local_backend, check_cron="* * * * *")
+    path = site.root / "cache" / RECORD
+    with daemon(site) as running:
+        deadline = time.monotonic() + 150
+        while not running.events("offsite check", status="ok"):
+            assert time.monotonic() < deadline, running.log_text()[-2000:]
+            time.sleep(0.5)
+        record = json.loads(path.read_text())
+        assert record["last_ok"] is True and record["failures"] == 0
+        assert sample(scrape(site.port), LAST_CHECK) == record["last_passed"] > 0
+    # The next daemon checks weekly only: what it serves is what the first one recorded.
+    site.write(site.users, extra=offsite_section(local_backend, password, site.root / "cache"))
+    with daemon(site):
+        assert sample(scrape(site.port), LAST_CHECK) == record["last_passed"]
