@@ -130,7 +130,8 @@ DOCS: dict[str, CommandDoc] = {
         "(a worker as the user streams them; the engine, run by root with the password, "
         "stores them) and applies the offsite retention per user; offsite check runs restic "
         "check --read-data-subset (or borg check) and a restore drill of each user's newest "
-        "copy. list --offsite "
+        "copy, and records its time and result in offsite.cache_dir, which the daemon "
+        "serves (t3backup_offsite_last_check_timestamp_seconds). list --offsite "
         "and restore --from offsite read the repository.",
         ("0  done for every user", "1  the repository or a user's upload or drill failed"),
     ),

@@ -164,19 +164,26 @@ def save(directory: str | None, dest: str, summaries: Mapping[str, Summary]) -> 
         try:
             dir_fd = _open_dir(directory)
             try:
-                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)  # fmt: skip
-                try:
-                    with os.fdopen(fd, "wb") as file:
-                        file.write(data)
-                        file.flush()
-                        os.fsync(file.fileno())
-                    os.rename(temp, FILE_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                except BaseException:
-                    os.unlink(temp, dir_fd=dir_fd)
-                    raise
+                replace_file(dir_fd, FILE_NAME, temp, data)
             finally:
                 os.close(dir_fd)
         except (OSError, ValueError) as error:
             text = str(error.strerror or error) if isinstance(error, OSError) else str(error)
             get_logger().warning("state file not written", directory=directory, error=text)
+
+
+def replace_file(dir_fd: int, name: str, temp: str, data: bytes) -> None:
+    """Replace `name` in the open directory `dir_fd` with `data` atomically: a new 0600
+    file `temp` (O_EXCL, never through a link), fsync, rename over `name`. Raises OSError
+    (the temp file removed)."""
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600, dir_fd=dir_fd)  # fmt: skip
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        os.unlink(temp, dir_fd=dir_fd)
+        raise

@@ -79,15 +79,7 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path) 
 
 
 def offsite_statuses(running: Running, user: str) -> list[str]:
-    found = []
-    for line in running.log_text().splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if event.get("event") == "offsite" and event.get("user") == user:
-            found.append(str(event.get("status")))
-    return found
+    return [str(event.get("status")) for event in running.events("offsite", user=user)]
 
 
 def run_pass(running: Running, user: str, log: Path) -> str:

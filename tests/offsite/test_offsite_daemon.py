@@ -5,7 +5,6 @@ coming back (backfill by the next pass)."""
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import Iterator
@@ -28,15 +27,7 @@ def s3(sandbox: Path) -> Iterator[Backend]:
 
 
 def offsite_events(running: Running, user: str) -> list[dict[str, object]]:
-    events = []
-    for line in running.log_text().splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if event.get("event") == "offsite" and event.get("user") == user:
-            events.append(event)
-    return events
+    return running.events("offsite", user=user)
 
 
 def wait_offsite(running: Running, user: str, count: int, timeout: float = 120) -> dict:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -212,6 +213,21 @@ class Running:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def events(self, name: str, **fields: object) -> list[dict[str, object]]:
+        """The daemon's JSON log events named `name` (with these field values), in order."""
+        found = []
+        for line in self.log_text().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            wanted = {"event": name, **fields}
+            if isinstance(event, dict) and all(
+                event.get(key) == value for key, value in wanted.items()
+            ):
+                found.append(event)
+        return found
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)

@@ -1,5 +1,5 @@
 """Offsite copies: the engine interface (`engine`), restic (`restic`), borg (`borg`), the
-lane (`lane`)."""
+lane (`lane`), the check-plus-drill (`checks`) and root's record of checks (`checkrecord`)."""
 
 from __future__ import annotations
 

@@ -16,8 +16,9 @@ from t3backupd.core.selection import parse_snapshot_request
 from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
 from t3backupd.root.offsite import make_engine
+from t3backupd.root.offsite.checks import check_and_record
 from t3backupd.root.offsite.engine import OffsiteError, OffsiteSnapshot
-from t3backupd.root.offsite.lane import choose_copy, drill_user, run_offsite_pass, stream_restore
+from t3backupd.root.offsite.lane import choose_copy, run_offsite_pass, stream_restore
 from t3backupd.root.restore import AtMoment, StreamedCopy, chosen_at
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -61,23 +62,16 @@ def sync(config: Config, users: Sequence[User]) -> int:
 
 def check(config: Config, users: Sequence[User]) -> int:
     engine = make_engine(config)
-    offsite = config.offsite
-    subset = offsite.check_read_data_subset if offsite is not None else ""
-    status = EXIT_OK
-    try:
-        engine.check(subset)
-        print(f"{engine.location}: {engine.name} check ok (read data subset {subset})")
-    except OffsiteError as error:
-        _error(f"check failed: {error}")
-        status = EXIT_FAILED
-    for user in users:
-        drill = drill_user(engine, config, user)
+    result = check_and_record(engine, config, users)
+    if result.error is None:
+        print(f"{engine.location}: {engine.name} check ok (read data subset {result.subset})")
+    else:
+        _error(f"check failed: {result.error}")
+    for drill in result.drills:
         word = "ok" if drill.ok else "FAILED"
-        print(f"{user.name}: drill {word} {drill.name or '-'}: {drill.message}")
-        if not drill.ok:
-            status = EXIT_FAILED
-    get_logger().info("offsite check", ok=status == EXIT_OK, users=len(users))
-    return status
+        print(f"{drill.user}: drill {word} {drill.name or '-'}: {drill.message}")
+    get_logger().info("offsite check", ok=result.ok, users=len(users))
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def _copy_json(snapshot: OffsiteSnapshot) -> dict[str, object]:

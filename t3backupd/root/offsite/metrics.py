@@ -3,9 +3,13 @@
 Per user: `t3backup_offsite_last_success_timestamp_seconds` (time of the newest copy in
 the repository; 0 = none), `t3backup_offsite_failures_total{reason}`,
 `t3backup_offsite_bytes_added_total` (restic's `data_added`), `t3backup_offsite_snapshots`.
-Daemon-wide: `t3backup_offsite_last_check_timestamp_seconds` (0 = never),
-`t3backup_offsite_check_failures_total`. The gauges are restored from the repository at
-start, so a restart does not reset "how old is the newest offsite copy".
+Daemon-wide: `t3backup_offsite_oldest_copy_timestamp_seconds` (time of the oldest copy
+in the repository; 0 = none), and from root's check record (`checkrecord`, loaded at start
+and whenever it changes): `t3backup_offsite_last_check_timestamp_seconds` (the last passed
+check; 0 = never), `t3backup_offsite_last_check_failure_timestamp_seconds` (the last
+failed one; 0 = never), `t3backup_offsite_check_failures_total`. The copy gauges are
+restored from the repository at start, so a restart does not reset "how old is the
+newest offsite copy".
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from t3backupd.root.offsite.checkrecord import CheckRecord
 from t3backupd.root.offsite.engine import REASONS, OffsiteSnapshot
 from t3backupd.root.offsite.lane import UserOffsite
 
@@ -37,8 +42,8 @@ class OffsiteMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self._lock = threading.Lock()
         self._users: dict[str, _Record] = {}
-        self._last_check = 0.0
-        self._check_failures = 0
+        self._check = CheckRecord()
+        self._oldest = 0.0
         registry.register(self)
 
     def set_users(self, names: Iterable[str]) -> None:
@@ -53,11 +58,14 @@ class OffsiteMetrics:
         """What the repository holds, per served user (newest copy's time, count)."""
         newest: dict[str, float] = {}
         counts: dict[str, int] = {}
+        oldest = 0.0
         for copy in copies:
+            oldest = min(oldest or copy.meta.time, copy.meta.time)
             user = copy.meta.user
             counts[user] = counts.get(user, 0) + 1
             newest[user] = max(newest.get(user, 0.0), copy.meta.time)
         with self._lock:
+            self._oldest = oldest
             for name, record in self._users.items():
                 record.snapshots = counts.get(name, 0)
                 record.last_success = newest.get(name, 0.0)
@@ -70,16 +78,15 @@ class OffsiteMetrics:
             for error in outcome.failures:
                 record.failures[error.reason] = record.failures.get(error.reason, 0) + 1
             record.bytes_added += sum(item.bytes_added for item in outcome.uploaded)
+            for item in outcome.uploaded:
+                self._oldest = min(self._oldest or item.meta.time, item.meta.time)
             if outcome.snapshots is not None:
                 record.snapshots = outcome.snapshots
                 record.last_success = outcome.newest or 0.0
 
-    def record_check(self, ok: bool, when: float) -> None:
+    def set_check_record(self, record: CheckRecord) -> None:
         with self._lock:
-            if ok:
-                self._last_check = when
-            else:
-                self._check_failures += 1
+            self._check = record
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -88,7 +95,7 @@ class OffsiteMetrics:
         with self._lock:
             users = {name: (r.last_success, r.snapshots, r.bytes_added, dict(r.failures))
                      for name, r in self._users.items()}  # fmt: skip
-            last_check, check_failures = self._last_check, self._check_failures
+            checked, oldest = self._check, self._oldest
         last = GaugeMetricFamily(
             PREFIX + "last_success_timestamp_seconds",
             "Time of the user's newest copy in the offsite repository (0 = none).",
@@ -117,9 +124,20 @@ class OffsiteMetrics:
         check = GaugeMetricFamily(
             PREFIX + "last_check_timestamp_seconds",
             "Time of the last successful offsite check and restore drill (0 = never).",
-            value=last_check,
+            value=checked.last_passed,
+        )
+        check_failure = GaugeMetricFamily(
+            PREFIX + "last_check_failure_timestamp_seconds",
+            "Time of the last failed offsite check or restore drill (0 = never).",
+            value=checked.last_failed,
         )
         check_failed = CounterMetricFamily(
-            PREFIX + "check_failures", "Failed offsite checks.", value=check_failures
+            PREFIX + "check_failures", "Failed offsite checks.", value=checked.failures
         )
-        yield from (last, failures, added, snapshots, check, check_failed)
+        oldest_copy = GaugeMetricFamily(
+            PREFIX + "oldest_copy_timestamp_seconds",
+            "Time of the oldest copy in the offsite repository (0 = none).",
+            value=oldest,
+        )
+        yield from (last, failures, added, snapshots, check, check_failure, check_failed,
+                    oldest_copy)  # fmt: skip

@@ -11,7 +11,6 @@ repository at start, in the background (the repository may be slow or away).
 from __future__ import annotations
 
 import contextvars
-import os
 import queue
 import threading
 import time
@@ -23,20 +22,17 @@ from t3backupd.core.config import Config
 from t3backupd.core.protocol import Report, UserResult
 from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
-from t3backupd.root.offsite import make_engine
+from t3backupd.root.offsite import checkrecord, make_engine
+from t3backupd.root.offsite.checkrecord import CheckRecord
+from t3backupd.root.offsite.checks import check_and_record
 from t3backupd.root.offsite.engine import OffsiteError
-from t3backupd.root.offsite.lane import (
-    UserOffsite,
-    drill_user,
-    local_snapshots,
-    sync_user,
-)
+from t3backupd.root.offsite.lane import UserOffsite, local_snapshots, sync_user
 from t3backupd.root.offsite.metrics import OffsiteMetrics
 from t3backupd.root.runner import run_for_users
 from t3backupd.root.spawn import ProcessTracker
 
 IDLE_POLL_SECONDS = 0.5
-LAST_CHECK_FILE = "t3backupd-last-check"
+CHECK_RECORD_POLL_SECONDS = 2.0
 
 
 class OffsiteService:
@@ -59,6 +55,7 @@ class OffsiteService:
         self.idle = threading.Event()
         self.idle.set()
         self._busy = 0
+        self._check_stamp: checkrecord.Stamp | None = None
 
     def start(self) -> None:
         config = self._config()
@@ -73,7 +70,10 @@ class OffsiteService:
             )
             thread.start()
             self._threads.append(thread)
-        self._load_last_check(config)
+        self._refresh_check_record()
+        threading.Thread(
+            target=self._watch_check_record, name="offsite-check-record", daemon=True
+        ).start()
         threading.Thread(target=self._restore_metrics, name="offsite-restore", daemon=True).start()
 
     def set_users(self, users: Sequence[User]) -> None:
@@ -182,55 +182,43 @@ class OffsiteService:
         if config.offsite is None:
             return False
         engine = make_engine(config, self._tracker)
-        ok = True
-        try:
-            engine.check(config.offsite.check_read_data_subset)
-        except OffsiteError as error:
-            ok = False
-            self._log.error("offsite check", status="failed", reason=error.reason,
-                            message=error.message)  # fmt: skip
-        for user in self._users():
-            drill = drill_user(engine, config, user)
+        result = check_and_record(engine, config, self._users())
+        if result.error is not None:
+            self._log.error("offsite check", status="failed", reason=result.error.reason,
+                            message=result.error.message)  # fmt: skip
+        for drill in result.drills:
             if not drill.ok:
-                ok = False
-                self._log.error("offsite drill", user=user.name, snapshot=drill.name,
+                self._log.error("offsite drill", user=drill.user, snapshot=drill.name,
                                 message=drill.message)  # fmt: skip
-        now = time.time()
-        self.metrics.record_check(ok, now)
-        if ok:
-            self._save_last_check(config, now)
-        self._log.info("offsite check", status="ok" if ok else "failed")
-        return ok
+        self._check_stamp = checkrecord.stamp(config.offsite.cache_dir)
+        self.metrics.set_check_record(result.record)
+        self._log.info("offsite check", status="ok" if result.ok else "failed")
+        return result.ok
 
-    # The time of the last passed check survives a restart (restic keeps no record of
-    # checks): a one-line file in root's own cache directory, never a user's path.
-    @staticmethod
-    def _check_file(config: Config) -> str | None:
+    # --- root's record of checks -------------------------------------------------------
+    # Every check, the CLI's too, is recorded in offsite.cache_dir (checkrecord). It is
+    # loaded at start and again whenever the file changes (a stat every few seconds on a
+    # thread of its own, never in a scrape), so `t3backupd offsite check` clears the
+    # check alerts without a restart.
+
+    def _refresh_check_record(self) -> None:
+        config = self._config()
         if config.offsite is None:
-            return None
-        return os.path.join(config.offsite.cache_dir, LAST_CHECK_FILE)
+            return
+        directory = config.offsite.cache_dir
+        stamp = checkrecord.stamp(directory)
+        if stamp == self._check_stamp:
+            return
+        self._check_stamp = stamp
+        record = checkrecord.load(directory, time.time())
+        self.metrics.set_check_record(record or CheckRecord())
+        if record is not None:
+            self._log.info("offsite check record loaded", last_passed=record.last_passed,
+                           last_check=record.last_check, failures=record.failures)  # fmt: skip
 
-    def _save_last_check(self, config: Config, when: float) -> None:
-        path = self._check_file(config)
-        if path is None:
-            return
-        try:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            temp = f"{path}.tmp"
-            with open(temp, "w") as handle:
-                handle.write(f"{when:.3f}\n")
-            os.replace(temp, path)
-        except OSError as error:
-            self._log.warning("offsite check time not saved", path=path, error=error.strerror)
-
-    def _load_last_check(self, config: Config) -> None:
-        path = self._check_file(config)
-        if path is None:
-            return
-        try:
-            with open(path) as handle:
-                when = float(handle.read(64).strip())
-        except (OSError, ValueError):
-            return
-        if 0 < when <= time.time() + 86400:
-            self.metrics.record_check(True, when)
+    def _watch_check_record(self) -> None:
+        while not self._tracker.stopping.wait(CHECK_RECORD_POLL_SECONDS):
+            try:
+                self._refresh_check_record()
+            except Exception:
+                self._log.exception("offsite check record watch crashed")
