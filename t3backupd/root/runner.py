@@ -215,6 +215,7 @@ def run_for_users(
         # the process exits: nothing is launched any more, so each ends at once.
         deadline = time.monotonic() + RUNNER_STOP_SECONDS
         for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():  # the stop may have come before every thread started
+                thread.join(max(0.0, deadline - time.monotonic()))
         raise
     return [result for result in results if result is not None]
