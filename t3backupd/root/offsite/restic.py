@@ -170,14 +170,16 @@ class ResticEngine:
                 raise OffsiteError(
                     "auth", f"offsite.environment_file {self.config.environment_file}: {error}"
                 ) from None
+        # The repository through the environment, never argv: a REST URL carries its
+        # password, and any local user can read a process's /proc/PID/cmdline (its
+        # environ is root's alone). Set last: it wins over an environment_file's.
+        env["RESTIC_REPOSITORY"] = self.config.repository
         return env
 
     def _argv(self, restic: str, command: Sequence[str]) -> list[str]:
         argv = [
             *LOW_PRIORITY,
             restic,
-            "--repo",
-            self.config.repository,
             "--password-file",
             self.config.password_file,
             "--cache-dir",
