@@ -19,6 +19,7 @@ from t3backupd.root.offsite import make_engine
 from t3backupd.root.offsite.engine import OffsiteError, OffsiteSnapshot
 from t3backupd.root.offsite.lane import choose_copy, drill_user, run_offsite_pass, stream_restore
 from t3backupd.root.restore import AtMoment, StreamedCopy, chosen_at
+from t3backupd.root.spawn import ProcessTracker
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -42,8 +43,10 @@ def init(config: Config) -> int:
 
 
 def sync(config: Config, users: Sequence[User]) -> int:
-    engine = make_engine(config)
-    outcomes = run_offsite_pass(engine, config, users)
+    # One tracker for the workers and the engine processes alike: a Ctrl-C stops both.
+    tracker = ProcessTracker()
+    engine = make_engine(config, tracker)
+    outcomes = run_offsite_pass(engine, config, users, tracker)
     for outcome in outcomes:
         added = sum(item.bytes_added for item in outcome.uploaded)
         copies = "?" if outcome.snapshots is None else str(outcome.snapshots)
@@ -142,7 +145,8 @@ def streamed_copy(
     source of a restore (`root.restore.restore_to` / `restore_in_place`), whatever the
     engine. Raises SnapshotNotFound or T3BackupError (one line, exit 1)."""
     parse_snapshot_request(request)
-    engine = make_engine(config)
+    tracker = ProcessTracker()  # the engine processes and the restore worker
+    engine = make_engine(config, tracker)
     try:
         copies = engine.snapshots(user.name)
     except OffsiteError as error:
@@ -158,5 +162,5 @@ def streamed_copy(
     except SnapshotNotFound as error:
         raise SnapshotNotFound(f"offsite ({engine.location}): {error}") from None
     return StreamedCopy(
-        copy.meta.name, lambda spec: stream_restore(engine, config, user, copy, spec)
+        copy.meta.name, lambda spec: stream_restore(engine, config, user, copy, spec, tracker)
     )
