@@ -289,12 +289,13 @@ class Child:
         with self._lock:
             return self.popen.poll()
 
-    def finish(self, seconds: float = REAP_GRACE_SECONDS) -> bool:
+    def finish(self, seconds: float | None = None) -> bool:
         """For an exited child: SIGKILL what is left of its group (grandchildren), then
-        collect its status within `seconds`. False if it cannot be reaped (a zombie its
-        user holds by ptrace is only released when the tracer lets go)."""
+        collect its status within `seconds` (REAP_GRACE_SECONDS). False if it cannot be
+        reaped (a zombie its user holds by ptrace is only released when the tracer lets
+        go)."""
         self.signal(signal.SIGKILL)
-        deadline = time.monotonic() + seconds
+        deadline = time.monotonic() + (REAP_GRACE_SECONDS if seconds is None else seconds)
         while self._poll() is None:
             if time.monotonic() >= deadline:
                 return False
@@ -308,16 +309,14 @@ class Child:
             return self.returncode
         return None
 
-    def stop(
-        self, grace: float = STOP_GRACE_SECONDS, kill_grace: float = KILL_GRACE_SECONDS
-    ) -> bool:
-        """Its stop signal (+SIGCONT) to the group, up to `grace`; SIGKILL, up to
-        `kill_grace`; then reaped. False if it outlived all of it (abandon it): it is
-        never waited for longer."""
+    def stop(self, grace: float | None = None, kill_grace: float | None = None) -> bool:
+        """Its stop signal (+SIGCONT) to the group, up to `grace` (STOP_GRACE_SECONDS);
+        SIGKILL, up to `kill_grace` (KILL_GRACE_SECONDS); then reaped. False if it
+        outlived all of it (abandon it): it is never waited for longer."""
         self.request_stop()
-        if not self.exited(grace):
+        if not self.exited(STOP_GRACE_SECONDS if grace is None else grace):
             self.signal(signal.SIGKILL)
-            if not self.exited(kill_grace):
+            if not self.exited(KILL_GRACE_SECONDS if kill_grace is None else kill_grace):
                 return False
         return self.finish()
 
