@@ -265,7 +265,7 @@ class Child:
                     ready, _, _ = select.select([self.pidfd], [], [], remaining)
                     if ready:
                         return True
-            elif self._poll() is not None:
+            elif self.exited_now():
                 return True
             if self.popen.returncode is not None:
                 return True  # reaped meanwhile by a stop (`stop_all`)
@@ -275,15 +275,21 @@ class Child:
                 time.sleep(REAP_POLL_SECONDS / 10)
 
     def exited_now(self) -> bool:
-        """True if the child has exited; never waits. Safe from any thread: made under
-        the lock `release` closes the pidfd under."""
+        """True if the child has exited; never waits, never reaps (so `finish` can still
+        reach what is left of its group). Safe from any thread: made under the lock
+        `release` closes the pidfd under and the reap is made under."""
         with self._lock:
             if self.popen.returncode is not None:
                 return True
-            if self.pidfd is None:
-                return self.popen.poll() is not None
-            ready, _, _ = select.select([self.pidfd], [], [], 0)
-            return bool(ready)
+            if self.pidfd is not None:
+                ready, _, _ = select.select([self.pidfd], [], [], 0)
+                return bool(ready)
+            try:
+                # Without a pidfd: waitid's WNOWAIT looks without collecting the status.
+                seen = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return True  # reaped outside `Child` (cannot happen in our code)
+            return seen is not None
 
     def _poll(self) -> int | None:
         with self._lock:
@@ -623,8 +629,7 @@ def _tail(data: bytes) -> str:
 
 
 def _exchange(
-    process: subprocess.Popen[bytes],
-    pidfd: int | None,
+    child: Child,
     request: bytes,
     outputs: list[_Capped],
     deadline: float,
@@ -635,7 +640,8 @@ def _exchange(
     EOF is never waited for (a user may hold a copy of the pipes): the worker's exit,
     seen on its pidfd, ends the exchange. Returns True if it exited in time.
     """
-    stdin = process.stdin
+    pidfd = child.pidfd
+    stdin = child.popen.stdin
     if stdin is None:
         raise RuntimeError("Popen without stdin")
     in_fd: int | None = stdin.fileno()
@@ -652,7 +658,7 @@ def _exchange(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        # Without a pidfd, wake up regularly to poll waitpid.
+        # Without a pidfd, wake up regularly to look with waitid.
         wait = remaining if pidfd is not None else min(remaining, REAP_POLL_SECONDS / 10)
         try:
             events = poller.poll(max(1, int(wait * 1000)))
@@ -678,7 +684,7 @@ def _exchange(
                 output.read_available()
                 if not output.open:
                     poller.unregister(output.fd)
-        if pidfd is None and process.poll() is not None:
+        if pidfd is None and child.exited_now():
             exited = True
     # What the worker wrote before it exited is in the pipes: take it, without waiting.
     for output in outputs:
@@ -736,9 +742,7 @@ def run_worker(
     try:
         stdout = _Capped(process.stdout, MAX_REPORT_BYTES)
         stderr = _Capped(process.stderr, STDERR_TAIL_BYTES * 16)
-        exited = _exchange(
-            process, child.pidfd, spec.to_json(), [stdout, stderr], started + timeout
-        )
+        exited = _exchange(child, spec.to_json(), [stdout, stderr], started + timeout)
         if exited:
             reaped = child.finish()  # grandchildren left behind are killed first
         else:

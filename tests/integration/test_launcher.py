@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,42 @@ def test_a_reaped_child_is_never_signalled(tracker: ProcessTracker, tmp_path: Pa
     finally:
         os.kill(survivor_pid, signal.SIGKILL)  # ours: started by this test's child
         child.release()
+
+
+def test_without_a_pidfd_a_child_is_waited_for_without_being_reaped_early(
+    tracker: ProcessTracker, tmp_path: Path
+) -> None:
+    """pidfd_open can fail (no descriptor left): the deadlines then look with waitid
+    and never collect the status before `finish`, which must still reach the group."""
+    log = tmp_path / "signals"
+    child = launch(
+        [sys.executable, "-I", "-c", LEADER, SURVIVOR, str(log)],
+        tracker=tracker,
+        env=ENVIRONMENT,
+        stdin=subprocess.DEVNULL,
+    )
+    assert child is not None and child.popen.stdout is not None and child.pidfd is not None
+    os.close(child.pidfd)
+    child.pidfd = None  # as if pidfd_open had failed
+    survivor_pid = int(child.popen.stdout.readline().split()[1])
+    try:
+        assert child.exited(10)
+        assert child.exited_now()
+        assert child.returncode is None  # exited, not reaped: its group is still ours
+        assert child.finish()
+        assert child.returncode == 0
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{survivor_pid}").exists() and " Z" not in state_of(survivor_pid):
+            assert time.monotonic() < deadline, "the group was not killed"
+            time.sleep(0.02)
+    finally:
+        with suppress(ProcessLookupError):
+            os.kill(survivor_pid, signal.SIGKILL)
+        child.release()
+
+
+def state_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:2]
+    except OSError:
+        return " X"
