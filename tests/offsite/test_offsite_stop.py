@@ -5,15 +5,17 @@ restic and borg alike. Each time the engine is caught in the middle of its work 
 SIGSTOPped (so the stop finds it busy, and frozen): nothing is left running, no temp
 file, nothing committed (no snapshot, no borg checkpoint), the repository is consistent.
 Real users, real repositories, the real CLI and daemon, real signals. Needs root.
-(The daemon starts no offsite restore worker: only the CLI restores.)"""
+The daemon starts no offsite restore worker (only the CLI restores): its stop procedure
+is applied to one run in this process instead."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,8 +35,14 @@ from support.offsite import (
 from support.snapshots import temps_in, worker_pids
 from support.system import PYTHON, t3backupd
 
+from t3backupd.core.config import load_config
+from t3backupd.core.jobs import restore_spec
+from t3backupd.core.protocol import Report
 from t3backupd.core.usermap import User
+from t3backupd.root.offsite import make_engine
+from t3backupd.root.offsite.lane import stream_restore
 from t3backupd.root.offsite.process import STOP_GRACE_SECONDS
+from t3backupd.root.spawn import ProcessTracker
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -89,23 +97,28 @@ def engine_pids(repository: str) -> list[int]:
     return found
 
 
-def catch_engine(parent: subprocess.Popen[str] | subprocess.Popen[bytes], engine: str,
-                 action: str, what: str) -> int:  # fmt: skip
+def catch_engine(parent: int, engine: str, action: str, alive: Callable[[], bool],
+                 what: str) -> int:  # fmt: skip
     """The pid of `parent`'s engine process running `action`, SIGSTOPped the moment it
-    is seen (so it is caught in the middle of its work)."""
+    is seen (so it is caught in the middle of its work); `alive` says whether what
+    starts it still runs."""
     deadline = time.monotonic() + 120
     while True:
         for entry in os.listdir("/proc"):
-            if entry.isdigit() and parent_of(int(entry)) == parent.pid:
+            if entry.isdigit() and parent_of(int(entry)) == parent:
                 argv = command_line(int(entry))
                 # restic itself, or python running borg (after nice and ionice's execs)
                 names = {os.path.basename(arg) for arg in argv[:2]}
                 if engine in names and action in argv:
                     os.kill(int(entry), signal.SIGSTOP)
                     return int(entry)
-        assert parent.poll() is None, f"{what} ended before its {engine} {action} was seen"
+        assert alive(), f"{what} ended before its {engine} {action} was seen"
         assert time.monotonic() < deadline, f"no {engine} {action} under {what}"
         time.sleep(0.002)
+
+
+def running(process: subprocess.Popen[str] | subprocess.Popen[bytes]) -> Callable[[], bool]:
+    return lambda: process.poll() is None
 
 
 def interrupt(cli: subprocess.Popen[str]) -> tuple[str, float]:
@@ -147,7 +160,9 @@ def test_ctrl_c_on_offsite_sync_stops_the_stream_worker_and_the_engine(
     snapshot = t3backupd(config, "snapshot", "--user", user.name)
     assert snapshot.returncode == 0, snapshot.stdout + snapshot.stderr
     cli = start_cli(config, "offsite", "sync")
-    engine = catch_engine(cli, backend.engine, UPLOAD[backend.engine], "offsite sync")
+    engine = catch_engine(
+        cli.pid, backend.engine, UPLOAD[backend.engine], running(cli), "offsite sync"
+    )
     streaming = [pid for pid in worker_pids(user) if parent_of(pid) == cli.pid]
     assert streaming, "no stream worker while the engine uploads"
     stderr, elapsed = interrupt(cli)
@@ -168,13 +183,16 @@ def test_daemon_stop_mid_upload_stops_the_stream_worker_and_the_engine(
 ) -> None:
     user = site.add_user(size_mb=16)
     config, password = configure(site, backend, user)
-    with start_daemon(config, site.port, site.root) as running:
-        running.signal(signal.SIGUSR1)  # a pass: the snapshot, then its upload
-        catch_engine(running.process, backend.engine, UPLOAD[backend.engine], "the daemon")
-        assert [pid for pid in worker_pids(user) if parent_of(pid) == running.process.pid]
+    with start_daemon(config, site.port, site.root) as daemon:
+        daemon.signal(signal.SIGUSR1)  # a pass: the snapshot, then its upload
+        catch_engine(
+            daemon.process.pid, backend.engine, UPLOAD[backend.engine],
+            running(daemon.process), "the daemon",
+        )  # fmt: skip
+        assert [pid for pid in worker_pids(user) if parent_of(pid) == daemon.process.pid]
         started = time.monotonic()
-        running.signal(signal.SIGTERM)
-        assert running.process.wait(STOP_GRACE + 5) == 0, running.log_text()[-3000:]
+        daemon.signal(signal.SIGTERM)
+        assert daemon.process.wait(STOP_GRACE + 5) == 0, daemon.log_text()[-3000:]
         stopped_in = time.monotonic() - started
     assert stopped_in < BOUND_SECONDS, stopped_in
     assert engine_pids(backend.repository) == []
@@ -196,7 +214,7 @@ def test_ctrl_c_on_restore_from_offsite_stops_the_restore_worker_and_the_engine(
     cli = start_cli(
         config, "restore", "--user", user.name, "--from", "offsite", "--to", str(target)
     )
-    catch_engine(cli, backend.engine, DOWNLOAD[backend.engine], "restore")
+    catch_engine(cli.pid, backend.engine, DOWNLOAD[backend.engine], running(cli), "restore")
     deadline = time.monotonic() + 60
     while not temps_in(home):  # the worker has its temp file, waiting for the stream
         assert cli.poll() is None and time.monotonic() < deadline, "no temp file"
@@ -216,3 +234,51 @@ def test_ctrl_c_on_restore_from_offsite_stops_the_restore_worker_and_the_engine(
     else:
         checked = restic(backend, password, "check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_daemon_stop_reaches_the_offsite_restore_worker_and_the_engine(
+    site: Site, backend: Backend
+) -> None:
+    """The daemon runs no offsite restore itself; its stop (the tracker's `terminate_all`,
+    then waiting until nothing is tracked) still reaches an offsite restore's worker and
+    engine the same way, as it would if one ran in the daemon."""
+    user = site.add_user(size_mb=16)
+    config_path, _ = configure(site, backend, user)
+    assert t3backupd(config_path, "snapshot", "--user", user.name).returncode == 0
+    synced = t3backupd(config_path, "offsite", "sync")
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    config = load_config(config_path)
+    tracker = ProcessTracker()
+    engine = make_engine(config, tracker)
+    [copy] = engine.snapshots(user.name)
+    home = Path(user.home)
+    target = home / "restored.sqlite"
+    spec = restore_spec(config, user, copy.meta.name, target=str(target))
+    reports: list[Report] = []
+    restoring = threading.Thread(
+        target=lambda: reports.append(stream_restore(engine, config, user, copy, spec, tracker))
+    )
+    restoring.start()
+    try:
+        catch_engine(
+            os.getpid(), backend.engine, DOWNLOAD[backend.engine], restoring.is_alive,
+            "stream_restore",
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not temps_in(home):
+            assert time.monotonic() < deadline, "no temp file"
+            time.sleep(0.01)
+        assert tracker.running() == 2  # the restore worker and the engine
+        started = time.monotonic()
+        while tracker.running():  # as the daemon's `_shutdown` does
+            tracker.terminate_all()
+            assert time.monotonic() - started < BOUND_SECONDS, "not stopped in time"
+            time.sleep(0.2)
+    finally:
+        tracker.stop_all(grace=5, kill_grace=5)
+        restoring.join(60)
+    [report] = reports
+    assert not report.ok, report
+    assert engine_pids(backend.repository) == []
+    assert worker_pids(user) == []
+    assert temps_in(home) == [] and not target.exists()
