@@ -210,7 +210,7 @@ class Child:
     Signalled only through `signal`, which never reaches a reaped process: the check and
     the kill are made under the lock the reap is made under, so the number can never
     belong to someone else by then. Waits are bounded and made on the pidfd (short
-    waitpid polls if pidfd_open failed, e.g. no descriptor left).
+    waitid polls, which never reap, if pidfd_open failed, e.g. no descriptor left).
     """
 
     def __init__(
@@ -228,7 +228,7 @@ class Child:
         try:
             self.pidfd: int | None = os.pidfd_open(popen.pid)
         except OSError:
-            self.pidfd = None  # e.g. EMFILE: waits fall back to short waitpid polls
+            self.pidfd = None  # e.g. EMFILE: waits fall back to short waitid polls
 
     @property
     def returncode(self) -> int | None:
