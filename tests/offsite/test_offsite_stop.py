@@ -282,3 +282,21 @@ def test_a_daemon_stop_reaches_the_offsite_restore_worker_and_the_engine(
     assert engine_pids(backend.repository) == []
     assert worker_pids(user) == []
     assert temps_in(home) == [] and not target.exists()
+
+
+def test_ctrl_c_on_offsite_check_stops_the_engine_it_waits_for(
+    site: Site, backend: Backend
+) -> None:
+    """An engine the CLI's main thread waits for itself (`offsite check`): stopped with
+    its own signal as the Ctrl-C unwinds, leaving no lock behind."""
+    user = site.add_user(size_mb=1)
+    config, password = configure(site, backend, user)
+    cli = start_cli(config, "offsite", "check")
+    engine = catch_engine(cli.pid, backend.engine, "check", running(cli), "offsite check")
+    stderr, elapsed = interrupt(cli)
+    assert cli.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert elapsed < BOUND_SECONDS, elapsed
+    assert not Path(f"/proc/{engine}").exists()
+    assert engine_pids(backend.repository) == []
+    assert_nothing_committed(backend, password)
