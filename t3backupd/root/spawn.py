@@ -15,8 +15,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -408,6 +408,23 @@ class ProcessTracker:
             if not (child.exited_now() and child.finish()):
                 left.append(child.popen)
         return left
+
+    @contextmanager
+    def stop_all_if_interrupted(self) -> Iterator[None]:
+        """Run the body; on any exception (Ctrl-C or SIGTERM in the CLI's main thread)
+        `stop_all` before it propagates: a child launched by this very thread, even one
+        its owner had no time to watch yet, is stopped and reaped before the CLI exits."""
+        try:
+            yield
+        except BaseException:
+            left = self.stop_all()
+            if left:
+                _log().error(
+                    "processes not stopped",
+                    pids=[process.pid for process in left],
+                    message="blocked in the kernel past SIGKILL: left to exit on their own",
+                )
+            raise
 
     def _snapshot(self) -> list[Child]:
         with self._lock:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from t3backupd.core.config import Config
 from t3backupd.core.errors import SnapshotNotFound, T3BackupError
+from t3backupd.core.protocol import Report, RestoreSpec
 from t3backupd.core.selection import parse_snapshot_request
 from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
@@ -29,9 +30,11 @@ def _error(message: str) -> None:
 
 
 def init(config: Config) -> int:
-    engine = make_engine(config)
+    tracker = ProcessTracker()
+    engine = make_engine(config, tracker)
     try:
-        created = engine.init()
+        with tracker.stop_all_if_interrupted():
+            created = engine.init()
     except OffsiteError as error:
         _error(str(error))
         return EXIT_FAILED
@@ -63,7 +66,14 @@ def sync(config: Config, users: Sequence[User]) -> int:
 
 
 def check(config: Config, users: Sequence[User]) -> int:
-    engine = make_engine(config)
+    # Ctrl-C: every engine process this thread started is stopped and reaped first.
+    tracker = ProcessTracker()
+    with tracker.stop_all_if_interrupted():
+        return _check(config, users, tracker)
+
+
+def _check(config: Config, users: Sequence[User], tracker: ProcessTracker) -> int:
+    engine = make_engine(config, tracker)
     offsite = config.offsite
     subset = offsite.check_read_data_subset if offsite is not None else ""
     status = EXIT_OK
@@ -97,9 +107,11 @@ def _copy_json(snapshot: OffsiteSnapshot) -> dict[str, object]:
 
 
 def list_offsite(config: Config, users: Sequence[User], as_json: bool) -> int:
-    engine = make_engine(config)
+    tracker = ProcessTracker()
+    engine = make_engine(config, tracker)
     try:
-        copies = engine.snapshots()
+        with tracker.stop_all_if_interrupted():
+            copies = engine.snapshots()
     except OffsiteError as error:
         _error(f"cannot list: {error}")
         return EXIT_FAILED
@@ -148,7 +160,8 @@ def streamed_copy(
     tracker = ProcessTracker()  # the engine processes and the restore worker
     engine = make_engine(config, tracker)
     try:
-        copies = engine.snapshots(user.name)
+        with tracker.stop_all_if_interrupted():
+            copies = engine.snapshots(user.name)
     except OffsiteError as error:
         raise T3BackupError(f"offsite: cannot list {user.name}'s copies: {error}") from None
     try:
@@ -161,6 +174,9 @@ def streamed_copy(
             copy = choose_copy(copies, request)
     except SnapshotNotFound as error:
         raise SnapshotNotFound(f"offsite ({engine.location}): {error}") from None
-    return StreamedCopy(
-        copy.meta.name, lambda spec: stream_restore(engine, config, user, copy, spec, tracker)
-    )
+
+    def run(spec: RestoreSpec) -> Report:
+        with tracker.stop_all_if_interrupted():
+            return stream_restore(engine, config, user, copy, spec, tracker)
+
+    return StreamedCopy(copy.meta.name, run)
