@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import IO, Any
@@ -204,152 +204,307 @@ def worker_environment(user: User) -> dict[str, str]:
     }
 
 
+class Child:
+    """One process started by `launch`: its own process group (its pid is the group's
+    id), a pidfd to wait on, and the signal that stops it cleanly (SIGTERM for a worker;
+    an engine names its own).
+
+    Signalled only through `signal`, which never reaches a reaped process: the check and
+    the kill are made under the lock the reap is made under, so the number can never
+    belong to someone else by then. Waits are bounded and made on the pidfd (short
+    waitid polls, which never reap, if pidfd_open failed, e.g. no descriptor left).
+    """
+
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        stop_signal: signal.Signals,
+        tracker: ProcessTracker | None = None,
+    ) -> None:
+        self.popen = popen
+        self._tracker = tracker
+        self.pid = popen.pid
+        self.stop_signal = stop_signal
+        self._lock = threading.Lock()
+        self._stop_sent = False
+        try:
+            self.pidfd: int | None = os.pidfd_open(popen.pid)
+        except OSError:
+            self.pidfd = None  # e.g. EMFILE: waits fall back to short waitid polls
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once reaped (negative: the signal that ended it)."""
+        return self.popen.returncode
+
+    def signal(self, signum: int) -> bool:
+        """Send `signum` to the child's whole group. Never once it is reaped: False then."""
+        with self._lock:
+            if self.popen.returncode is not None:
+                return False
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signum)
+            return True
+
+    def request_stop(self) -> None:
+        """Its stop signal (once: a second SIGTERM could cut borg's own clean-up short),
+        then SIGCONT every time (a child its user has SIGSTOPped would otherwise never
+        act on it)."""
+        with self._lock:
+            first, self._stop_sent = not self._stop_sent, True
+        if first:
+            self.signal(self.stop_signal)
+        self.signal(signal.SIGCONT)
+
+    def exited(self, seconds: float) -> bool:
+        """True once the child has exited (a zombie counts), within `seconds`. For its
+        owner (the thread that `release`s it); anyone else asks `exited_now`."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if self.pidfd is not None:
+                remaining = max(0.0, deadline - time.monotonic())
+                with suppress(InterruptedError):
+                    ready, _, _ = select.select([self.pidfd], [], [], remaining)
+                    if ready:
+                        return True
+            elif self.exited_now():
+                return True
+            if self.popen.returncode is not None:
+                return True  # reaped meanwhile by a stop (`stop_all`)
+            if time.monotonic() >= deadline:
+                return False
+            if self.pidfd is None:
+                time.sleep(REAP_POLL_SECONDS / 10)
+
+    def exited_now(self) -> bool:
+        """True if the child has exited; never waits, never reaps (so `finish` can still
+        reach what is left of its group). Safe from any thread: made under the lock
+        `release` closes the pidfd under and the reap is made under."""
+        with self._lock:
+            if self.popen.returncode is not None:
+                return True
+            if self.pidfd is not None:
+                ready, _, _ = select.select([self.pidfd], [], [], 0)
+                return bool(ready)
+            try:
+                # Without a pidfd: waitid's WNOWAIT looks without collecting the status.
+                seen = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return True  # reaped outside `Child` (cannot happen in our code)
+            return seen is not None
+
+    def _poll(self) -> int | None:
+        with self._lock:
+            return self.popen.poll()
+
+    def finish(self, seconds: float | None = None) -> bool:
+        """For an exited child: SIGKILL what is left of its group (grandchildren), then
+        collect its status within `seconds` (REAP_GRACE_SECONDS). False if it cannot be
+        reaped (a zombie its user holds by ptrace is only released when the tracer lets
+        go)."""
+        self.signal(signal.SIGKILL)
+        deadline = time.monotonic() + (REAP_GRACE_SECONDS if seconds is None else seconds)
+        while self._poll() is None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def wait(self, seconds: float) -> int | None:
+        """The exit status if the child ends within `seconds` (then reaped, its group
+        killed); None if it is still running (it is left running: see `stop`)."""
+        if self.exited(seconds) and self.finish():
+            return self.returncode
+        return None
+
+    def stop(self, grace: float | None = None, kill_grace: float | None = None) -> bool:
+        """Its stop signal (+SIGCONT) to the group, up to `grace` (STOP_GRACE_SECONDS);
+        SIGKILL, up to `kill_grace` (KILL_GRACE_SECONDS); then reaped. False if it
+        outlived all of it (abandon it): it is never waited for longer."""
+        self.request_stop()
+        if not self.exited(STOP_GRACE_SECONDS if grace is None else grace):
+            self.signal(signal.SIGKILL)
+            if not self.exited(KILL_GRACE_SECONDS if kill_grace is None else kill_grace):
+                return False
+        return self.finish()
+
+    def release(self) -> None:
+        """The owner is done with it (reaped or abandoned): its pidfd is closed and the
+        tracker forgets it (`stop_all` stops waiting for it)."""
+        with self._lock:
+            pidfd, self.pidfd = self.pidfd, None
+        if pidfd is not None:
+            os.close(pidfd)
+        if self._tracker is not None:
+            self._tracker.forget(self)
+
+
 class ProcessTracker:
-    """Running workers, so a stop request can signal every worker's process group.
+    """Running children (workers and engines), so a stop reaches every one's group with
+    its own stop signal.
 
     A stop is final: once `stopping` is set nothing more is launched, and `stop_all`
-    waits (bounded) until every tracked worker has been reaped by its runner.
+    waits (bounded) until every tracked child has exited, and reaps it.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # Notified whenever a process leaves the set (its runner reaped it).
+        # Notified whenever a child leaves the set (its owner is done with it).
         self._changed = threading.Condition(self._lock)
-        self._processes: set[subprocess.Popen[bytes]] = set()
+        self._children: set[Child] = set()
         self.stopping = threading.Event()
 
-    @contextmanager
-    def track(self, process: subprocess.Popen[bytes]) -> Iterator[None]:
+    def forget(self, child: Child) -> None:
+        """`child` is reaped (or abandoned): no longer signalled, no longer waited for."""
         with self._lock:
-            self._processes.add(process)
-        try:
-            yield
-        finally:
-            self.forget(process)
-
-    def forget(self, process: subprocess.Popen[bytes]) -> None:
-        """`process` is reaped (or abandoned): no longer signalled, no longer waited for."""
-        with self._lock:
-            self._processes.discard(process)
+            self._children.discard(child)
             self._changed.notify_all()
 
     def launch(
-        self, start: Callable[[], subprocess.Popen[bytes]]
-    ) -> subprocess.Popen[bytes] | None:
+        self,
+        start: Callable[[], subprocess.Popen[bytes]],
+        stop_signal: signal.Signals = signal.SIGTERM,
+    ) -> Child | None:
         """Start a process and track it in one step, under the lock `terminate_all` takes,
         so a stop can never fall between the two and miss it (a CLI's Ctrl-C while the
-        runner thread is between Popen and `track`). None, starting nothing, once a stop
+        runner thread is between Popen and tracking). None, starting nothing, once a stop
         has begun: `terminate_all` sets `stopping` before it takes the lock, so a process
-        is either started and signalled, or never started. The caller `forget`s it once
-        it has reaped it."""
+        is either started and signalled, or never started. Only `spawn.launch` calls
+        this; the caller `forget`s the child once it is done with it."""
         with self._lock:
             if self.stopping.is_set():
                 return None
-            process = start()
-            self._processes.add(process)
-        return process
+            child = Child(start(), stop_signal, self)
+            self._children.add(child)
+        return child
 
     def running(self) -> int:
         with self._lock:
-            return len(self._processes)
+            return len(self._children)
 
     def terminate_all(self) -> None:
-        """Ask every running worker group to stop (they remove their temp files)."""
+        """Ask every running child's group to stop, each with its own stop signal (the
+        workers remove their temp files; restic and borg leave no lock, no snapshot)."""
         self.stopping.set()
-        for process in self._snapshot():
-            _stop_signal(process)
+        for child in self._snapshot():
+            child.request_stop()
 
     def stop_all(
         self, grace: float | None = None, kill_grace: float | None = None
     ) -> list[subprocess.Popen[bytes]]:
-        """Stop every worker and wait until their runners have reaped them, bounded:
-        SIGTERM (+SIGCONT), up to `grace`; SIGKILL to the groups still there, up to
-        `kill_grace`. For a process about to exit (the CLI on Ctrl-C or SIGTERM): a worker
-        must neither outlive it nor be left half-way through removing its temp files.
-        Returns the workers still not reaped (blocked in the kernel): never waited for.
+        """Stop every child and wait until each has exited, bounded: its stop signal
+        (+SIGCONT), up to `grace`; SIGKILL to the groups still there, up to `kill_grace`.
+        Each exited child is reaped here (whichever thread owns it): for a process about
+        to exit (the CLI on Ctrl-C or SIGTERM), a child must neither outlive it nor be
+        left half-way through removing its temp files, and whether its owner is a runner
+        thread or the very thread this runs in makes no difference.
+        Returns the children still not reaped (blocked in the kernel): never waited for.
         """
         self.terminate_all()
-        if not self._wait_empty(STOP_GRACE_SECONDS if grace is None else grace):
-            for process in self._snapshot():
-                _signal_group(process, signal.SIGKILL)
-            self._wait_empty(KILL_GRACE_SECONDS if kill_grace is None else kill_grace)
-        return self._snapshot()
+        if not self._wait_exited(STOP_GRACE_SECONDS if grace is None else grace):
+            for child in self._snapshot():
+                child.signal(signal.SIGKILL)
+            self._wait_exited(KILL_GRACE_SECONDS if kill_grace is None else kill_grace)
+        left = []
+        for child in self._snapshot():
+            if not (child.exited_now() and child.finish()):
+                left.append(child.popen)
+        return left
 
-    def _snapshot(self) -> list[subprocess.Popen[bytes]]:
+    @contextmanager
+    def stop_all_if_interrupted(self) -> Iterator[None]:
+        """Run the body; on any exception (Ctrl-C or SIGTERM in the CLI's main thread)
+        `stop_all` before it propagates: a child launched by this very thread, even one
+        its owner had no time to watch yet, is stopped and reaped before the CLI exits."""
+        try:
+            yield
+        except BaseException:
+            left = self.stop_all()
+            if left:
+                _log().error(
+                    "processes not stopped",
+                    pids=[process.pid for process in left],
+                    message="blocked in the kernel past SIGKILL: left to exit on their own",
+                )
+            raise
+
+    def _snapshot(self) -> list[Child]:
         with self._lock:
-            return list(self._processes)
+            return list(self._children)
 
-    def _wait_empty(self, seconds: float) -> bool:
-        """True once no process is tracked, within `seconds`; never longer."""
+    def _wait_exited(self, seconds: float) -> bool:
+        """True once every tracked child has exited or been forgotten, within `seconds`."""
         deadline = time.monotonic() + seconds
-        with self._lock:
-            while self._processes:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-        return True
+        while True:
+            if all(child.exited_now() for child in self._snapshot()):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self._lock:
+                self._changed.wait(min(remaining, 0.02))
 
 
-def _stop_signal(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the worker's group, then SIGCONT: a worker its user has SIGSTOPped
-    would otherwise never act on the SIGTERM."""
-    _signal_group(process, signal.SIGTERM)
-    _signal_group(process, signal.SIGCONT)
+def launch(
+    command: Sequence[str],
+    *,
+    tracker: ProcessTracker | None,
+    env: Mapping[str, str],
+    user: User | None = None,
+    stdin: int | None = subprocess.PIPE,
+    stdout: int | None = subprocess.PIPE,
+    pass_fds: tuple[int, ...] = (),
+    stop_signal: signal.Signals = signal.SIGTERM,
+) -> Child | None:
+    """Start one child of the root side, the one way every child is started (the
+    workers, the stream workers, restic and borg). Its rules:
 
+    - started and tracked in one step under the tracker's lock: a stop (the daemon's, or
+      a CLI's Ctrl-C through `stop_all`) reaches it with `stop_signal`, and nothing is
+      started once a stop has begun (None, starting nothing);
+    - the daemon-only signals (SIGHUP, SIGUSR1: `systemctl kill` sends them to the whole
+      unit) blocked while it is spawned: it inherits them blocked through exec, so one
+      that arrives before a worker ignores them, or at an engine, is never delivered;
+    - its own process group (its stop and SIGKILL reach what it starts too), cwd "/",
+      umask 077, only the descriptors in `pass_fds`, the environment `env` and nothing
+      of ours (secrets go in `env` or in files, never in `command`);
+    - as `user` (their uid, gid and their own supplementary groups) when given and we
+      are root; as root otherwise (an engine);
+    - a pidfd for its deadlines, and signalled only until it is reaped (`Child`).
 
-def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
-    if process.returncode is not None:
-        return  # reaped: the number may belong to someone else by now
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signum)
-
-
-def _wait_exit(process: subprocess.Popen[bytes], pidfd: int | None, seconds: float) -> bool:
-    """True once the worker has exited (a zombie counts), within `seconds`; never longer.
-
-    With a pidfd, poll(2) on it; without one (pidfd_open failed, e.g. no descriptor
-    left), short polls of waitpid(WNOHANG).
+    stderr is always a pipe; `stdin`/`stdout` are PIPE, DEVNULL or a descriptor. The
+    caller owns the child: it waits (`wait`, `exited`), stops (`stop`) and `release`s it.
+    Raises OSError if it cannot be started.
     """
-    deadline = time.monotonic() + seconds
-    while True:
-        if pidfd is not None:
-            remaining = max(0.0, deadline - time.monotonic())
-            with suppress(InterruptedError):
-                ready, _, _ = select.select([pidfd], [], [], remaining)
-                if ready:
-                    return True
-        elif process.poll() is not None:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        if pidfd is None:
-            time.sleep(REAP_POLL_SECONDS / 10)
+    as_user = user is not None and running_as_root()
 
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            list(command),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            cwd="/",
+            env=dict(env),
+            umask=0o077,
+            process_group=0,
+            close_fds=True,
+            pass_fds=pass_fds,
+            user=user.uid if as_user and user is not None else None,
+            group=user.gid if as_user and user is not None else None,
+            extra_groups=(
+                os.getgrouplist(user.name, user.gid) if as_user and user is not None else None
+            ),
+        )
 
-def _reap(process: subprocess.Popen[bytes], seconds: float) -> bool:
-    """Collect an exited worker's status within `seconds`. False if it cannot be reaped
-    (a zombie its user holds by ptrace is only released when the tracer lets go)."""
-    deadline = time.monotonic() + seconds
-    while process.poll() is None:
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def _stop_group(process: subprocess.Popen[bytes], pidfd: int | None) -> bool:
-    """SIGTERM (+SIGCONT) the worker's group, a grace, SIGKILL, a grace; reap it.
-
-    Returns False if the worker outlived all of it (abandon it): it is never waited for.
-    """
-    _stop_signal(process)
-    if not _wait_exit(process, pidfd, STOP_GRACE_SECONDS):
-        _signal_group(process, signal.SIGKILL)
-        if not _wait_exit(process, pidfd, KILL_GRACE_SECONDS):
-            return False
-    _signal_group(process, signal.SIGKILL)  # grandchildren left in the group
-    return _reap(process, REAP_GRACE_SECONDS)
+    # Blocked in this thread only: the daemon's main thread (its handler) keeps them.
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, DAEMON_ONLY_SIGNALS)
+    try:
+        if tracker is not None:
+            return tracker.launch(start, stop_signal)
+        return Child(start(), stop_signal)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
 
 
 @dataclass(frozen=True)
@@ -372,13 +527,13 @@ class Abandoned:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[int, tuple[StuckWorker, subprocess.Popen[bytes]]] = {}
+        self._entries: dict[int, tuple[StuckWorker, Child]] = {}
         self._reaper: threading.Thread | None = None
 
-    def add(self, user: User, action: str, process: subprocess.Popen[bytes]) -> StuckWorker:
-        stuck = StuckWorker(user.name, user.uid, process.pid, action, time.time())
+    def add(self, user: User, action: str, child: Child) -> StuckWorker:
+        stuck = StuckWorker(user.name, user.uid, child.pid, action, time.time())
         with self._lock:
-            self._entries[user.uid] = (stuck, process)
+            self._entries[user.uid] = (stuck, child)
             if self._reaper is None or not self._reaper.is_alive():
                 self._reaper = threading.Thread(
                     target=self._reap_loop, name="stuck-worker-reaper", daemon=True
@@ -387,7 +542,7 @@ class Abandoned:
         _log().error(
             "worker abandoned",
             user=user.name,
-            pid=process.pid,
+            pid=child.pid,
             action=action,
             message=(
                 "the worker outlived SIGKILL (held by a ptrace tracer or blocked in the "
@@ -409,10 +564,9 @@ class Abandoned:
         """One reaping round (the reaper thread calls this every REAP_POLL_SECONDS)."""
         with self._lock:
             entries = list(self._entries.items())
-        for uid, (stuck, process) in entries:
-            # The pid is ours until reaped, so signalling its group again is safe.
-            _signal_group(process, signal.SIGKILL)
-            if process.poll() is None:
+        for uid, (stuck, child) in entries:
+            # The pid is ours until reaped (`Child.signal` checks, under the reap's lock).
+            if not child.finish(0.0):
                 continue
             with self._lock:
                 self._entries.pop(uid, None)
@@ -494,8 +648,7 @@ def _tail(data: bytes) -> str:
 
 
 def _exchange(
-    process: subprocess.Popen[bytes],
-    pidfd: int | None,
+    child: Child,
     request: bytes,
     outputs: list[_Capped],
     deadline: float,
@@ -506,7 +659,8 @@ def _exchange(
     EOF is never waited for (a user may hold a copy of the pipes): the worker's exit,
     seen on its pidfd, ends the exchange. Returns True if it exited in time.
     """
-    stdin = process.stdin
+    pidfd = child.pidfd
+    stdin = child.popen.stdin
     if stdin is None:
         raise RuntimeError("Popen without stdin")
     in_fd: int | None = stdin.fileno()
@@ -523,7 +677,7 @@ def _exchange(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        # Without a pidfd, wake up regularly to poll waitpid.
+        # Without a pidfd, wake up regularly to look with waitid.
         wait = remaining if pidfd is not None else min(remaining, REAP_POLL_SECONDS / 10)
         try:
             events = poller.poll(max(1, int(wait * 1000)))
@@ -549,7 +703,7 @@ def _exchange(
                 output.read_available()
                 if not output.open:
                     poller.unregister(output.fd)
-        if pidfd is None and process.poll() is not None:
+        if pidfd is None and child.exited_now():
             exited = True
     # What the worker wrote before it exited is in the pipes: take it, without waiting.
     for output in outputs:
@@ -557,28 +711,23 @@ def _exchange(
     return exited
 
 
-def start_worker(user: User, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
-    """Start `python -I -m t3backupd.worker` as `user` (stdin/stdout/stderr pipes, its
-    own process group, a minimal environment); `pass_fds` are inherited (a stream's
-    pipe end). Raises OSError."""
-    command = [sys.executable, "-I", "-m", WORKER_MODULE]
-    # As root: the user's uid, primary gid and *their own* supplementary groups (without
-    # extra_groups, root's would be kept). Not root: no switch is possible or needed.
-    as_root = running_as_root()
-    return subprocess.Popen(
-        command,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd="/",
+def worker_command() -> list[str]:
+    """`python -I -m t3backupd.worker`, from the venv we run from."""
+    return [sys.executable, "-I", "-m", WORKER_MODULE]
+
+
+def launch_worker(
+    user: User, tracker: ProcessTracker | None, pass_fds: tuple[int, ...] = ()
+) -> Child | None:
+    """A worker as `user` through `launch` (stdin/stdout/stderr pipes, a minimal
+    environment); `pass_fds` are inherited (a stream's pipe end). None once stopping.
+    Raises OSError."""
+    return launch(
+        worker_command(),
+        tracker=tracker,
         env=worker_environment(user),
-        umask=0o077,
-        process_group=0,
-        close_fds=True,
+        user=user,
         pass_fds=pass_fds,
-        user=user.uid if as_root else None,
-        group=user.gid if as_root else None,
-        extra_groups=os.getgrouplist(user.name, user.gid) if as_root else None,
     )
 
 
@@ -596,59 +745,41 @@ def run_worker(
     reported as `worker_stuck`. Never raises for worker misbehaviour.
     """
     started = time.monotonic()
-    # Blocked in this thread while spawning: the child inherits the mask through exec, so a
-    # SIGHUP/SIGUSR1 arriving before the worker ignores them stays pending, then is dropped.
-    # The daemon's main thread (its handler) keeps receiving them.
-    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, DAEMON_ONLY_SIGNALS)
     try:
-        if tracker is not None:
-            launched = tracker.launch(lambda: start_worker(user))
-        else:
-            launched = start_worker(user)
+        child = launch_worker(user, tracker)
     except OSError as error:
         return failed(spec.action, "worker_crashed", f"cannot start worker: {error}")
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-    if launched is None:
+    if child is None:
         return Report(spec.action, STOPPED, None, "stopped: not started", duration_s=0.0)
-    process = launched
+    process = child.popen
     if process.stdin is None or process.stdout is None or process.stderr is None:
         raise RuntimeError("Popen without pipes")  # cannot happen: all three are PIPE
-    pidfd: int | None = None
     timed_out = False
     reaped = True
     # From here on the worker is ours to end: any exception (Ctrl-C in the CLI's main
     # thread, a bug) stops and reaps it before it propagates; nothing runs on unwatched.
     try:
-        try:
-            pidfd = os.pidfd_open(process.pid)
-        except OSError:
-            pidfd = None  # e.g. EMFILE: fall back to short waitpid polls, still bounded
         stdout = _Capped(process.stdout, MAX_REPORT_BYTES)
         stderr = _Capped(process.stderr, STDERR_TAIL_BYTES * 16)
-        exited = _exchange(process, pidfd, spec.to_json(), [stdout, stderr], started + timeout)
+        exited = _exchange(child, spec.to_json(), [stdout, stderr], started + timeout)
         if exited:
-            _signal_group(process, signal.SIGKILL)  # grandchildren left behind
-            reaped = _reap(process, REAP_GRACE_SECONDS)
+            reaped = child.finish()  # grandchildren left behind are killed first
         else:
             timed_out = True
-            reaped = _stop_group(process, pidfd)
+            reaped = child.stop()
     except BaseException:
-        if not _stop_group(process, pidfd):
-            ABANDONED.add(user, spec.action, process)
+        if not child.stop():
+            ABANDONED.add(user, spec.action, child)
         raise
     finally:
         # Close and forget our ends: whatever copy the user holds is theirs.
         for stream in (process.stdin, process.stdout, process.stderr):
             with suppress(OSError):
                 stream.close()
-        if pidfd is not None:
-            os.close(pidfd)
-        if tracker is not None:
-            tracker.forget(process)  # reaped (or abandoned): `stop_all` stops waiting
+        child.release()  # reaped (or abandoned): `stop_all` stops waiting
     duration = time.monotonic() - started
     if not reaped:
-        stuck = ABANDONED.add(user, spec.action, process)
+        stuck = ABANDONED.add(user, spec.action, child)
         if timed_out:
             return failed(
                 spec.action,

@@ -26,7 +26,7 @@ from t3backupd.core.jobs import snapshot_spec
 from t3backupd.core.protocol import STOPPED
 from t3backupd.core.usermap import User
 from t3backupd.root.runner import TIMEOUT_SLACK_SECONDS
-from t3backupd.root.spawn import ProcessTracker, run_worker
+from t3backupd.root.spawn import Child, ProcessTracker, run_worker
 
 REPO = Path(__file__).resolve().parents[2]
 TMPFILES = REPO / "packaging" / "systemd" / "t3backupd.tmpfiles"
@@ -106,11 +106,13 @@ class StopsOnceLaunched(ProcessTracker):
     """A stop that begins right after the worker is started (none starts after a stop)."""
 
     def launch(
-        self, start: Callable[[], subprocess.Popen[bytes]]
-    ) -> subprocess.Popen[bytes] | None:
-        process = super().launch(start)
+        self,
+        start: Callable[[], subprocess.Popen[bytes]],
+        stop_signal: signal.Signals = signal.SIGTERM,
+    ) -> Child | None:
+        child = super().launch(start, stop_signal)
         self.stopping.set()
-        return process
+        return child
 
 
 def test_worker_killed_before_its_handler_while_stopping_counts_as_stopped(site: Site) -> None:

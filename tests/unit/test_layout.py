@@ -172,3 +172,56 @@ def test_a_real_worker_job_loads_no_root_side_module(
         if name.startswith("t3backupd.root") or name.split(".")[0] in ROOT_ONLY_LIBRARIES
     ]
     assert forbidden == []
+
+
+# Every way of starting a process, by module: only `spawn.launch` may use one.
+PROCESS_STARTERS = {
+    "subprocess": {"Popen", "run", "call", "check_call", "check_output", "getoutput"},
+    "os": {"fork", "forkpty", "system", "popen", "posix_spawn", "posix_spawnp"}
+    | {f"exec{suffix}" for suffix in ("l", "le", "lp", "lpe", "v", "ve", "vp", "vpe")}
+    | {f"spawn{suffix}" for suffix in ("l", "le", "lp", "lpe", "v", "ve", "vp", "vpe")},
+    "pty": {"fork", "spawn"},
+    "multiprocessing": {"Process", "Pool"},
+}
+
+
+def process_starts(path: Path) -> list[tuple[str, int]]:
+    """(enclosing function, line) of every use of a process-starting call in `path`."""
+    found: list[tuple[str, int]] = []
+
+    def visit(node: ast.AST, function: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                visit(child, function or child.name)
+                continue
+            if isinstance(child, ast.Subscript) and isinstance(child.value, ast.Attribute):
+                visit(child.slice, function)  # `subprocess.Popen[bytes]`: a type, no call
+                continue
+            if (
+                isinstance(child, ast.Attribute)
+                and isinstance(child.value, ast.Name)
+                and child.attr in PROCESS_STARTERS.get(child.value.id, set())
+            ):
+                found.append((function, child.lineno))
+            if isinstance(child, ast.ImportFrom) and child.module in PROCESS_STARTERS:
+                names = {alias.name for alias in child.names} & PROCESS_STARTERS[child.module]
+                found.extend((function, child.lineno) for _ in names)
+            visit(child, function)
+
+    visit(ast.parse(path.read_text(), str(path)), "")
+    return found
+
+
+def test_every_process_is_started_by_the_one_launcher() -> None:
+    """One way to start a child, with one set of rules (spawn.launch: tracked under the
+    tracker's lock, signals masked, own group, pidfd deadlines, never signalled once
+    reaped): no other code of ours starts a process."""
+    starts = {
+        f"{module_name(path)}:{line} (in {function or 'module'})"
+        for path in PACKAGE.rglob("*.py")
+        for function, line in process_starts(path)
+        if not (module_name(path) == "t3backupd.root.spawn" and function == "launch")
+    }
+    assert starts == set()
+    spawn = PACKAGE / "root" / "spawn.py"
+    assert [function for function, _ in process_starts(spawn)] == ["launch"]

@@ -47,7 +47,6 @@ import shlex
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 from collections.abc import Sequence
 from contextlib import suppress
@@ -75,6 +74,7 @@ from t3backupd.root.offsite.process import (
     LOCK_WAIT_SECONDS,
     EngineProcess,
     lock_for,
+    start_engine,
 )
 
 ARCHIVE_PREFIX = "t3backupd"
@@ -295,25 +295,15 @@ class BorgEngine:
         with _RUNNING_GUARD:
             _RUNNING[self.config.repository] = _RUNNING.get(self.config.repository, 0) + 1
         try:
-            popen = subprocess.Popen(
-                self._argv(borg, command, args),
-                stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=environment,
-                cwd="/",
-                umask=0o077,
-                process_group=0,
-                close_fds=True,
-            )
-        except OSError as error:
+            # SIGTERM, never SIGINT: on SIGINT borg 1.2 commits a `.checkpoint` archive of
+            # what it read; on SIGTERM it exits without one.
+            return start_engine(
+                self._argv(borg, command, args), environment, self.tracker, signal.SIGTERM,
+                stdin, drain_stdout, self.config.borg, self.location,
+            )  # fmt: skip
+        except OffsiteError:
             self._ended()
-            raise OffsiteError(
-                "failed", f"cannot run {self.config.borg}: {error.strerror}"
-            ) from None
-        # SIGTERM, never SIGINT: on SIGINT borg 1.2 commits a `.checkpoint` archive of what
-        # it read; on SIGTERM it exits without one.
-        return EngineProcess(popen, self.tracker, drain_stdout, signal.SIGTERM)
+            raise
 
     def _ended(self) -> None:
         with _RUNNING_GUARD:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from t3backupd.core.config import Config
 from t3backupd.core.errors import SnapshotNotFound, T3BackupError
+from t3backupd.core.protocol import Report, RestoreSpec
 from t3backupd.core.selection import parse_snapshot_request
 from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
@@ -20,6 +21,7 @@ from t3backupd.root.offsite.checks import check_and_record
 from t3backupd.root.offsite.engine import OffsiteError, OffsiteSnapshot
 from t3backupd.root.offsite.lane import choose_copy, run_offsite_pass, stream_restore
 from t3backupd.root.restore import AtMoment, StreamedCopy, chosen_at
+from t3backupd.root.spawn import ProcessTracker
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -29,9 +31,11 @@ def _error(message: str) -> None:
 
 
 def init(config: Config) -> int:
-    engine = make_engine(config)
+    tracker = ProcessTracker()
+    engine = make_engine(config, tracker)
     try:
-        created = engine.init()
+        with tracker.stop_all_if_interrupted():
+            created = engine.init()
     except OffsiteError as error:
         _error(str(error))
         return EXIT_FAILED
@@ -43,8 +47,10 @@ def init(config: Config) -> int:
 
 
 def sync(config: Config, users: Sequence[User]) -> int:
-    engine = make_engine(config)
-    outcomes = run_offsite_pass(engine, config, users)
+    # One tracker for the workers and the engine processes alike: a Ctrl-C stops both.
+    tracker = ProcessTracker()
+    engine = make_engine(config, tracker)
+    outcomes = run_offsite_pass(engine, config, users, tracker)
     for outcome in outcomes:
         added = sum(item.bytes_added for item in outcome.uploaded)
         copies = "?" if outcome.snapshots is None else str(outcome.snapshots)
@@ -61,7 +67,14 @@ def sync(config: Config, users: Sequence[User]) -> int:
 
 
 def check(config: Config, users: Sequence[User]) -> int:
-    engine = make_engine(config)
+    # Ctrl-C: every engine process this thread started is stopped and reaped first.
+    tracker = ProcessTracker()
+    with tracker.stop_all_if_interrupted():
+        return _check(config, users, tracker)
+
+
+def _check(config: Config, users: Sequence[User], tracker: ProcessTracker) -> int:
+    engine = make_engine(config, tracker)
     result = check_and_record(engine, config, users)
     if result.error is None:
         print(f"{engine.location}: {engine.name} check ok (read data subset {result.subset})")
@@ -88,9 +101,11 @@ def _copy_json(snapshot: OffsiteSnapshot) -> dict[str, object]:
 
 
 def list_offsite(config: Config, users: Sequence[User], as_json: bool) -> int:
-    engine = make_engine(config)
+    tracker = ProcessTracker()
+    engine = make_engine(config, tracker)
     try:
-        copies = engine.snapshots()
+        with tracker.stop_all_if_interrupted():
+            copies = engine.snapshots()
     except OffsiteError as error:
         _error(f"cannot list: {error}")
         return EXIT_FAILED
@@ -136,9 +151,11 @@ def streamed_copy(
     source of a restore (`root.restore.restore_to` / `restore_in_place`), whatever the
     engine. Raises SnapshotNotFound or T3BackupError (one line, exit 1)."""
     parse_snapshot_request(request)
-    engine = make_engine(config)
+    tracker = ProcessTracker()  # the engine processes and the restore worker
+    engine = make_engine(config, tracker)
     try:
-        copies = engine.snapshots(user.name)
+        with tracker.stop_all_if_interrupted():
+            copies = engine.snapshots(user.name)
     except OffsiteError as error:
         raise T3BackupError(f"offsite: cannot list {user.name}'s copies: {error}") from None
     try:
@@ -151,6 +168,9 @@ def streamed_copy(
             copy = choose_copy(copies, request)
     except SnapshotNotFound as error:
         raise SnapshotNotFound(f"offsite ({engine.location}): {error}") from None
-    return StreamedCopy(
-        copy.meta.name, lambda spec: stream_restore(engine, config, user, copy, spec)
-    )
+
+    def run(spec: RestoreSpec) -> Report:
+        with tracker.stop_all_if_interrupted():
+            return stream_restore(engine, config, user, copy, spec, tracker)
+
+    return StreamedCopy(copy.meta.name, run)

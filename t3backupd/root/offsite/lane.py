@@ -19,8 +19,6 @@ import hashlib
 import json
 import os
 import select
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -55,10 +53,11 @@ from t3backupd.root.offsite.engine import (
 )
 from t3backupd.root.runner import run_for_users, run_user_job
 from t3backupd.root.spawn import (
+    ABANDONED,
     DirectoryRefused,
     ProcessTracker,
+    launch_worker,
     prepare_user_dir,
-    start_worker,
 )
 
 CHUNK_BYTES = 1 << 20
@@ -159,21 +158,25 @@ def _read_header(fd: int, deadline: float) -> tuple[dict[str, object], bytes]:
 
 
 class _StreamWorker:
-    """A worker as the user with one pipe end inherited; its report read with deadlines."""
+    """A worker as the user with one pipe end inherited, started through the one
+    launcher (`spawn.launch_worker`: tracked, its own group, signals masked); its report
+    read with deadlines. Raises OffsiteError if it cannot start (or a stop has begun)."""
 
     def __init__(self, spec: JobSpec, user: User, child_fd: int, tracker: ProcessTracker | None):
         self.spec = spec
+        self.user = user
         self.out: list[bytes] = []
-        self._tracking = None
         try:
-            self.process = start_worker(user, pass_fds=(child_fd,))
+            child = launch_worker(user, tracker, pass_fds=(child_fd,))
         except OSError as error:
             raise OffsiteError("worker", f"cannot start worker: {error}") from None
         finally:
             os.close(child_fd)
-        if tracker is not None:
-            self._tracking = tracker.track(self.process)
-            self._tracking.__enter__()
+        if child is None:
+            raise OffsiteError("failed", "worker not started: stopping")
+        self.child = child
+        self.process = child.popen
+        self._done = False
         self._readers = [
             threading.Thread(target=self._drain, args=(self.process.stdout, True), daemon=True),
             threading.Thread(target=self._drain, args=(self.process.stderr, False), daemon=True),
@@ -197,31 +200,28 @@ class _StreamWorker:
             total += len(chunk)
 
     def stop(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGCONT):
-            with suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signum)
-        with suppress(subprocess.TimeoutExpired):
-            self.process.wait(STOP_GRACE_SECONDS)
-        self._finish()
+        """SIGTERM (+SIGCONT) its group, a grace, SIGKILL, a grace; reaped (or, past all
+        of it, abandoned: its user is skipped until it is reaped)."""
+        if not self._done:
+            self._end(stop=True)
 
-    def _finish(self) -> None:
-        with suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with suppress(subprocess.TimeoutExpired):
-            self.process.wait(STOP_GRACE_SECONDS)
+    def _end(self, stop: bool) -> None:
+        self._done = True
+        if not stop and self.child.exited_now():
+            self.child.finish()  # what is left of its group goes with it
+        elif not self.child.stop(STOP_GRACE_SECONDS, STOP_GRACE_SECONDS):
+            ABANDONED.add(self.user, self.spec.action, self.child)
         for reader in self._readers:
             reader.join(STOP_GRACE_SECONDS)
-        if self._tracking is not None:
-            self._tracking.__exit__(None, None, None)
-            self._tracking = None
+        self.child.release()
 
     def report(self, timeout: float) -> Report:
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            return failed(self.spec.action, "timeout", f"no report after {timeout:.0f}s")
-        self._finish()
+        """Its report once it exits within `timeout` (stopped past it: `timeout`)."""
+        if not self._done:
+            if not self.child.exited(timeout):
+                self._end(stop=True)
+                return failed(self.spec.action, "timeout", f"no report after {timeout:.0f}s")
+            self._end(stop=False)
         try:
             return parse_report(b"".join(self.out), self.spec.action)
         except ReportError as error:
@@ -548,7 +548,12 @@ def choose_copy(snapshots: Sequence[OffsiteSnapshot], request: str) -> OffsiteSn
 
 
 def stream_restore(
-    engine: Engine, config: Config, user: User, copy: OffsiteSnapshot, spec: RestoreSpec
+    engine: Engine,
+    config: Config,
+    user: User,
+    copy: OffsiteSnapshot,
+    spec: RestoreSpec,
+    tracker: ProcessTracker | None = None,
 ) -> Report:
     """Run the restore worker `spec` (`--to` or in place) with `copy`'s bytes pumped into
     its stream (counted and hashed here too; the worker verifies size, sha256 and
@@ -571,10 +576,30 @@ def stream_restore(
         timeout_seconds=timeout + (spec.timeout_seconds if spec.in_place else 0.0),
     )
     try:
-        worker = _StreamWorker(spec, user, read_end, None)
+        worker = _StreamWorker(spec, user, read_end, tracker)
     except BaseException:
         os.close(write_end)
         raise
+    try:
+        problem = _pump_download(engine, copy, write_end, timeout)
+    except BaseException:
+        # Ctrl-C in the CLI's main thread (or a bug): the worker goes too, and its temp
+        # file with it, before this propagates.
+        worker.stop()
+        raise
+    report = worker.report(
+        spec.timeout_seconds if problem is None else WORKER_REPORT_TIMEOUT_SECONDS
+    )
+    if problem is not None and report.ok:
+        return failed("restore", "verify_failed", f"offsite: {problem}")
+    return report
+
+
+def _pump_download(
+    engine: Engine, copy: OffsiteSnapshot, write_end: int, timeout: float
+) -> str | None:
+    """`copy`'s bytes from the engine into `write_end` (closed here). The problem, if
+    any: the engine is stopped then, before this returns or raises."""
     problem: str | None = None
     download = None
     try:
@@ -608,12 +633,7 @@ def stream_restore(
         if write_end >= 0:
             with suppress(OSError):
                 os.close(write_end)
-    report = worker.report(
-        spec.timeout_seconds if problem is None else WORKER_REPORT_TIMEOUT_SECONDS
-    )
-    if problem is not None and report.ok:
-        return failed("restore", "verify_failed", f"offsite: {problem}")
-    return report
+    return problem
 
 
 @dataclass(frozen=True)
@@ -639,13 +659,17 @@ def drill_user(engine: Engine, config: Config, user: User) -> Drill:
     except OffsiteError as error:
         return Drill(user.name, copy.meta.name, False, str(error))
     try:
-        pumped = pump(download.fd, None, copy.meta.size, time.monotonic() + timeout)
+        try:
+            pumped = pump(download.fd, None, copy.meta.size, time.monotonic() + timeout)
+        except BaseException:
+            # Stalled, or Ctrl-C in the CLI's main thread: the engine is stopped first.
+            download.abort()
+            raise
         if pumped.over_limit:
             download.abort()
         else:
             download.finish(timeout)
     except _Stalled:
-        download.abort()
         return Drill(user.name, copy.meta.name, False, f"timeout after {timeout:.0f}s")
     except OffsiteError as error:
         return Drill(user.name, copy.meta.name, False, str(error))

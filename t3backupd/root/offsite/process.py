@@ -1,19 +1,20 @@
 """What running an engine takes, the same for restic and borg: the environment every
-engine process starts from, a per-repository lock inside the daemon, and a process whose
-output is drained with bounds, waited for with deadlines and stopped as a group."""
+engine process starts from, a per-repository lock inside the daemon, and a process
+started through the one launcher (`spawn.launch`) whose output is drained with bounds,
+waited for with deadlines and stopped as a group with the engine's own stop signal."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from typing import IO, Any
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import IO
 
 from t3backupd.root.offsite.engine import OffsiteError
+from t3backupd.root.spawn import Child, ProcessTracker, launch
 
 STOP_GRACE_SECONDS = 5.0
 OUTPUT_CAP_BYTES = 64 << 20
@@ -79,11 +80,6 @@ def lock_for(repository: str) -> RepositoryLock:
         return _LOCKS.setdefault(repository, RepositoryLock())
 
 
-def signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signum)
-
-
 def _drain(stream: IO[bytes], sink: list[bytes], cap: int) -> None:
     total = 0
     while chunk := stream.read(1 << 16):
@@ -92,30 +88,54 @@ def _drain(stream: IO[bytes], sink: list[bytes], cap: int) -> None:
         total += len(chunk)
 
 
+def start_engine(
+    command: Sequence[str],
+    env: Mapping[str, str],
+    tracker: ProcessTracker | None,
+    stop_signal: signal.Signals,
+    stdin: int | None,
+    drain_stdout: bool,
+    name: str,
+    where: str,
+) -> EngineProcess:
+    """Start an engine process (as root) through the one launcher, `spawn.launch`:
+    tracked, its own group, daemon-only signals blocked, stopped with `stop_signal`.
+    The secrets are in `env` or in files named in `command`, never in `command` itself.
+    `name` (the configured binary) and `where` (the redacted repository) are for
+    messages. Raises OffsiteError ("failed") once stopping or if it cannot be started."""
+    try:
+        child = launch(
+            command,
+            tracker=tracker,
+            env=env,
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stop_signal=stop_signal,
+        )
+    except OSError as error:
+        raise OffsiteError("failed", f"cannot run {name}: {error.strerror}") from None
+    if child is None:
+        # Stopping: start nothing a stop could miss (it would outlive the daemon).
+        raise OffsiteError("failed", f"not started on {where}: stopping")
+    return EngineProcess(child, drain_stdout)
+
+
 class EngineProcess:
     """One engine process, its stdout/stderr drained by threads (bounded). Stopped with
-    `stop_signal` (the one that makes the engine leave nothing behind: SIGINT for restic,
-    SIGTERM for borg), a grace, then SIGKILL of its whole group."""
+    its child's stop signal (the one that makes the engine leave nothing behind: SIGINT
+    for restic, SIGTERM for borg), a grace, then SIGKILL of its whole group; by its
+    owner on a timeout or an exception (Ctrl-C in the CLI's main thread), by the tracker
+    on a stop."""
 
-    def __init__(
-        self,
-        popen: subprocess.Popen[bytes],
-        tracker: Any,
-        drain_stdout: bool,
-        stop_signal: signal.Signals,
-    ) -> None:
-        self.popen = popen
-        self.stop_signal = stop_signal
+    def __init__(self, child: Child, drain_stdout: bool) -> None:
+        self.child = child
+        self.popen = child.popen
+        self.stop_signal = child.stop_signal
         self.out: list[bytes] = []
         self.err: list[bytes] = []
-        # Tracked like a worker: a daemon stop signals its group too.
-        self._tracking = tracker.track(popen) if tracker is not None else None
-        if self._tracking is not None:
-            self._tracking.__enter__()
         self._threads = []
-        streams = [(popen.stderr, self.err, ERROR_TAIL_BYTES * 4)]
+        streams = [(self.popen.stderr, self.err, ERROR_TAIL_BYTES * 4)]
         if drain_stdout:
-            streams.append((popen.stdout, self.out, OUTPUT_CAP_BYTES))
+            streams.append((self.popen.stdout, self.out, OUTPUT_CAP_BYTES))
         for stream, sink, cap in streams:
             if stream is not None:
                 thread = threading.Thread(target=_drain, args=(stream, sink, cap), daemon=True)
@@ -125,34 +145,23 @@ class EngineProcess:
     def wait(self, timeout: float) -> int | None:
         """The exit status, or None (the group is stopped) on timeout."""
         try:
-            status = self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._stop_group()
-            status = None
+            return self.child.wait(timeout)
         finally:
             self._done()
-        return status
 
     def stop(self) -> None:
-        self._stop_group()
         self._done()
 
-    def _stop_group(self) -> None:
-        if self.popen.poll() is None:
-            signal_group(self.popen, self.stop_signal)
-            with suppress(subprocess.TimeoutExpired):
-                self.popen.wait(STOP_GRACE_SECONDS)
-        signal_group(self.popen, signal.SIGKILL)
-        with suppress(subprocess.TimeoutExpired):
-            self.popen.wait(STOP_GRACE_SECONDS)
-
     def _done(self) -> None:
-        signal_group(self.popen, signal.SIGKILL)  # nothing of it outlives it
+        """Stopped if still running (its signal, a grace, SIGKILL), its group killed,
+        reaped, its output threads joined, forgotten by the tracker."""
+        if self.child.exited_now():
+            self.child.finish()  # nothing of it outlives it
+        else:
+            self.child.stop(STOP_GRACE_SECONDS, STOP_GRACE_SECONDS)
         for thread in self._threads:
             thread.join(STOP_GRACE_SECONDS)
-        if self._tracking is not None:
-            self._tracking.__exit__(None, None, None)
-            self._tracking = None
+        self.child.release()
 
     @property
     def stdout(self) -> bytes:

@@ -20,7 +20,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 from collections.abc import Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
@@ -47,6 +46,7 @@ from t3backupd.root.offsite.process import (
     LOCK_WAIT_SECONDS,
     EngineProcess,
     lock_for,
+    start_engine,
 )
 
 MARKER_TAG = "t3backupd"
@@ -214,23 +214,11 @@ class ResticEngine:
         restic = shutil.which(self.config.restic, path=env.get("PATH"))
         if restic is None:
             raise OffsiteError("failed", f"cannot run {self.config.restic}: not found")
-        try:
-            popen = subprocess.Popen(
-                self._argv(restic, command),
-                stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                cwd="/",
-                umask=0o077,
-                process_group=0,
-                close_fds=True,
-            )
-        except OSError as error:
-            raise OffsiteError(
-                "failed", f"cannot run {self.config.restic}: {error.strerror}"
-            ) from None
-        return EngineProcess(popen, self.tracker, drain_stdout, signal.SIGINT)
+        # SIGINT: restic stops without saving a snapshot and removes its lock.
+        return start_engine(
+            self._argv(restic, command), env, self.tracker, signal.SIGINT, stdin,
+            drain_stdout, self.config.restic, self.location,
+        )  # fmt: skip
 
     def _fail(self, what: str, process: EngineProcess, status: int | None) -> OffsiteError:
         if status is None:
