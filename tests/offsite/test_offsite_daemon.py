@@ -111,7 +111,7 @@ def test_daemon_stopped_mid_upload_stops_in_its_grace_leaving_nothing_partial(
     site: Site, s3: Backend
 ) -> None:
     from support.daemon import start_daemon
-    from support.offsite import restic, restic_snapshots
+    from support.offsite import restic, restic_pids, restic_snapshots
 
     user = site.add_user(size_mb=12)
     password = password_file(site.root)
@@ -140,15 +140,6 @@ def test_daemon_stopped_mid_upload_stops_in_its_grace_leaving_nothing_partial(
     restic(s3, password, "unlock")
     checked = restic(s3, password, "check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-
-
-def restic_pids(repository: str) -> list[int]:
-    import subprocess
-
-    found = subprocess.run(
-        ["pgrep", "-f", f"restic --repo {repository} "], capture_output=True, text=True
-    )
-    return [int(pid) for pid in found.stdout.split()]
 
 
 def test_a_reload_that_adds_offsite_starts_the_lane(site: Site, local_backend: Backend) -> None:

@@ -17,6 +17,7 @@ from support.offsite import (
     make_offsite,
     need_restic,
     restic,
+    restic_pids,
     restic_snapshots,
     tags_of,
 )
@@ -128,12 +129,7 @@ def test_secret_files_must_be_root_only(offsite: Offsite, make_user: MakeUser) -
 
 
 def _restic_backup_pids(repository: str) -> list[int]:
-    found = subprocess.run(
-        ["pgrep", "-f", f"restic --repo {repository} .*backup --stdin"],
-        capture_output=True,
-        text=True,
-    )
-    return [int(pid) for pid in found.stdout.split()]
+    return restic_pids(repository, r" backup .*--stdin")
 
 
 def _wait_for_upload(repository: str, timeout: float = 60) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -380,3 +381,25 @@ class Offsite:
 def make_offsite(sandbox: Path, backend: Backend) -> Offsite:
     site = Offsite(sandbox, backend, password_file(sandbox), [], sandbox / "none")
     return site
+
+
+def restic_pids(repository: str, pattern: str = "") -> list[int]:
+    """The pids of the restic processes t3backupd runs on `repository` now (it hands
+    restic the repository in RESTIC_REPOSITORY, never in argv), whose command line also
+    matches the regular expression `pattern`."""
+    wanted = f"RESTIC_REPOSITORY={repository}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone, or not ours to read
+        if not any(Path(arg.decode(errors="replace")).name == "restic" for arg in argv[:1]):
+            continue
+        line = " ".join(arg.decode(errors="replace") for arg in argv)
+        if wanted in environ and re.search(pattern, line):
+            found.append(int(entry))
+    return found
