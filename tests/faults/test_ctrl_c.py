@@ -20,7 +20,14 @@ from pathlib import Path
 
 import pytest
 from support import fuse
-from support.snapshots import MakeUser, json_config, temps_in, worker_pids
+from support.snapshots import (
+    HOLD_EXCLUSIVE_LOCK,
+    MakeUser,
+    json_config,
+    parent_of,
+    temps_in,
+    worker_pids,
+)
 from support.system import PYTHON, create_state_db, spawn_as
 
 from t3backupd.core.usermap import User
@@ -28,17 +35,6 @@ from t3backupd.root.spawn import KILL_GRACE_SECONDS, STOP_GRACE_SECONDS
 
 pytestmark = pytest.mark.root
 
-# As the user: take SQLite's exclusive lock on the source, write, and hold it, so the
-# worker waits on the lock (running, in SQLite's busy handler) until it is stopped.
-HOLD_EXCLUSIVE_LOCK = r"""
-import sqlite3, sys, time
-connection = sqlite3.connect(sys.argv[1], isolation_level=None)
-connection.execute("PRAGMA locking_mode=EXCLUSIVE")
-connection.execute("BEGIN EXCLUSIVE")
-connection.execute("INSERT INTO effect_sql_migrations (migration_id, name) VALUES (9999, 'x')")
-print("locked", flush=True)
-time.sleep(600)
-"""
 # A worker that ends on SIGTERM (or SIGKILL) leaves at once; this is the CLI's own exit
 # on top (interpreter start-up is not in it: it is timed from the signal).
 QUICK_STOP_SECONDS = 5.0
@@ -59,14 +55,6 @@ def start_cli(config: Path, inherit_ignored: bool = False) -> subprocess.Popen[s
         (IGNORING if inherit_ignored else []) + command,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
     )  # fmt: skip
-
-
-def parent_of(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def its_worker(cli: subprocess.Popen[str], user: User) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from support.snapshots import (
+    HOLD_EXCLUSIVE_LOCK,
     MakeUser,
     UserSource,
     json_config,
@@ -25,17 +26,6 @@ from support.snapshots import (
 from support.system import PYTHON, create_state_db, snapshot_files, spawn_as, t3backupd
 
 from t3backupd.core.usermap import User
-
-# As the user: take SQLite's exclusive lock on the source, write, and hold it.
-HOLD_EXCLUSIVE_LOCK = r"""
-import sqlite3, sys, time
-connection = sqlite3.connect(sys.argv[1], isolation_level=None)
-connection.execute("PRAGMA locking_mode=EXCLUSIVE")
-connection.execute("BEGIN EXCLUSIVE")
-connection.execute("INSERT INTO effect_sql_migrations (migration_id, name) VALUES (9999, 'x')")
-print("locked", flush=True)
-time.sleep(600)
-"""
 
 
 def config_in(directory: Path, user: User, method: str = "backup", timeout: int = 900) -> Path:

@@ -32,7 +32,7 @@ from support.offsite import (
     restic,
     restic_snapshots,
 )
-from support.snapshots import temps_in, worker_pids
+from support.snapshots import parent_of, temps_in, worker_pids
 from support.system import PYTHON, t3backupd
 
 from t3backupd.core.config import load_config
@@ -71,14 +71,6 @@ def configure(site: Site, backend: Backend, user: User) -> tuple[Path, Path]:
     made = t3backupd(config, "offsite", "init")
     assert made.returncode == 0, made.stdout + made.stderr
     return config, password
-
-
-def parent_of(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def command_line(pid: int) -> list[str]:

@@ -151,3 +151,25 @@ def flip_byte(path: Path, offset: int) -> None:
         byte = handle.read(1)
         handle.seek(offset)
         handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+# As the user: take SQLite's exclusive lock on the source, write, and hold it (a worker
+# then waits on the lock until its deadline or a stop).
+HOLD_EXCLUSIVE_LOCK = r"""
+import sqlite3, sys, time
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("PRAGMA locking_mode=EXCLUSIVE")
+connection.execute("BEGIN EXCLUSIVE")
+connection.execute("INSERT INTO effect_sql_migrations (migration_id, name) VALUES (9999, 'x')")
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def parent_of(pid: int) -> int | None:
+    """`pid`'s parent pid (None once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
