@@ -172,30 +172,37 @@ def run_for_users(
                 report = failed(action, "worker_crashed", f"internal error: {error!r}"[:300])
                 return UserResult(user, report, time.time(), 0.0)
 
-    def work() -> None:
-        while not tracker.stopping.is_set():
-            try:
-                index = pending.get_nowait()
-            except queue.Empty:
-                return
-            result = one(users[index])
-            results[index] = result
-            if on_result is not None and not tracker.stopping.is_set():
-                on_result(result)
+    def work(finished: threading.Event) -> None:
+        try:
+            while not tracker.stopping.is_set():
+                try:
+                    index = pending.get_nowait()
+                except queue.Empty:
+                    return
+                result = one(users[index])
+                results[index] = result
+                if on_result is not None and not tracker.stopping.is_set():
+                    on_result(result)
+        finally:
+            finished.set()
 
+    count = max(1, min(concurrency, len(users)))
+    finished = [threading.Event() for _ in range(count)]
     threads = [
         # Each thread runs in a copy of the caller's context: pass_id and trigger reach
         # every per-user event.
         threading.Thread(
             target=contextvars.copy_context().run,
-            args=(work,),
+            args=(work, finished[number]),
             name=f"{action}-{number}",
             daemon=True,
         )
-        for number in range(max(1, min(concurrency, len(users))))
+        for number in range(count)
     ]
+    started = 0  # threads whose start() was called (it may have been cut short)
     try:
         for thread in threads:
+            started += 1
             thread.start()
         for thread in threads:
             while thread.is_alive():
@@ -213,9 +220,14 @@ def run_for_users(
             )
         # A runner between two steps (making `<dest>`, then chmod) must finish them before
         # the process exits: nothing is launched any more, so each ends at once.
+        # A stop inside Thread.start() leaves a thread that runs but is not yet "alive"
+        # (and cannot be joined): wait for its own end of `work` instead. An interpreter
+        # that finalizes while a daemon thread is still starting can crash (SIGSEGV, seen
+        # under load with a stop at once).
         deadline = time.monotonic() + RUNNER_STOP_SECONDS
-        for thread in threads:
-            if thread.is_alive():  # the stop may have come before every thread started
+        for thread, done in zip(threads[:started], finished, strict=False):
+            done.wait(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
                 thread.join(max(0.0, deadline - time.monotonic()))
         raise
     return [result for result in results if result is not None]
