@@ -262,8 +262,9 @@ def test_on_a_terminal_the_result_is_printed_once_and_events_only_when_asked(
 # --- item 5: check-config ---------------------------------------------------------------------
 
 
+@pytest.mark.root
 def test_check_config_prints_every_key_with_its_origin_and_warns_about_dest(
-    sandbox: Path,
+    sandbox: Path, make_user: MakeUser
 ) -> None:
     usermap = sandbox / "usermap"
     usermap.write_text("".join(f"bad line {n}\n" for n in range(9)))
@@ -288,8 +289,11 @@ def test_check_config_prints_every_key_with_its_origin_and_warns_about_dest(
 
     strict = console("-c", str(config), "check-config", "--strict", env=env)
     assert strict.returncode == 1, strict.stdout + strict.stderr
-    assert "--strict: 9 skipped usermap line(s), 1 warning(s)" in strict.stdout
-    usermap.write_text("")
+    # Two warnings: dest outside the unit's writable paths, and a usermap serving nobody.
+    assert "--strict: 9 skipped usermap line(s), 2 warning(s)" in strict.stdout
+    assert "serves no user" in strict.stdout
+    user = make_user()  # a usermap that serves someone, and nothing else to warn about
+    usermap.write_text(f"sso-{user.name}={user.name}\n")
     config.write_text(f'usermap = "{usermap}"\ndest = "/var/backups/t3-state"\n')
     clean = console("check-config", "--strict", "-c", str(config))
     assert clean.returncode == 0, clean.stdout + clean.stderr
