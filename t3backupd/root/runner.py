@@ -201,33 +201,31 @@ def run_for_users(
     ]
     started = 0  # threads whose start() was called (it may have been cut short)
     try:
-        for thread in threads:
-            started += 1
-            thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(JOIN_POLL_SECONDS)
+        # Ctrl-C or SIGTERM in the CLI: its process exits next, so every worker is
+        # stopped and reaped (bounded), its temp files gone, before this propagates.
+        with tracker.stop_all_if_interrupted(action=action):
+            for thread in threads:
+                started += 1
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(JOIN_POLL_SECONDS)
     except BaseException:
-        # Ctrl-C or SIGTERM in the CLI: its process exits next, so wait (bounded) until
-        # every worker is gone and its temp files with it, SIGKILL past the grace.
-        left = tracker.stop_all()
-        if left:
-            get_logger().error(
-                "workers not stopped",
-                action=action,
-                pids=[process.pid for process in left],
-                message="blocked in the kernel past SIGKILL: left to exit on their own",
-            )
-        # A runner between two steps (making `<dest>`, then chmod) must finish them before
-        # the process exits: nothing is launched any more, so each ends at once.
-        # A stop inside Thread.start() leaves a thread that runs but is not yet "alive"
-        # (and cannot be joined): wait for its own end of `work` instead. An interpreter
-        # that finalizes while a daemon thread is still starting can crash (SIGSEGV, seen
-        # under load with a stop at once).
-        deadline = time.monotonic() + RUNNER_STOP_SECONDS
-        for thread, done in zip(threads[:started], finished, strict=False):
-            done.wait(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
-                thread.join(max(0.0, deadline - time.monotonic()))
+        _finish_runners(threads[:started], finished)
         raise
     return [result for result in results if result is not None]
+
+
+def _finish_runners(
+    threads: Sequence[threading.Thread], finished: Sequence[threading.Event]
+) -> None:
+    """After a stop, let each runner finish the step it is in (making `<dest>`, then its
+    chmod): nothing is launched any more, so each ends at once. A stop inside
+    Thread.start() leaves a thread that runs but is not yet "alive" (and cannot be
+    joined), so its own end of `work` is waited for: an interpreter that finalizes while
+    a daemon thread is still starting can crash (SIGSEGV, seen under load)."""
+    deadline = time.monotonic() + RUNNER_STOP_SECONDS
+    for thread, done in zip(threads, finished, strict=False):
+        done.wait(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            thread.join(max(0.0, deadline - time.monotonic()))

@@ -412,19 +412,21 @@ class ProcessTracker:
         return left
 
     @contextmanager
-    def stop_all_if_interrupted(self) -> Iterator[None]:
+    def stop_all_if_interrupted(self, **fields: str) -> Iterator[None]:
         """Run the body; on any exception (Ctrl-C or SIGTERM in the CLI's main thread)
         `stop_all` before it propagates: a child launched by this very thread, even one
-        its owner had no time to watch yet, is stopped and reaped before the CLI exits."""
+        its owner had no time to watch yet, is stopped and reaped before the CLI exits.
+        A child blocked in the kernel past SIGKILL is named in one event (with `fields`)."""
         try:
             yield
         except BaseException:
             left = self.stop_all()
             if left:
                 _log().error(
-                    "processes not stopped",
+                    "workers not stopped",
                     pids=[process.pid for process in left],
                     message="blocked in the kernel past SIGKILL: left to exit on their own",
+                    **fields,
                 )
             raise
 
