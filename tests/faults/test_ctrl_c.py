@@ -28,7 +28,7 @@ from support.snapshots import (
     temps_in,
     worker_pids,
 )
-from support.system import PYTHON, create_state_db, spawn_as
+from support.system import PYTHON, create_state_db, signal_and_wait, spawn_as
 
 from t3backupd.core.usermap import User
 from t3backupd.root.spawn import KILL_GRACE_SECONDS, STOP_GRACE_SECONDS
@@ -76,15 +76,7 @@ def handlers_installed(pid: int) -> bool:
 
 
 def stop_and_time(cli: subprocess.Popen[str], signum: int) -> tuple[str, str, float]:
-    started = time.monotonic()
-    cli.send_signal(signum)
-    try:
-        stdout, stderr = cli.communicate(timeout=BOUND_SECONDS + 20)
-    except subprocess.TimeoutExpired:
-        cli.kill()
-        stdout, stderr = cli.communicate()
-        pytest.fail(f"the CLI did not exit after {signum}: {stderr[-2000:]}")
-    return stdout, stderr, time.monotonic() - started
+    return signal_and_wait(cli, signum, BOUND_SECONDS + 20)
 
 
 def left_behind(user: User, user_dir: Path) -> tuple[list[str], list[str]]:

@@ -33,7 +33,7 @@ from support.offsite import (
     restic_snapshots,
 )
 from support.snapshots import parent_of, temps_in, worker_pids
-from support.system import PYTHON, t3backupd
+from support.system import PYTHON, signal_and_wait, t3backupd
 
 from t3backupd.core.config import load_config
 from t3backupd.core.jobs import restore_spec
@@ -115,15 +115,8 @@ def running(process: subprocess.Popen[str] | subprocess.Popen[bytes]) -> Callabl
 
 def interrupt(cli: subprocess.Popen[str]) -> tuple[str, float]:
     """SIGINT (Ctrl-C) to the CLI; its stderr and how long it took to exit."""
-    started = time.monotonic()
-    cli.send_signal(signal.SIGINT)
-    try:
-        _, stderr = cli.communicate(timeout=BOUND_SECONDS + 30)
-    except subprocess.TimeoutExpired:
-        cli.kill()
-        _, stderr = cli.communicate()
-        pytest.fail(f"the CLI did not exit after SIGINT: {stderr[-2000:]}")
-    return stderr, time.monotonic() - started
+    _, stderr, elapsed = signal_and_wait(cli, signal.SIGINT, BOUND_SECONDS + 30)
+    return stderr, elapsed
 
 
 def start_cli(config: Path, *args: str) -> subprocess.Popen[str]:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from support import need
 from t3backupd.core.usermap import User
 
@@ -210,3 +212,19 @@ def log_events(stderr: str) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return events
+
+
+def signal_and_wait(
+    process: subprocess.Popen[str], signum: int, timeout: float
+) -> tuple[str, str, float]:
+    """Send `signum` to a CLI started with text pipes; its (stdout, stderr, seconds until
+    it exited). A CLI still there after `timeout` is killed and the test fails."""
+    started = time.monotonic()
+    process.send_signal(signum)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+        pytest.fail(f"the CLI did not exit after signal {signum}: {stderr[-2000:]}")
+    return stdout, stderr, time.monotonic() - started
