@@ -30,6 +30,7 @@ from support.offsite import (
     offsite_section,
     password_file,
     restic,
+    restic_pids,
     restic_snapshots,
 )
 from support.snapshots import parent_of, temps_in, worker_pids
@@ -81,12 +82,13 @@ def command_line(pid: int) -> list[str]:
 
 
 def engine_pids(repository: str) -> list[int]:
-    """Every restic or borg process on `repository` (whoever started it)."""
-    found = []
+    """Every restic or borg process on `repository` (whoever started it): borg names it
+    in its argv, restic gets it in RESTIC_REPOSITORY."""
+    found = set(restic_pids(repository))
     for entry in os.listdir("/proc"):
         if entry.isdigit() and repository in " ".join(command_line(int(entry))):
-            found.append(int(entry))
-    return found
+            found.add(int(entry))
+    return sorted(found)
 
 
 def catch_engine(parent: int, engine: str, action: str, alive: Callable[[], bool],
