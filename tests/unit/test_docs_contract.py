@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import argparse
 import re
+import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from t3backupd.core.config import SECTIONS, all_keys
-from t3backupd.core.offsite_config import OFFSITE_KEYS
+from t3backupd.core.config import SECTIONS, Config, all_keys
+from t3backupd.core.offsite_config import OFFSITE_KEYS, OffsiteConfig
 from t3backupd.root.cli import DOCS, ENVIRONMENT, build_parser
 from t3backupd.root.metrics import Metrics
 from t3backupd.root.offsite.metrics import OffsiteMetrics
@@ -187,6 +188,29 @@ def test_every_config_key_is_in_the_reference_and_in_config_example_toml() -> No
     offsite = EXAMPLE.read_text(encoding="utf-8").split("\n# [offsite]\n", 1)[1]
     in_example = re.findall(r"^# ([a-z_]+) = ", offsite, flags=re.M)
     assert sorted(in_example) == sorted(OFFSITE_KEYS)
+
+
+def code_default(key: str) -> object:
+    # Config().offsite is None ([offsite] absent): its defaults are OffsiteConfig's.
+    section, _, name = key.rpartition(".")
+    value: object = OffsiteConfig() if section == "offsite" else Config(max_uid=0)
+    for part in ([section] if section and section != "offsite" else []) + [name]:
+        value = getattr(value, part)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def test_every_documented_default_is_the_code_default() -> None:
+    # Defaults that are not one TOML value: computed at run time, or required.
+    not_literal = {"max_uid", "offsite.repository", "offsite.password_file"}
+    rows = table_rows(section(reference(), "Config keys"))
+    problems = []
+    for key, row in zip(first_names(reference(), "Config keys"), rows, strict=True):
+        if key in not_literal:
+            continue
+        documented = tomllib.loads(f"value = {row[1].strip('`')}")["value"]
+        if documented != code_default(key):
+            problems.append(f"{key}: default {code_default(key)!r}, documented {row[1]}")
+    assert problems == []
 
 
 def test_every_metric_is_documented_with_its_type(tmp_path: Path) -> None:
