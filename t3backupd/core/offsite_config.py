@@ -12,7 +12,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from t3backupd.core.cron import CronError, parse_crontab
@@ -97,11 +97,17 @@ class OffsiteConfig:
     options: tuple[str, ...] = ()
 
 
+# Every key `[offsite]` accepts (the dataclass's fields): the one list the parser checks
+# against and the docs are tested against.
+OFFSITE_KEYS: tuple[str, ...] = tuple(item.name for item in fields(OffsiteConfig))
+
+
 def parse_offsite(table: Mapping[str, Any], problems: list[str]) -> OffsiteConfig:
     """Validate the `[offsite]` table; every problem is appended as "offsite.KEY: ..."."""
     defaults = OffsiteConfig()
     values: dict[str, Any] = {}
-    for name, default in defaults.__dict__.items():
+    for name in OFFSITE_KEYS:
+        default = getattr(defaults, name)
         if name not in table:
             values[name] = default
             continue
@@ -119,7 +125,7 @@ def parse_offsite(table: Mapping[str, Any], problems: list[str]) -> OffsiteConfi
             values[name] = default
         else:
             values[name] = value
-    for unknown in sorted(set(table) - set(defaults.__dict__)):
+    for unknown in sorted(set(table) - set(OFFSITE_KEYS)):
         problems.append(f"offsite.{unknown}: unknown key")
     if values["engine"] == "borg" and "cache_dir" not in table:
         values["cache_dir"] = BORG_CACHE_DIR

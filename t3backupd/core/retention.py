@@ -1,6 +1,6 @@
 """Which snapshots to delete: a pure decision, no disk access.
 
-Policy (documented in the README):
+Policy (documented in docs/design.md, "Retention"):
 - labelled snapshots are never pruned automatically;
 - the newest `keep` unlabelled snapshots are kept;
 - `keep_hourly`/`keep_daily`/`keep_weekly`/`keep_monthly` (restic style) additionally

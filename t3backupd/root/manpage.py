@@ -127,7 +127,7 @@ def render(parser: argparse.ArgumentParser | None = None) -> str:
     lines += [
         ".SH SEE ALSO",
         "\\fBsystemctl\\fR(1), \\fBsystemd\\-analyze\\fR(1), \\fBcrontab\\fR(5), "
-        "\\fBsqlite3\\fR(1); README.md and docs/operations.md in the source tree.",
+        "\\fBsqlite3\\fR(1); README.md and docs/ (reference.md, operations.md) in the source tree.",
     ]
     return "\n".join(lines) + "\n"
 

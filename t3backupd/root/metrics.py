@@ -1,4 +1,4 @@
-"""Prometheus metrics: exactly the names, types and labels in the README's metrics table.
+"""Prometheus metrics: exactly the names, types and labels in docs/reference.md, "Metrics".
 
 `Metrics` is a custom collector on a registry passed in (never the import-time default
 one, which carries process/gc noise). It keeps plain per-user records under one lock

@@ -9,7 +9,7 @@ from support.daemon import Site, cli_snapshot, daemon, sample, scrape, snapshot_
 
 from t3backupd.root.watch import WATCH_INTERVAL_SECONDS, entry_stamp
 
-DEADLINE_SECONDS = 60.0  # the promise in README and docs/operations.md
+DEADLINE_SECONDS = 60.0  # the promise in docs/design.md and docs/operations.md
 
 
 def test_cli_snapshot_while_the_daemon_runs_shows_in_metrics_within_a_minute(site: Site) -> None:
