@@ -19,7 +19,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from t3backupd.core.cron import CronError, parse_crontab
 from t3backupd.core.errors import ConfigError
 from t3backupd.core.offsite_config import OffsiteConfig, parse_offsite, secret_file_problems
-from t3backupd.core.protocol import METHODS, VERIFY_MODES, Method, VerifyMode
+from t3backupd.core.protocol import (
+    METHODS,
+    SCHEMA_SOURCES,
+    VERIFY_MODES,
+    Method,
+    SchemaSource,
+    VerifyMode,
+)
 from t3backupd.core.retention import RetentionPolicy
 from t3backupd.core.usermap import system_uid_max
 
@@ -44,6 +51,7 @@ class SnapshotConfig:
     verify: VerifyMode = "quick"
     concurrency: int = 1
     min_free_bytes: int = 0
+    schema_version: SchemaSource = "auto"
 
 
 @dataclass(frozen=True)
@@ -235,6 +243,7 @@ SECTIONS: tuple[Section, ...] = (
         Key("verify", str, _one_of(VERIFY_MODES)),
         Key("concurrency", int, _between(1, 64)),
         Key("min_free_bytes", int, _between(0, None)),
+        Key("schema_version", str, _one_of(SCHEMA_SOURCES)),
     )),
     Section("retention", RetentionPolicy, (
         Key("keep", int, _between(1, None), env="T3_BACKUP_KEEP"),

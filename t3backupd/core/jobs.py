@@ -38,6 +38,7 @@ def snapshot_spec(config: Config, user: User, label: str | None = None) -> Snaps
         keep_daily=config.retention.keep_daily,
         keep_weekly=config.retention.keep_weekly,
         keep_monthly=config.retention.keep_monthly,
+        schema_version=config.snapshot.schema_version,
     )
 
 

@@ -45,6 +45,9 @@ Method = Literal["backup", "vacuum"]
 VerifyMode = Literal["quick", "full", "none"]
 # Test-only kill points of a snapshot job (see SnapshotSpec.fault).
 FaultPoint = Literal["after_copy", "during_verify", "after_publish"]
+# Where a snapshot's schema version comes from ([snapshot] schema_version): "auto" is
+# T3's migration table when the database has one, else SQLite's PRAGMA user_version.
+SchemaSource = Literal["auto", "migrations", "user_version"]
 
 # What a worker may report.
 STATUSES: tuple[Status, ...] = tuple(status for status in get_args(Status) if status != STOPPED)
@@ -56,6 +59,9 @@ VERIFY_OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 METHODS: tuple[Method, ...] = get_args(Method)
 VERIFY_MODES: tuple[VerifyMode, ...] = get_args(VerifyMode)
 FAULT_POINTS: tuple[FaultPoint, ...] = get_args(FaultPoint)
+SCHEMA_SOURCES: tuple[SchemaSource, ...] = get_args(SchemaSource)
+# user_version is a signed 32-bit integer; a migration id past it is not a real one.
+MAX_SCHEMA_VERSION = (1 << 31) - 1
 
 
 class ReportError(ValueError):
@@ -129,11 +135,13 @@ class SnapshotSpec(JobSpec):
     keep_daily: int = 0
     keep_weekly: int = 0
     keep_monthly: int = 0
+    schema_version: SchemaSource = "auto"
     fault: FaultPoint | None = None
 
     def validate(self) -> None:
         _require("method", self.method, METHODS)
         _require("verify", self.verify, VERIFY_MODES)
+        _require("schema_version", self.schema_version, SCHEMA_SOURCES)
         if self.fault is not None:
             _require("fault", self.fault, FAULT_POINTS)
 
@@ -226,6 +234,8 @@ class SnapshotInfo:
     bytes: int
     label: str | None
     has_checksum: bool = True
+    # The app's schema version read from the snapshot itself (None: unknown, or not read).
+    schema_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -326,7 +336,9 @@ def _object(value: object, where: str, allowed: set[str]) -> dict[str, Any]:
 
 
 def _snapshot(value: object, where: str) -> SnapshotInfo:
-    data = _object(value, where, {"name", "time", "bytes", "label", "has_checksum"})
+    data = _object(
+        value, where, {"name", "time", "bytes", "label", "has_checksum", "schema_version"}
+    )
     name = data.get("name")
     if not isinstance(name, str) or parse_name(name) is None:
         raise ReportError(f"{where}.name: not a snapshot name")
@@ -342,7 +354,16 @@ def _snapshot(value: object, where: str) -> SnapshotInfo:
         bytes=_int(data.get("bytes"), f"{where}.bytes"),
         label=label,
         has_checksum=has_checksum,
+        schema_version=_schema_version(data.get("schema_version"), f"{where}.schema_version"),
     )
+
+
+def _schema_version(value: object, where: str) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or not 0 <= value <= MAX_SCHEMA_VERSION:
+        raise ReportError(f"{where}: expected an integer from 0 to {MAX_SCHEMA_VERSION}")
+    return value
 
 
 def parse_report(raw: bytes, expected_action: Action) -> Report:

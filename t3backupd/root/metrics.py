@@ -50,6 +50,7 @@ class _UserRecord:
     dir_bytes: int = 0
     inventory_pending: bool = False
     result_at: float = 0.0  # end of the last pass result recorded (wall clock), 0 = none
+    schema_version: int | None = None  # of the newest snapshot; None: not known (no series)
 
 
 # (name, help, attribute of _UserRecord) for the per-user gauges, in exposition order.
@@ -226,6 +227,8 @@ class Metrics:
                 # A worker reporting a future time (a forged report) is not the newest.
                 record.last_success = report.snapshot.time
                 record.last_snapshot_size = report.snapshot.bytes
+                if report.snapshot.schema_version is not None:
+                    record.schema_version = report.snapshot.schema_version
             if report.ok or report.snapshots:
                 record.snapshots = len(report.snapshots)
             if report.status == "failed":
@@ -335,6 +338,16 @@ class Metrics:
             if state.verify_enabled:
                 verify_failures.add_metric([name], record.verify_failures)
         families += [attempts, failures, verify_failures]
+        schema = GaugeMetricFamily(
+            PREFIX + "schema_version",
+            "The app's schema version in the newest snapshot (no series while unknown).",
+            labels=["user"],
+        )
+        for name in names:
+            version = state.users[name].schema_version
+            if version is not None:
+                schema.add_metric([name], float(version))
+        families.append(schema)
         scalars = (
             ("users", "Users in the usermap that resolved.", len(state.users)),
             ("next_run_timestamp_seconds", "Time of the next scheduled pass.", state.next_run),

@@ -47,6 +47,7 @@ def snapshot_user(
         "reason": report.reason,
         "bytes": report.snapshot.bytes if report.snapshot else None,
         "snapshot": report.snapshot.name if report.snapshot else None,
+        "schema_version": report.snapshot.schema_version if report.snapshot else None,
         "duration_s": round(result.duration_s, 3),
     }
     log = get_logger()

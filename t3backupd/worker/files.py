@@ -39,7 +39,13 @@ from t3backupd.core.naming import (
     is_temp_name,
     parse_name,
 )
-from t3backupd.core.protocol import FailureReason, Reason, SnapshotInfo
+from t3backupd.core.protocol import (
+    MAX_SCHEMA_VERSION,
+    FailureReason,
+    Reason,
+    SchemaSource,
+    SnapshotInfo,
+)
 
 # How far ahead of the clock an existing snapshot name may be and still push a new
 # snapshot's name past it (see publish()).
@@ -414,6 +420,33 @@ def integrity_problems(path: str, mode: str) -> list[str]:
             connection.close()
     except sqlite3.Error as error:
         return [str(error)]
+
+
+def schema_version(path: str, source: SchemaSource) -> int | None:
+    """The app's schema version in a snapshot file we just wrote (never the live
+    database: the snapshot is what a restore brings back). "migrations": the highest
+    `effect_sql_migrations.migration_id` (T3 Code's migration table); "user_version":
+    SQLite's PRAGMA user_version; "auto": the first when the table has rows, else the
+    second. None when unknown or out of range."""
+    uri = f"file:{quote(path)}?mode=ro&immutable=1"
+    try:
+        connection = sqlite3.connect(uri, uri=True, isolation_level=None)
+        try:
+            version: object = None
+            if source != "user_version":
+                with suppress(sqlite3.OperationalError):  # no such table
+                    version = connection.execute(
+                        "SELECT max(migration_id) FROM effect_sql_migrations"
+                    ).fetchone()[0]
+            if version is None and source != "migrations":
+                version = connection.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return None
+    if type(version) is not int or not 0 <= version <= MAX_SCHEMA_VERSION:
+        return None
+    return version
 
 
 def seal_and_verify(path: str, mode: str) -> tuple[list[str], str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from t3backupd.core.protocol import Report, SnapshotSpec
@@ -37,6 +38,7 @@ def snapshot_job(job: Job, spec: SnapshotSpec) -> Report:
             fault_point(spec, "during_verify")
             if problems:
                 raise ops.StepFailed("verify_failed", "; ".join(problems[:5]))
+            schema = ops.schema_version(temp, spec.schema_version)
             name = ops.publish(spec.dest_dir, temp, when, spec.label, digest, job.temps)
             fault_point(spec, "after_publish")
         finally:
@@ -51,7 +53,7 @@ def snapshot_job(job: Job, spec: SnapshotSpec) -> Report:
         )
         pruned = ops.prune(spec.dest_dir, expired)
         kept = ops.inventory(spec.dest_dir)
-        published = next(info for info in kept if info.name == name)
+        published = replace(next(info for info in kept if info.name == name), schema_version=schema)
     return Report(
         action="snapshot",
         status="ok",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -36,8 +38,16 @@ DESIGN_METRICS = {
     "t3backup_metrics_bind_failures_total": ("counter", set()),
     "t3backup_metrics_connections_rejected_total": ("counter", set()),
     "t3backup_metrics_socket_activated": ("gauge", set()),
+    # issue 22: the app's schema version in the newest snapshot (a series once known).
+    "t3backup_schema_version": ("gauge", {"user"}),
 }
-PER_USER = [name for name, (_, labels) in DESIGN_METRICS.items() if "user" in labels]
+# Per-user series that exist only once their value is known.
+WHEN_KNOWN = {"t3backup_schema_version"}
+PER_USER = [
+    name
+    for name, (_, labels) in DESIGN_METRICS.items()
+    if "user" in labels and name not in WHEN_KNOWN
+]
 
 ALICE = User("alice", 2001, 2001, "/home/alice")
 
@@ -113,7 +123,7 @@ def test_every_series_has_the_design_labels(registry: CollectorRegistry, metrics
             name = sample.name
             seen.add(name)
             assert set(sample.labels) == DESIGN_METRICS[name][1], name
-    assert seen == set(DESIGN_METRICS)
+    assert seen == set(DESIGN_METRICS) - WHEN_KNOWN
 
 
 def test_new_users_are_exported_at_zero(registry: CollectorRegistry, metrics: Metrics) -> None:
@@ -347,3 +357,19 @@ def test_a_report_of_a_future_dated_snapshot_is_not_the_last_success(
     report = Report(action="snapshot", status="ok", snapshot=PLANTED, snapshots=(NEWEST, PLANTED))
     metrics.record_result(UserResult(ALICE, report, started=100.0, duration_s=5.0))
     assert value(registry, "t3backup_last_success_timestamp_seconds", user="alice") == NEWEST.time
+
+
+def test_schema_version_is_exported_once_a_snapshot_reports_it(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    """No series while unknown (0 is a real user_version); the newest snapshot's version
+    after a pass; a later snapshot that cannot tell keeps the last known one."""
+    metrics.set_users(["alice"])
+    assert value(registry, "t3backup_schema_version", user="alice") is None
+    base = ok_result()
+    assert base.report.snapshot is not None
+    with_version = replace(base.report.snapshot, schema_version=26)
+    metrics.record_result(replace(base, report=replace(base.report, snapshot=with_version)))
+    assert value(registry, "t3backup_schema_version", user="alice") == 26.0
+    metrics.record_result(ok_result(started=1735900300.0))
+    assert value(registry, "t3backup_schema_version", user="alice") == 26.0

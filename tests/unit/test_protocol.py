@@ -399,3 +399,30 @@ def test_each_spec_round_trips_as_its_own_type(spec: JobSpec) -> None:
 def test_from_json_raises_value_error_naming_the_problem(raw: bytes, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         JobSpec.from_json(raw)
+
+
+# --- schema version (issue 22) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [0, 26, 2**31 - 1, None])
+def test_a_schema_version_in_range_or_absent_is_accepted(version: int | None) -> None:
+    parsed = parse_report(
+        encode(report(snapshot={**SNAPSHOT, "schema_version": version})), "snapshot"
+    )
+    assert parsed.snapshot is not None and parsed.snapshot.schema_version == version
+
+
+@pytest.mark.parametrize("version", [-1, 2**31, 10**30, 26.0, "26", True, [26]])
+def test_a_forged_schema_version_is_refused(version: object) -> None:
+    message = rejected(encode(report(snapshot={**SNAPSHOT, "schema_version": version})))
+    assert "schema_version" in message
+    rejected(encode(report(snapshots=[{**SNAPSHOT, "schema_version": version}])))
+
+
+def test_a_snapshot_spec_names_a_known_schema_source() -> None:
+    spec = SnapshotSpec(user="alice", dest_dir="/d/alice", schema_version="user_version")
+    assert JobSpec.from_json(spec.to_json()) == spec
+    bad = json.loads(spec.to_json())
+    bad["schema_version"] = "max(rowid)"
+    with pytest.raises(ValueError, match="schema_version"):
+        JobSpec.from_json(json.dumps(bad).encode())
