@@ -27,6 +27,7 @@ from support.offsite import Offsite
 from support.snapshots import MakeUser, take_snapshot
 from support.system import PYTHON, create_state_db, run_as, t3backupd
 
+from t3backupd.core.usermap import User
 from t3backupd.root.offsite import checkrecord
 
 pytestmark = pytest.mark.root
@@ -44,12 +45,17 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
+def site_for(offsite: Offsite, make_user: MakeUser, seed: int) -> tuple[User, Path]:
+    """A real user with a live database, and the site's config serving them."""
+    user = make_user()
+    create_state_db(user, size_mb=1, seed=seed)
+    return user, offsite.write([user])
+
+
 def test_a_user_runs_their_own_commands_with_an_offsite_section(
     offsite: Offsite, make_user: MakeUser
 ) -> None:
-    user = make_user()
-    create_state_db(user, size_mb=1, seed=31)
-    config = offsite.write([user])
+    user, config = site_for(offsite, make_user, 31)
     assert stat.S_IMODE(config.stat().st_mode) == 0o644  # readable by users, no secret in it
     assert stat.S_IMODE(offsite.password.stat().st_mode) == 0o600
     name = take_snapshot(config, user)
@@ -189,9 +195,7 @@ def test_an_untrusted_cache_dir_is_refused_and_nothing_of_the_user_is_touched(
 def test_root_records_when_it_first_saw_a_copy_offsite(
     offsite: Offsite, make_user: MakeUser
 ) -> None:
-    user = make_user()
-    create_state_db(user, size_mb=1, seed=34)
-    config = offsite.write([user])
+    user, config = site_for(offsite, make_user, 34)
     take_snapshot(config, user)
     assert t3backupd(config, "offsite", "init").returncode == 0
     cache = str(offsite.sandbox / "cache")
