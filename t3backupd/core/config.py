@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from t3backupd.core.cron import CronError, parse_crontab
 from t3backupd.core.errors import ConfigError
-from t3backupd.core.offsite_config import OffsiteConfig, parse_offsite, secret_file_problems
+from t3backupd.core.offsite_config import OffsiteConfig, parse_offsite
 from t3backupd.core.protocol import (
     METHODS,
     SCHEMA_SOURCES,
@@ -377,7 +377,7 @@ def parse_config(
     if offsite is not None and not isinstance(offsite, dict):
         problems.append(f"offsite: expected table, got {type(offsite).__name__}")
     elif offsite is not None:
-        sections["offsite"] = parse_offsite(offsite, problems)
+        sections["offsite"] = parse_offsite(offsite, problems, origins)
     if problems:
         raise ConfigError(source, problems)
     top.update(sections, path=source, origins=tuple(sorted(origins.items())))
@@ -415,11 +415,4 @@ def load_config(
         raise ConfigError(str(path), ["not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(str(path), [f"not valid TOML: {error}"]) from None
-    config = parse_config(data, str(path), environ)
-    if config.offsite is not None:
-        # The one check that looks at files: the offsite secrets must be root's alone.
-        owner = None if os.geteuid() == 0 else os.geteuid()
-        problems = secret_file_problems(config.offsite, owner)
-        if problems:
-            raise ConfigError(str(path), problems)
-    return config
+    return parse_config(data, str(path), environ)

@@ -2,8 +2,10 @@
 
 Self-contained so the main parser only hands it the table: `parse_offsite` records every
 problem in the caller's list; `secret_file_problems` is the one part that looks at the
-filesystem (owner and mode of `password_file` / `environment_file`), called by
-`load_config`.
+filesystem (owner and mode of `password_file` / `environment_file` / `repository_file`),
+called only where the secrets are used (the daemon at start, `offsite` commands,
+`check-config`): never by a command that does not use offsite, so a user's own `list`
+works with a root-only password file.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ BORG_CACHE_DIR = "/var/cache/t3backupd/borg"
 # they are refused (a silently ignored key would be a surprise).
 ENGINE_ONLY_KEYS = {
     "restic": ("borg", "encryption"),
-    "borg": ("restic", "compression"),
+    # borg URLs (ssh://user@host/path) carry no password: borg authenticates by ssh key.
+    "borg": ("restic", "compression", "repository_file"),
 }
 _SSH_OPTION = re.compile(r"[A-Za-z][A-Za-z0-9]*=[^\s]+")
 _SUBSET = re.compile(r"(\d+)/(\d+)|(\d{1,3}(?:\.\d+)?)%|(\d+[KMGT]?)")
@@ -72,6 +75,9 @@ class OffsiteConfig:
     repository: str = ""
     password_file: str = ""
     environment_file: str = ""
+    # restic: a root-only file holding the repository URL, for URLs with a password in
+    # them (rest:https://user:pass@host/); exactly one of repository and repository_file.
+    repository_file: str = ""
     engine: str = "restic"
     restic: str = "restic"
     borg: str = "borg"  # engine "borg": the binary
@@ -102,12 +108,17 @@ class OffsiteConfig:
 OFFSITE_KEYS: tuple[str, ...] = tuple(item.name for item in fields(OffsiteConfig))
 
 
-def parse_offsite(table: Mapping[str, Any], problems: list[str]) -> OffsiteConfig:
-    """Validate the `[offsite]` table; every problem is appended as "offsite.KEY: ..."."""
+def parse_offsite(
+    table: Mapping[str, Any], problems: list[str], origins: dict[str, str] | None = None
+) -> OffsiteConfig:
+    """Validate the `[offsite]` table; every problem is appended as "offsite.KEY: ...",
+    and each key's origin ("file" or "default") is put in `origins`."""
     defaults = OffsiteConfig()
     values: dict[str, Any] = {}
     for name in OFFSITE_KEYS:
         default = getattr(defaults, name)
+        if origins is not None:
+            origins[f"offsite.{name}"] = "file" if name in table else "default"
         if name not in table:
             values[name] = default
             continue
@@ -136,11 +147,19 @@ def parse_offsite(table: Mapping[str, Any], problems: list[str]) -> OffsiteConfi
             problems.append(f"offsite.{name}: {message}")
 
     borg = config.engine == "borg"
-    check(
-        "repository",
-        bool(config.repository.strip()),
-        f"required (a {'borg' if borg else 'restic'} repository)",
-    )
+    if borg or not config.repository_file:
+        check(
+            "repository",
+            bool(config.repository.strip()),
+            f"required (a {'borg' if borg else 'restic'} repository)",
+        )
+    else:
+        check(
+            "repository_file",
+            config.repository_file.startswith("/"),
+            "must be an absolute path",
+        )
+        check("repository", not config.repository, "set repository or repository_file, not both")
     if borg:
         check(
             "repository",
@@ -220,6 +239,27 @@ def parse_offsite(table: Mapping[str, Any], problems: list[str]) -> OffsiteConfi
     return config
 
 
+# user:password@ in a URL (rest:https://u:p@host/, sftp://u:p@host/...): a credential.
+_USERINFO_PASSWORD = re.compile(r"//[^/@\s]*:[^/@\s]*@")
+
+
+def has_credential(repository: str) -> bool:
+    """Whether a repository URL carries a password (user:password@)."""
+    return _USERINFO_PASSWORD.search(repository) is not None
+
+
+def credential_problem(config: OffsiteConfig, config_mode: int) -> str | None:
+    """The one line refusing a repository URL with a password in a config file that
+    group or others can read (the .deb installs it 0644, readable by every user)."""
+    if not has_credential(config.repository) or not config_mode & 0o044:
+        return None
+    return (
+        f"offsite.repository: has a password in it and the config file is mode "
+        f"{stat.S_IMODE(config_mode):04o}, readable by others; put the URL in a root-only "
+        "(0600) file named by offsite.repository_file instead"
+    )
+
+
 def subset_fraction(text: str) -> float | None:
     """The share of the data `check_read_data_subset` names ("n/t", "P%"), or None for a
     size ("500M") or an invalid text."""
@@ -275,13 +315,13 @@ def _subset_ok(text: str) -> bool:
 
 
 def secret_file_problems(config: OffsiteConfig, owner_uid: int | None = None) -> list[str]:
-    """Problems with the password and environment files: each must be a regular file
+    """Problems with the password, environment and repository files: each must be a regular file
     (not a link), owned by root (or by `owner_uid`, the daemon's uid when not root) and
     not readable or writable by group or others; the environment file must be KEY=VALUE
     lines. Reads only root's own files (the operator's, in /etc)."""
     owner = 0 if owner_uid is None else owner_uid
     problems: list[str] = []
-    for key in ("password_file", "environment_file"):
+    for key in ("password_file", "environment_file", "repository_file"):
         path = getattr(config, key)
         if not path:
             continue
@@ -290,7 +330,7 @@ def secret_file_problems(config: OffsiteConfig, owner_uid: int | None = None) ->
         except SecretFileError as error:
             problems.append(f"offsite.{key}: {path}: {error}")
             continue
-        if key == "password_file" and not data.strip():
+        if key in ("password_file", "repository_file") and not data.strip():
             problems.append(f"offsite.{key}: {path}: is empty")
         if key == "environment_file":
             try:

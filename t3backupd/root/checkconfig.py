@@ -135,6 +135,7 @@ def warnings_for(
             found.append(
                 f"offsite.cache_dir {offsite.cache_dir} is outside the paths {where} lets "
                 f"the daemon write ({allowed}, and its cache directory /var/cache/t3backupd): "
-                "restic cannot keep its cache there; use the default or add ReadWritePaths="
+                f"{offsite.engine} cannot keep its cache there; use the default or add "
+                "ReadWritePaths="
             )
     return found

@@ -45,7 +45,14 @@ from t3backupd.root.restore import (
     restore_to,
     skipped_note,
 )
-from t3backupd.root.served import Served, load_served, log_problems, nobody_served, own_name
+from t3backupd.root.served import (
+    Served,
+    load_served,
+    log_problems,
+    nobody_served,
+    own_name,
+    require_offsite_secrets,
+)
 from t3backupd.root.spawn import running_as_root
 from t3backupd.root.usage import DIR_SIZES, destination_space, human
 
@@ -620,6 +627,12 @@ def command_check_config(args: argparse.Namespace) -> int:
     nobody = nobody_served(config, users)
     if nobody is not None:
         warnings.append(nobody)
+    from t3backupd.root.offsite.report import offsite_report
+
+    offsite_lines, offsite_warnings = offsite_report(config, datetime.now(UTC))
+    for line in offsite_lines:
+        out.result(line)
+    warnings += offsite_warnings
     for warning in warnings:
         out.problem(f"warning: {warning}")
     # Imported here: APScheduler (behind the scheduler) is for `run` and this listing
@@ -834,6 +847,7 @@ def command_offsite(args: argparse.Namespace) -> int:
     from t3backupd.root.offsite import commands as offsite_commands
 
     config, users, _ = load_context(args)
+    require_offsite_secrets(config)
     if args.offsite_command == "init":
         return offsite_commands.init(config)
     selected = select_users(users, args.user, config)

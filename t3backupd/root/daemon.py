@@ -51,7 +51,13 @@ from t3backupd.root.scheduler import (
     should_catch_up,
     trigger_for,
 )
-from t3backupd.root.served import Served, load_served, log_problems, nobody_served
+from t3backupd.root.served import (
+    Served,
+    load_served,
+    log_problems,
+    nobody_served,
+    require_offsite_secrets,
+)
 from t3backupd.root.spawn import ProcessTracker
 from t3backupd.root.usage import DestinationCollector
 from t3backupd.root.watch import DestWatch
@@ -487,6 +493,7 @@ class Daemon:
         old = self._served
         try:
             new = load_served(self._config_path)
+            require_offsite_secrets(new.config)
             trigger = trigger_for(new.config.schedule)
             self._reload_endpoint(old.config.metrics, new.config.metrics)
         except ConfigError as error:
@@ -652,5 +659,6 @@ def run(config_path: Path) -> int:
     (nothing has started then: no port bound, no pass), or metrics cannot be served.
     """
     served = load_served(config_path)
+    require_offsite_secrets(served.config)
     configure_logging(served.config.log.format, served.config.log.level)
     return Daemon(config_path, served, Notifier.from_environment()).serve()

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from t3backupd.core.config import Config, load_config
 from t3backupd.core.errors import ConfigError
+from t3backupd.core.offsite_config import credential_problem, secret_file_problems
 from t3backupd.core.usermap import NOT_ROOT_REASON, Problem, User, load_users
 from t3backupd.root.log import get_logger
 from t3backupd.root.spawn import running_as_root
-from t3backupd.root.trusted import UntrustedFile, read_trusted, resolve_trusted
+from t3backupd.root.trusted import UntrustedFile, read_trusted, read_trusted_file, resolve_trusted
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,12 @@ def load_served(path: Path) -> Served:
     or if the usermap is missing or unreadable: for every command and for the daemon (at
     start; a reload keeps the old one). The legacy script backed up nobody and exited 0
     then (issue 21): a typo in `usermap` must never look like a green run."""
-    config = load_config(path, reader=_read_config)
+    modes: list[int] = []
+    config = load_config(path, reader=lambda where: _read_config(where, modes))
+    if config.offsite is not None and modes:
+        problem = credential_problem(config.offsite, modes[0])
+        if problem is not None:
+            raise ConfigError(str(path), [problem])
     for key, tls_path in (("metrics.tls_cert", config.metrics.tls_cert),
                           ("metrics.tls_key", config.metrics.tls_key)):  # fmt: skip
         if tls_path:
@@ -58,12 +64,27 @@ def load_served(path: Path) -> Served:
     return Served(config, tuple(users), tuple(problems))
 
 
-def _read_config(path: Path) -> bytes:
-    """The config file's bytes, if root's alone (see root/trusted.py): ConfigError if not."""
+def _read_config(path: Path, modes: list[int]) -> bytes:
+    """The config file's bytes, if root's alone (see root/trusted.py): ConfigError if not.
+    Its mode is appended to `modes` (who else can read a credential in it)."""
     try:
-        return read_trusted(str(path.absolute()))
+        data, info = read_trusted_file(str(path.absolute()))
     except UntrustedFile as error:
         raise ConfigError(str(path), [f"refused: {error}"]) from None
+    modes.append(info.st_mode)
+    return data
+
+
+def require_offsite_secrets(config: Config) -> None:
+    """Refuse (ConfigError) offsite secret files that are not this process's alone: for
+    what uses them (the daemon at start and on reload, the `offsite` commands). Never
+    called by a command that does not use offsite: a user's `list` must not need root's
+    password file."""
+    if config.offsite is None:
+        return
+    problems = secret_file_problems(config.offsite, None if running_as_root() else os.geteuid())
+    if problems:
+        raise ConfigError(config.path, problems)
 
 
 def _read_usermap(path: str) -> str:

@@ -10,6 +10,8 @@ usermap (or a directory or link leading to it) could have root serve any account
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import stat
 
@@ -78,6 +80,11 @@ def resolve_trusted(path: str) -> tuple[str, os.stat_result]:
 def read_trusted(path: str) -> bytes:
     """The content of a trusted file, read through a descriptor that is checked to be the
     file just walked (no window for a swap). Raises UntrustedFile or OSError."""
+    return read_trusted_file(path)[0]
+
+
+def read_trusted_file(path: str) -> tuple[bytes, os.stat_result]:
+    """`read_trusted`, with the stat of the file read (its mode says who else can read it)."""
     resolved, info = resolve_trusted(path)
     fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
@@ -87,6 +94,67 @@ def read_trusted(path: str) -> bytes:
         chunks = []
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
-        return b"".join(chunks)
+        return b"".join(chunks), opened
     finally:
         os.close(fd)
+
+
+def trusted_directory(path: str, mode: int = 0o700) -> int:
+    """An open descriptor of directory `path`, created (`mode`) where missing, after
+    checking every directory from `/` like a trusted file's: root's (or, not as root, the
+    invoking user's) and not writable by group or others unless sticky. No link is
+    followed anywhere (each step is an O_NOFOLLOW open relative to the one before), so a
+    link planted in /tmp can neither redirect root's mkdir nor its chmod. The directory
+    itself is then made `mode` through its descriptor. Raises UntrustedFile (one line
+    naming the path) or OSError. The caller closes the descriptor."""
+    if not path.startswith("/"):
+        raise UntrustedFile(f"{path}: not an absolute path")
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise UntrustedFile(f"{path}: '..' is not allowed")
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open("/", flags)
+    current = "/"
+    try:
+        _check_owner_and_mode(current, os.fstat(fd), "directory")
+        for part in parts:
+            current = os.path.join(current, part)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, mode, dir_fd=fd)
+            try:
+                child = os.open(part, flags, dir_fd=fd)
+            except OSError as error:
+                if os.path.islink(current) or error.errno == errno.ELOOP:
+                    raise UntrustedFile(f"{current}: is a link; give the real path") from None
+                raise
+            os.close(fd)
+            fd = child
+            _check_owner_and_mode(current, os.fstat(fd), "directory")
+        os.fchmod(fd, mode)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def directory_problem(path: str) -> str | None:
+    """Why `trusted_directory(path)` would refuse `path`, looking only (lstat, nothing
+    created or changed); None when it would not. For check-config."""
+    current = "/"
+    for part in [p for p in path.split("/") if p not in ("", ".")]:
+        current = os.path.join(current, part)
+        try:
+            info = os.lstat(current)
+        except FileNotFoundError:
+            return None  # created 0700 by root at first use
+        except OSError as error:
+            return f"{current}: {error.strerror}"
+        if stat.S_ISLNK(info.st_mode):
+            return f"{current}: is a link; give the real path"
+        if not stat.S_ISDIR(info.st_mode):
+            return f"{current}: not a directory"
+        try:
+            _check_owner_and_mode(current, info, "directory")
+        except UntrustedFile as error:
+            return str(error)
+    return None

@@ -73,6 +73,8 @@ KNOWN_METRICS = frozenset(
         # issue 21 item 2: root's check record, and the oldest copy (never-checked alert)
         "t3backup_offsite_last_check_failure_timestamp_seconds",
         "t3backup_offsite_oldest_copy_timestamp_seconds",
+        # root's record of when it first saw a copy (the never-checked alert counts from it)
+        "t3backup_offsite_first_copy_seen_timestamp_seconds",
         "up",
     }
 )

@@ -40,9 +40,33 @@ def test_each_check_is_added_to_the_record_and_read_back(tmp_path: Path) -> None
     assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
     assert [entry.name for entry in (tmp_path / "cache").iterdir()] == [checkrecord.FILE_NAME]
     assert json.loads(path.read_bytes()) == {
-        "version": 1, "last_check": NOW, "last_ok": True, "last_passed": NOW,
-        "last_failed": NOW - 50, "failures": 1,
+        "version": 2, "last_check": NOW, "last_ok": True, "last_passed": NOW,
+        "last_failed": NOW - 50, "failures": 1, "first_copy_seen": 0,
     }  # fmt: skip
+
+
+def test_the_first_copy_seen_is_recorded_once_and_a_version_1_record_still_reads(
+    tmp_path: Path,
+) -> None:
+    # NeverChecked counts from when root first saw a copy, not from the copy's own time.
+    directory = str(tmp_path / "cache")
+    assert checkrecord.parse(json.dumps(GOOD).encode(), NOW).first_copy_seen == 0
+    seen = checkrecord.copies_seen(directory, NOW - 10)
+    assert seen.first_copy_seen == NOW - 10
+    assert checkrecord.copies_seen(directory, NOW).first_copy_seen == NOW - 10
+    after = checkrecord.record(directory, True, NOW)
+    assert after.first_copy_seen == NOW - 10 and after.last_passed == NOW
+    assert checkrecord.load(directory, NOW) == after
+
+
+def test_an_untrusted_cache_dir_is_neither_followed_nor_written(tmp_path: Path) -> None:
+    os.chmod(tmp_path, 0o755)
+    target = tmp_path / "target"
+    target.mkdir(mode=0o755)
+    (tmp_path / "link").symlink_to(target)
+    record = checkrecord.copies_seen(str(tmp_path / "link" / "cache"), NOW)
+    assert record.first_copy_seen == NOW  # in memory only
+    assert list(target.iterdir()) == [] and target.stat().st_mode & 0o777 == 0o755
 
 
 def test_the_one_line_file_of_earlier_versions_is_a_passed_check() -> None:

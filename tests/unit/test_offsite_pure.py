@@ -15,7 +15,10 @@ from t3backupd.core.errors import ConfigError
 from t3backupd.core.naming import format_name
 from t3backupd.core.offsite_config import (
     OffsiteConfig,
+    credential_problem,
+    has_credential,
     parse_environment,
+    parse_offsite,
     secret_file_problems,
 )
 from t3backupd.core.protocol import SnapshotInfo
@@ -23,6 +26,7 @@ from t3backupd.core.retention import RetentionPolicy
 from t3backupd.root.offsite.engine import OffsiteSnapshot, SnapshotMeta
 from t3backupd.root.offsite.lane import choose_copy, expired_copies, to_upload
 from t3backupd.root.offsite.restic import _parse_snapshot, classify, redact
+from t3backupd.root.served import require_offsite_secrets
 
 DIGEST = "ab" * 32
 NO_ENV: dict[str, str] = {}
@@ -120,14 +124,37 @@ def test_secret_files_must_be_private_regular_files_of_the_owner(tmp_path: Path)
     assert secret_file_problems(missing, me)[0].endswith("does not exist")
 
 
-def test_load_config_refuses_a_readable_password_file(tmp_path: Path) -> None:
+def test_secrets_are_checked_where_used_not_by_load_config(tmp_path: Path) -> None:
+    # Issue 21 item 1: load_config (every command, a user's `list` too) never opens the
+    # secrets; what uses them (daemon, `offsite` commands) refuses a readable one.
     password = _secret(tmp_path, "pw\n", 0o644)
     config = tmp_path / "config.toml"
     config.write_text(f'[offsite]\nrepository = "/r"\npassword_file = "{password}"\n')
+    loaded = load_config(config, environ=NO_ENV)
     with pytest.raises(ConfigError, match=r"offsite\.password_file: .* chmod 0600"):
-        load_config(config, environ=NO_ENV)
+        require_offsite_secrets(loaded)
     os.chmod(password, 0o600)
-    assert load_config(config, environ=NO_ENV).offsite is not None
+    require_offsite_secrets(loaded)
+
+
+def test_repository_file_or_repository_and_credentials_in_urls() -> None:
+    problems: list[str] = []
+    config = parse_offsite({"repository_file": "/etc/r", "password_file": "/p"}, problems)
+    assert problems == [] and config.repository == ""
+    parse_offsite({"repository_file": "/etc/r", "repository": "/x", "password_file": "/p"},
+                  problems)  # fmt: skip
+    assert problems == ["offsite.repository: set repository or repository_file, not both"]
+    problems.clear()
+    parse_offsite({"engine": "borg", "repository": "/x", "repository_file": "/r",
+                   "password_file": "/p"}, problems)  # fmt: skip
+    assert problems == ["offsite.repository_file: means nothing for engine 'borg'; remove it"]
+    secret = OffsiteConfig("rest:https://u:pw@host:8000/r", "/p")
+    assert has_credential(secret.repository)
+    assert not has_credential("sftp:u@host:/r") and not has_credential("rest:https://host/r")
+    assert credential_problem(secret, 0o100600) is None
+    line = credential_problem(secret, 0o100644)
+    assert line is not None and line.startswith("offsite.repository: has a password")
+    assert "0644" in line and "pw" not in line
 
 
 def test_environment_file_lines_and_what_it_may_not_set() -> None:

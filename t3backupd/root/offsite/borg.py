@@ -73,6 +73,7 @@ from t3backupd.root.offsite.process import (
     ERROR_TAIL_BYTES,
     LOCK_WAIT_SECONDS,
     EngineProcess,
+    cache_directory,
     lock_for,
     start_engine,
 )
@@ -289,9 +290,8 @@ class BorgEngine:
         borg = shutil.which(self.config.borg, path=environment.get("PATH"))
         if borg is None:
             raise OffsiteError("failed", f"cannot run {self.config.borg}: not found")
-        for key in ("BORG_BASE_DIR", "BORG_CACHE_DIR", "BORG_CONFIG_DIR", "BORG_SECURITY_DIR"):
-            os.makedirs(environment[key], mode=0o700, exist_ok=True)
-        os.chmod(self.config.cache_dir, 0o700)
+        # Root's all the way up, made and chmodded without following a link.
+        os.close(cache_directory(self.config.cache_dir, ("base", "cache", "config", "security")))
         with _RUNNING_GUARD:
             _RUNNING[self.config.repository] = _RUNNING.get(self.config.repository, 0) + 1
         try:

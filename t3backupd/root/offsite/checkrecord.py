@@ -21,18 +21,21 @@ import math
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from t3backupd.root.log import get_logger
 from t3backupd.root.statefile import replace_file
+from t3backupd.root.trusted import UntrustedFile, trusted_directory
 
 FILE_NAME = "t3backupd-last-check"
-VERSION = 1
+VERSION = 2  # 2 added first_copy_seen; a version 1 record is read as never seen
 MAX_BYTES = 4096
 MAX_FUTURE_SECONDS = 24 * 3600  # a clock fault between runs, not a forged far future
 MAX_FAILURES = 1 << 40
 _LEGACY = re.compile(rb"[0-9]{1,12}(\.[0-9]{1,9})?\n?")
-_KEYS = {"version", "last_check", "last_ok", "last_passed", "last_failed", "failures"}
+_KEYS_V1 = {"version", "last_check", "last_ok", "last_passed", "last_failed", "failures"}
+_KEYS = _KEYS_V1 | {"first_copy_seen"}
 
 Stamp = tuple[int, int, int]  # inode, mtime in ns, size: "has the file changed?"
 
@@ -44,6 +47,10 @@ class CheckRecord:
     last_passed: float = 0.0
     last_failed: float = 0.0
     failures: int = 0
+    # When root first saw a copy in the repository (an upload, or copies listed at the
+    # daemon's start): the check cron has had its chance a week after this, whatever
+    # the age of the snapshot copied.
+    first_copy_seen: float = 0.0
 
     @property
     def last_check(self) -> float:
@@ -53,6 +60,10 @@ class CheckRecord:
     def last_ok(self) -> bool:
         """The last check's result (False when there was none)."""
         return self.last_passed > 0 and self.last_passed >= self.last_failed
+
+    def seen(self, when: float) -> CheckRecord:
+        """This record knowing that the repository holds copies at `when`."""
+        return self if self.first_copy_seen else replace(self, first_copy_seen=when)
 
     def after(self, ok: bool, when: float) -> CheckRecord:
         """This record with one more check, passed or failed, at `when`."""
@@ -80,15 +91,18 @@ def parse(data: bytes, now: float) -> CheckRecord:
         document = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"not JSON: {error}") from None
-    if not isinstance(document, dict) or set(document) != _KEYS:
+    if not isinstance(document, dict) or set(document) not in (_KEYS, _KEYS_V1):
         raise ValueError(f"expected keys {', '.join(sorted(_KEYS))}")
-    if document["version"] != VERSION:
+    if document["version"] != (VERSION if set(document) == _KEYS else 1):
         raise ValueError(f"version {document['version']!r}, expected {VERSION}")
     failures = document["failures"]
     if type(failures) is not int or not 0 <= failures <= MAX_FAILURES:
         raise ValueError(f"failures {failures!r}: expected an integer 0..{MAX_FAILURES}")
     record = CheckRecord(
-        _time(document, "last_passed", now), _time(document, "last_failed", now), failures
+        _time(document, "last_passed", now),
+        _time(document, "last_failed", now),
+        failures,
+        _time(document, "first_copy_seen", now) if "first_copy_seen" in document else 0.0,
     )
     if (
         _time(document, "last_check", now) != record.last_check
@@ -106,20 +120,19 @@ def render(record: CheckRecord) -> bytes:
         "last_passed": record.last_passed,
         "last_failed": record.last_failed,
         "failures": record.failures,
+        "first_copy_seen": record.first_copy_seen,
     }
     return json.dumps(document, separators=(",", ":")).encode() + b"\n"
 
 
 def _open_dir(directory: str) -> int:
-    """An O_NOFOLLOW descriptor of `directory`, ours and not group/other-writable.
-    Raises OSError or ValueError."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    """A descriptor of `directory` (created 0700 if missing), trusted like the config: ours
+    all the way up, no link followed (trusted.trusted_directory). Raises OSError or
+    ValueError."""
     try:
-        _trusted(os.fstat(fd), directory)
-    except ValueError:
-        os.close(fd)
-        raise
-    return fd
+        return trusted_directory(directory)
+    except UntrustedFile as error:
+        raise ValueError(str(error)) from None
 
 
 def _trusted(info: os.stat_result, path: str) -> None:
@@ -164,6 +177,8 @@ def load(directory: str, now: float) -> CheckRecord | None:
     """The record in `directory`, or None if there is none or it is refused (one warning
     saying why). Never raises."""
     path = os.path.join(directory, FILE_NAME)
+    if not os.path.lexists(directory):
+        return None  # nothing recorded yet: not created by a mere read
     try:
         dir_fd = _open_dir(directory)
     except FileNotFoundError:
@@ -185,13 +200,24 @@ def record(directory: str, ok: bool, when: float) -> CheckRecord:
     0700 if missing) and return the new record. A refused old record counts as none (one
     warning). A failure to write is logged and the new record is still returned (the
     check itself happened); never raises."""
+    return _update(directory, lambda old: old.after(ok, when), when)
+
+
+def copies_seen(directory: str, when: float) -> CheckRecord:
+    """Record that the repository holds copies (kept if already recorded: the first time
+    counts) and return the record. Written only when it changes; never raises."""
+    return _update(directory, lambda old: old.seen(when), when)
+
+
+def _update(
+    directory: str, change: Callable[[CheckRecord], CheckRecord], when: float
+) -> CheckRecord:
     path = os.path.join(directory, FILE_NAME)
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
         dir_fd = _open_dir(directory)
     except (OSError, ValueError) as error:
         _warn("offsite check record not written", path, error)
-        return CheckRecord().after(ok, when)
+        return change(CheckRecord())
     try:
         fcntl.flock(dir_fd, fcntl.LOCK_EX)  # one writer at a time: the CLI and the daemon
         try:
@@ -199,7 +225,9 @@ def record(directory: str, ok: bool, when: float) -> CheckRecord:
         except (OSError, ValueError) as error:
             _warn("offsite check record ignored", path, error)
             old = None
-        new = (old or CheckRecord()).after(ok, when)
+        new = change(old or CheckRecord())
+        if new == old:
+            return new
         try:
             _replace(dir_fd, render(new))
         except OSError as error:

@@ -16,7 +16,7 @@ from t3backupd.core.protocol import Report, RestoreSpec
 from t3backupd.core.selection import parse_snapshot_request
 from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
-from t3backupd.root.offsite import make_engine
+from t3backupd.root.offsite import checkrecord, make_engine
 from t3backupd.root.offsite.checks import check_and_record
 from t3backupd.root.offsite.engine import OffsiteError, OffsiteSnapshot
 from t3backupd.root.offsite.lane import choose_copy, run_offsite_pass, stream_restore
@@ -51,6 +51,8 @@ def sync(config: Config, users: Sequence[User]) -> int:
     tracker = ProcessTracker()
     engine = make_engine(config, tracker)
     outcomes = run_offsite_pass(engine, config, users, tracker)
+    if config.offsite is not None and any(o.uploaded or o.snapshots for o in outcomes):
+        checkrecord.copies_seen(config.offsite.cache_dir, time.time())
     for outcome in outcomes:
         added = sum(item.bytes_added for item in outcome.uploaded)
         copies = "?" if outcome.snapshots is None else str(outcome.snapshots)

@@ -7,7 +7,9 @@ Daemon-wide: `t3backup_offsite_oldest_copy_timestamp_seconds` (time of the oldes
 in the repository; 0 = none), and from root's check record (`checkrecord`, loaded at start
 and whenever it changes): `t3backup_offsite_last_check_timestamp_seconds` (the last passed
 check; 0 = never), `t3backup_offsite_last_check_failure_timestamp_seconds` (the last
-failed one; 0 = never), `t3backup_offsite_check_failures_total`. The copy gauges are
+failed one; 0 = never), `t3backup_offsite_check_failures_total`,
+`t3backup_offsite_first_copy_seen_timestamp_seconds` (when root first saw a copy in the
+repository; 0 = never: what T3BackupOffsiteNeverChecked counts from). The copy gauges are
 restored from the repository at start, so a restart does not reset "how old is the
 newest offsite copy".
 """
@@ -84,6 +86,10 @@ class OffsiteMetrics:
                 record.snapshots = outcome.snapshots
                 record.last_success = outcome.newest or 0.0
 
+    def first_copy_seen(self) -> float:
+        with self._lock:
+            return self._check.first_copy_seen
+
     def set_check_record(self, record: CheckRecord) -> None:
         with self._lock:
             self._check = record
@@ -139,5 +145,10 @@ class OffsiteMetrics:
             "Time of the oldest copy in the offsite repository (0 = none).",
             value=oldest,
         )
+        first_seen = GaugeMetricFamily(
+            PREFIX + "first_copy_seen_timestamp_seconds",
+            "When root first saw a copy in the offsite repository (0 = never).",
+            value=checked.first_copy_seen,
+        )
         yield from (last, failures, added, snapshots, check, check_failure, check_failed,
-                    oldest_copy)  # fmt: skip
+                    oldest_copy, first_seen)  # fmt: skip

@@ -5,6 +5,7 @@ waited for with deadlines and stopped as a group with the engine's own stop sign
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
@@ -15,6 +16,7 @@ from typing import IO
 
 from t3backupd.root.offsite.engine import OffsiteError
 from t3backupd.root.spawn import Child, ProcessTracker, launch
+from t3backupd.root.trusted import UntrustedFile, trusted_directory
 
 STOP_GRACE_SECONDS = 5.0
 OUTPUT_CAP_BYTES = 64 << 20
@@ -73,6 +75,24 @@ class RepositoryLock:
 
 _LOCKS: dict[str, RepositoryLock] = {}
 _LOCKS_GUARD = threading.Lock()
+
+
+def cache_directory(path: str, subdirectories: Sequence[str] = ()) -> int:
+    """An open descriptor of `offsite.cache_dir`, created 0700 and trusted like the config
+    (root's all the way up, no link followed; see trusted.trusted_directory), with each
+    of `subdirectories` made in it the same way. Raises OffsiteError: one line naming
+    offsite.cache_dir. The caller closes the descriptor."""
+    fd = -1
+    try:
+        fd = trusted_directory(path)
+        for name in subdirectories:
+            os.close(trusted_directory(os.path.join(path, name)))
+    except (UntrustedFile, OSError) as error:
+        if fd >= 0:
+            os.close(fd)
+        why = error.strerror if isinstance(error, OSError) else str(error)
+        raise OffsiteError("failed", f"offsite.cache_dir {path} refused: {why}") from None
+    return fd
 
 
 def lock_for(repository: str) -> RepositoryLock:

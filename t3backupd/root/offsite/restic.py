@@ -45,6 +45,7 @@ from t3backupd.root.offsite.process import (
     ERROR_TAIL_BYTES,
     LOCK_WAIT_SECONDS,
     EngineProcess,
+    cache_directory,
     lock_for,
     start_engine,
 )
@@ -106,7 +107,9 @@ def redact(repository: str) -> str:
 
 
 def _error_line(stderr: bytes, repository: str, shown: str) -> str:
-    text = stderr[-ERROR_TAIL_BYTES:].decode("utf-8", "replace").replace(repository, shown)
+    text = stderr[-ERROR_TAIL_BYTES:].decode("utf-8", "replace")
+    if repository:
+        text = text.replace(repository, shown)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     fatal = [line for line in lines if line.startswith("Fatal:")]
     # restic 0.14 ends a failed lock with "unable to create lock in backend", after a Go
@@ -151,11 +154,17 @@ class ResticEngine:
 
     def __init__(self, config: OffsiteConfig, tracker: Any = None) -> None:
         self.config = config
-        self.location = redact(config.repository)
+        # With repository_file the URL is a secret: messages name the file, never the URL.
+        self.location = (
+            redact(config.repository)
+            if config.repository
+            else f"the repository in {config.repository_file}"
+        )
         self.host = config.host or socket.gethostname().split(".")[0] or "localhost"
         self.tracker = tracker
-        self._lock = lock_for(config.repository)
+        self._lock = lock_for(config.repository or config.repository_file)
         self._owner = 0 if os.geteuid() == 0 else os.geteuid()
+        self._url = config.repository  # from repository_file: read at first use, by root
 
     # --- running restic ---------------------------------------------------------------
 
@@ -173,8 +182,23 @@ class ResticEngine:
         # The repository through the environment, never argv: a REST URL carries its
         # password, and any local user can read a process's /proc/PID/cmdline (its
         # environ is root's alone). Set last: it wins over an environment_file's.
-        env["RESTIC_REPOSITORY"] = self.config.repository
+        env["RESTIC_REPOSITORY"] = self._repository()
         return env
+
+    def _repository(self) -> str:
+        """The repository URL: `repository`, or the first line of the root-only
+        `repository_file`, read here, at use (so a command that never runs restic never
+        opens it). Raises OffsiteError naming the file, never its content."""
+        if not self._url:
+            path = self.config.repository_file
+            try:
+                lines = read_secret_file(path, self._owner).decode("utf-8").splitlines()
+            except (SecretFileError, UnicodeDecodeError) as error:
+                raise OffsiteError("auth", f"offsite.repository_file {path}: {error}") from None
+            self._url = lines[0].strip() if lines else ""
+            if not self._url:
+                raise OffsiteError("auth", f"offsite.repository_file {path}: is empty")
+        return self._url
 
     def _argv(self, restic: str, command: Sequence[str]) -> list[str]:
         argv = [
@@ -204,13 +228,14 @@ class ResticEngine:
             raise OffsiteError(
                 "auth", f"offsite.password_file {self.config.password_file}: {error}"
             ) from None
-        local = local_path(self.config.repository)
+        # Resolved first: it reads repository_file, whose URL may be a local path.
+        env = self._environment()
+        local = local_path(self._url)
         problem = read_only_problem(local) if local is not None else None
         if problem is not None:
             raise OffsiteError("read_only", problem)
-        os.makedirs(self.config.cache_dir, mode=0o700, exist_ok=True)
+        os.close(cache_directory(self.config.cache_dir))
         # Resolved here, so a missing binary is this one line, not the wrapper's error.
-        env = self._environment()
         restic = shutil.which(self.config.restic, path=env.get("PATH"))
         if restic is None:
             raise OffsiteError("failed", f"cannot run {self.config.restic}: not found")
@@ -227,7 +252,7 @@ class ResticEngine:
                 f"restic {what} on {self.location}: no result after {self.config.timeout_seconds}s",
             )
         stderr = process.stderr
-        line = _error_line(stderr, self.config.repository, self.location)
+        line = _error_line(stderr, self._url, self.location)
         reason = classify(stderr.decode("utf-8", "replace"))
         return OffsiteError(reason, f"restic {what} on {self.location}: {line}")
 

@@ -91,6 +91,8 @@ class OffsiteService:
             return
         self.metrics.restore(copies)
         self._log.info("offsite metrics restored", copies=len(copies))
+        if copies:
+            self._copies_seen(config)
 
     # --- the lane -----------------------------------------------------------------------
 
@@ -140,6 +142,8 @@ class OffsiteService:
                 outcome = sync_user(engine, config, one, inventory.snapshots, self._tracker)
             if not self._tracker.stopping.is_set():
                 self.metrics.record(outcome)
+            if outcome.uploaded or outcome.snapshots:
+                self._copies_seen(config)
             self._log_outcome(outcome)
             report = Report(action="stream", status="ok" if outcome.ok else "failed")
             return UserResult(one, report, started, time.monotonic() - clock)
@@ -200,6 +204,13 @@ class OffsiteService:
     # loaded at start and again whenever the file changes (a stat every few seconds on a
     # thread of its own, never in a scrape), so `t3backupd offsite check` clears the
     # check alerts without a restart.
+
+    def _copies_seen(self, config: Config) -> None:
+        """Root's record of when copies were first seen (NeverChecked counts from it)."""
+        if config.offsite is None or self.metrics.first_copy_seen():
+            return
+        record = checkrecord.copies_seen(config.offsite.cache_dir, time.time())
+        self.metrics.set_check_record(record)
 
     def _refresh_check_record(self) -> None:
         config = self._config()
