@@ -100,16 +100,18 @@ DOCS: dict[str, CommandDoc] = {
     ),
     "restore": CommandDoc(
         "restore a snapshot, as the user",
-        "Restore a snapshot: to a new file (--to, creates only that file) or into the "
-        "live database (--in-place, after a pre-restore snapshot; needs root). The "
-        "snapshot is verified first. --from offsite takes the bytes from the offsite "
-        "repository, verified (size and sha256 as recorded, quick_check) before either. "
+        "Restore a snapshot: to a new file outside dest (--to, creates only that file) "
+        "or into the live database (--in-place, after a pre-restore snapshot of it if it "
+        "exists; needs root). The snapshot is verified first. --from offsite takes the "
+        "bytes from the offsite repository, verified (size and sha256 as recorded, "
+        "quick_check) before either. "
         "--at TIME picks the newest snapshot at or before TIME in the [schedule] "
         "timezone: in the hour repeated when DST ends, the earlier occurrence; a time "
         "skipped when DST begins is refused.",
         (
             "0  restored",
-            "1  refused or failed (nothing was changed); no snapshot at or before --at",
+            "1  refused or failed (nothing was changed): also a --to path inside dest, "
+            "no snapshot at or before --at",
             "2  usage or config error (also: --at and --snapshot together, a nonexistent "
             "--at time)",
         ),
