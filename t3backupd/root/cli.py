@@ -343,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TIME",
         help="the newest snapshot at or before TIME ('YYYY-MM-DD HH:MM[:SS]' or "
         "'YYYY-MM-DD' = 00:00), in the [schedule] timezone; in the hour that repeats "
-        "when DST ends, the earlier occurrence; a time skipped when DST begins is refused",
+        "when DST ends, the earlier occurrence; a time skipped when DST begins is refused; "
+        "a time as list prints it ('YYYY-MM-DD HH:MM:SSZ') is UTC",
     )
     restore.add_argument(
         "--from",

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-# The time format of `list` (and `list --offsite`); `restore --at` accepts it as printed.
-LIST_TIME_FORMAT = "%Y-%m-%d %H:%M:%SZ"
+from t3backupd.core.selection import LIST_TIME_FORMAT
 
 
 class Output:

@@ -301,6 +301,23 @@ def test_restore_to_inside_the_backup_directory_is_refused_by_any_spelling(
 
 
 @pytest.mark.root
+def test_at_takes_the_time_exactly_as_list_prints_it(sandbox: Path, make_user: MakeUser) -> None:
+    user = make_user()
+    create_state_db(user, size_mb=1, seed=15)
+    config = json_config(sandbox, [user], extra='[schedule]\ntimezone = "America/New_York"\n')
+    first = take_snapshot(config, user)
+    time.sleep(1.05)
+    take_snapshot(config, user)
+    listed = t3backupd(config, "list").stdout
+    (row,) = [line.split() for line in listed.splitlines() if line.startswith(f"  {first}")]
+    printed = f"{row[1]} {row[2]}"  # e.g. 2026-12-07 21:23:11Z
+    target = Path(user.home) / "at.sqlite"
+    result = t3backupd(config, "restore", "--user", user.name, "--at", printed, "--to", str(target))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"restored {first}" in result.stdout, result.stdout
+
+
+@pytest.mark.root
 @pytest.mark.parametrize(
     "snapshot",
     ["../state-20250101T000000Z.sqlite", "..", "a/b", "/etc/shadow", "state-x/../y"],
