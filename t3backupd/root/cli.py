@@ -46,7 +46,14 @@ from t3backupd.root.restore import (
     restore_to,
     skipped_note,
 )
-from t3backupd.root.served import Served, load_served, log_problems, nobody_served, own_name
+from t3backupd.root.served import (
+    Served,
+    load_served,
+    log_problems,
+    nobody_served,
+    own_name,
+    verify_shadowed,
+)
 from t3backupd.root.spawn import running_as_root
 from t3backupd.root.usage import DIR_SIZES, destination_space, human
 
@@ -622,9 +629,7 @@ def command_check_config(args: argparse.Namespace) -> int:
     unit, texts = installed_unit()
     writable = writable_paths(texts) if texts else list(DEFAULT_WRITABLE)
     warnings = warnings_for(config, users, unit, writable)
-    nobody = nobody_served(config, users)
-    if nobody is not None:
-        warnings.append(nobody)
+    warnings += [w for w in (nobody_served(config, users), verify_shadowed(config)) if w]
     for warning in warnings:
         out.problem(f"warning: {warning}")
     # Imported here: APScheduler (behind the scheduler) is for `run` and this listing
