@@ -33,15 +33,17 @@ def copy_lines(stdout: str) -> list[list[str]]:
     return [line.split() for line in stdout.splitlines() if line.startswith("  state-")]
 
 
-def test_offsite_subcommands_take_global_options_after_them_and_are_quiet_with_q(
+def test_offsite_commands_take_options_after_them_are_quiet_and_list_like_list(
     each_engine: Offsite, make_user: MakeUser
 ) -> None:
     user = make_user()
     create_state_db(user, size_mb=1, seed=61)
     config = str(each_engine.write([user]))
-    init = cli("offsite", "init", "-c", config)
+    init = cli("offsite", "init", "-c", config)  # the global option after the subcommand
     assert init.returncode == 0, init.stderr
     assert "repository" in init.stdout
+    take_snapshot(Path(config), user)
+    time.sleep(1.05)  # a second name (names have a one-second resolution)
     take_snapshot(Path(config), user)
     quiet = cli("offsite", "sync", "-q", "--user", user.name, "-c", config)
     assert quiet.returncode == 0, quiet.stdout + quiet.stderr
@@ -52,21 +54,8 @@ def test_offsite_subcommands_take_global_options_after_them_and_are_quiet_with_q
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout == "", checked.stdout
 
-
-def test_list_offsite_reads_like_list_with_an_id_per_copy(
-    each_engine: Offsite, make_user: MakeUser
-) -> None:
-    user = make_user()
-    create_state_db(user, size_mb=1, seed=62)
-    config = each_engine.write([user])
-    assert cli("-c", str(config), "offsite", "init").returncode == 0
-    take_snapshot(config, user)
-    time.sleep(1.05)  # a second name (names have a one-second resolution)
-    take_snapshot(config, user)
-    synced = cli("-c", str(config), "offsite", "sync")
-    assert synced.returncode == 0, synced.stdout + synced.stderr
-    local = copy_lines(cli("-c", str(config), "list").stdout)
-    offsite = copy_lines(cli("-c", str(config), "list", "--offsite").stdout)
+    local = copy_lines(cli("-c", config, "list").stdout)
+    offsite = copy_lines(cli("list", "--offsite", "-c", config).stdout)
     assert len(local) == len(offsite) == 2, (local, offsite)
     # name, date, time, age, "ago", size, unit: column for column what `list` prints.
     assert [row[:3] for row in offsite] == [row[:3] for row in local]
