@@ -140,14 +140,21 @@ def choose_snapshot(
 # `--at`: a wall time in the config's time zone; a date alone means 00:00 that day.
 AT_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d")
 AT_SHOWN = "%Y-%m-%d %H:%M:%S %Z"
+# The time column of `list` (UTC, a trailing Z): `--at` takes it as printed, in UTC.
+LIST_TIME_FORMAT = "%Y-%m-%d %H:%M:%SZ"
 
 
 def parse_at(text: str, zone: tzinfo, zone_name: str) -> datetime:
     """The instant (aware, UTC) `--at TEXT` names, read as a wall time in `zone`.
 
     A time in the hour that repeats when DST ends means its earlier occurrence; a time
-    the clocks skipped when DST began does not exist. Raises UsageError (one line).
+    the clocks skipped when DST began does not exist. A time as `list` prints it
+    (LIST_TIME_FORMAT, a trailing Z) is UTC, whatever `zone`. Raises UsageError (one line).
     """
+    try:
+        return datetime.strptime(text, LIST_TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        pass
     for layout in AT_FORMATS:
         try:
             wall = datetime.strptime(text, layout)  # naive wall time, zoned below
@@ -157,7 +164,8 @@ def parse_at(text: str, zone: tzinfo, zone_name: str) -> datetime:
     else:
         raise UsageError(
             f"invalid --at {text!r}: use 'YYYY-MM-DD HH:MM', 'YYYY-MM-DD HH:MM:SS' or "
-            f"'YYYY-MM-DD' (a time in {zone_name})"
+            f"'YYYY-MM-DD' (a time in {zone_name}), or 'YYYY-MM-DD HH:MM:SSZ' (UTC, as list "
+            "prints it)"
         )
     instants, in_gap = occurrences(wall, zone)
     if in_gap:

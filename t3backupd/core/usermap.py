@@ -1,7 +1,10 @@
 """The usermap (`/etc/ttyd-user-map`): which OS users to back up.
 
 Same meaning as the legacy script: every non-comment line with exactly one `=`
-names an OS user on its right-hand side (whitespace stripped); duplicates collapse.
+names an OS user on its right-hand side (whitespace around it stripped); duplicates
+collapse. One difference: the legacy awk also deleted whitespace inside the name
+(`x=nc 3` backed up `nc3`); such a line is skipped and reported here, since a login name
+never holds a space and joining the words silently served another user.
 Parsing and resolution are pure (the passwd lookup is passed in); only
 `load_usermap` touches the disk, and only a root-owned file.
 """
@@ -64,7 +67,12 @@ def parse_usermap(text: str) -> tuple[list[UsermapEntry], list[Problem]]:
         if line.count("=") != 1:
             problems.append(Problem(number, stripped[:64], "not of the form name=os_user"))
             continue
-        name = "".join(line.split("=", 1)[1].split())
+        name = line.split("=", 1)[1].strip()
+        if len(name.split()) > 1:
+            problems.append(
+                Problem(number, name[:64], "whitespace inside the name (never joined into one)")
+            )
+            continue
         if name in seen:
             continue
         seen.add(name)

@@ -29,6 +29,7 @@ from t3backupd.core.protocol import Report, SnapshotInfo, VerifyResult
 from t3backupd.core.selection import parse_snapshot_request
 from t3backupd.core.usermap import NOT_ROOT_REASON, Problem, User
 from t3backupd.root.log import configure_logging, get_logger, is_journal_stream
+from t3backupd.root.output import Output, age_column, listed_time
 from t3backupd.root.passes import (
     future_dated,
     inventory_user,
@@ -52,6 +53,7 @@ from t3backupd.root.served import (
     nobody_served,
     own_name,
     require_offsite_secrets,
+    verify_shadowed,
 )
 from t3backupd.root.spawn import running_as_root
 from t3backupd.root.usage import DIR_SIZES, destination_space, human
@@ -106,17 +108,20 @@ DOCS: dict[str, CommandDoc] = {
     ),
     "restore": CommandDoc(
         "restore a snapshot, as the user",
-        "Restore a snapshot: to a new file (--to, creates only that file) or into the "
-        "live database (--in-place, after a pre-restore snapshot; needs root). The "
-        "snapshot is verified first. --from offsite takes the bytes from the offsite "
-        "repository, verified (size and sha256 as recorded, quick_check) before either. "
+        "Restore a snapshot: to a new file outside dest (--to, creates only that file) "
+        "or into the live database (--in-place, after a pre-restore snapshot of it if it "
+        "exists; needs root). The snapshot is verified first. --from offsite takes the "
+        "bytes from the offsite repository, verified (size and sha256 as recorded, "
+        "quick_check) before either. "
         "--at TIME picks the newest snapshot at or before TIME in the [schedule] "
         "timezone: in the hour repeated when DST ends, the earlier occurrence; a time "
         "skipped when DST begins is refused.",
         (
             "0  restored",
-            "1  refused or failed (nothing was changed); no snapshot at or before --at",
-            "2  usage (also: --at and --snapshot together, a nonexistent --at time)",
+            "1  refused or failed (nothing was changed): also a --to path inside dest, "
+            "no snapshot at or before --at",
+            "2  usage or config error (also: --at and --snapshot together, a nonexistent "
+            "--at time)",
         ),
     ),
     "adopt": CommandDoc(
@@ -131,15 +136,10 @@ DOCS: dict[str, CommandDoc] = {
     ),
     "offsite": CommandDoc(
         "offsite repository (restic or borg): init, sync, check",
-        "offsite init creates the [offsite] repository (restic format 2, or borg init "
-        "--encryption) if it does not exist; "
-        "offsite sync uploads each served user's local snapshots that are not offsite yet "
-        "(a worker as the user streams them; the engine, run by root with the password, "
-        "stores them) and applies the offsite retention per user; offsite check runs restic "
-        "check --read-data-subset (or borg check) and a restore drill of each user's newest "
-        "copy, and records its time and result in offsite.cache_dir, which the daemon "
-        "serves (t3backup_offsite_last_check_timestamp_seconds). list --offsite "
-        "and restore --from offsite read the repository.",
+        "The [offsite] repository (restic or borg): offsite init creates it, offsite sync "
+        "uploads what is not offsite yet, offsite check checks it and drills a restore; "
+        "each has its own --help (t3backupd offsite sync --help) and man page section. "
+        "list --offsite and restore --from offsite read the repository.",
         ("0  done for every user", "1  the repository or a user's upload or drill failed"),
     ),
     "check-config": CommandDoc(
@@ -157,9 +157,38 @@ DOCS: dict[str, CommandDoc] = {
         "Runs as root (each worker switches to its user); a user who is not root is "
         "refused, before anything starts, unless --unprivileged says they mean it.",
         ("0  clean stop", "1  workers did not stop within the 30 s grace",
-         "2  invalid config at start"),
+         "2  usage, or an invalid config at start (one line on stderr)"),
     ),
 }  # fmt: skip
+
+# `offsite init|sync|check`: each its own --help and man page section (under offsite).
+OFFSITE_DOCS: dict[str, CommandDoc] = {
+    "init": CommandDoc(
+        "create the repository if it does not exist",
+        "Create the [offsite] repository (restic format 2, or borg init --encryption) if "
+        "it does not exist; an existing repository is left as it is.",
+        ("0  created, or it exists already", "1  the engine failed (one line says why)"),
+    ),
+    "sync": CommandDoc(
+        "upload what is missing now",
+        "Upload each served user's local snapshots that are not offsite yet (a worker as "
+        "the user streams them; the engine, run by root with the password, stores them) "
+        "and apply the offsite retention per user. Prints one line per user.",
+        ("0  every user's snapshots are offsite",
+         "1  the repository or a user's upload or retention failed"),
+    ),
+    "check": CommandDoc(
+        "repository check + a restore drill of each user's newest copy",
+        "Run restic check --read-data-subset (or borg check) and a restore drill of each "
+        "user's newest copy, and record the time and result in offsite.cache_dir, which "
+        "the daemon serves (t3backup_offsite_last_check_timestamp_seconds).",
+        ("0  the repository and every drill are ok",
+         "1  the repository check or a user's drill failed"),
+    ),
+}  # fmt: skip
+
+# The commands that have subcommands, and their docs (the man page walks these).
+SUBCOMMAND_DOCS: dict[str, dict[str, CommandDoc]] = {"offsite": OFFSITE_DOCS}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -206,12 +235,35 @@ def _global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     )
 
 
+def exit_lines(doc: CommandDoc) -> tuple[str, ...]:
+    """The command's exit statuses, 2 once: its own line for 2 if it has one, else the
+    general one."""
+    if any(line.startswith("2 ") for line in doc.exits):
+        return doc.exits
+    return (*doc.exits, USAGE_EXIT.strip())
+
+
 def _exit_text(doc: CommandDoc) -> str:
     lines = [
         textwrap.fill(line, HELP_WIDTH, initial_indent="  ", subsequent_indent="     ")
-        for line in doc.exits
+        for line in exit_lines(doc)
     ]
-    return "exit status:\n" + "\n".join(lines) + "\n" + USAGE_EXIT
+    return "exit status:\n" + "\n".join(lines)
+
+
+def _add_command(
+    commands: argparse._SubParsersAction[_Parser], name: str, doc: CommandDoc
+) -> argparse.ArgumentParser:
+    """A command (or `offsite` subcommand) with its full --help and the global options."""
+    sub = commands.add_parser(
+        name,
+        help=doc.summary,
+        description=textwrap.fill(doc.description, HELP_WIDTH),
+        epilog=_exit_text(doc) + "\n\n" + ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _global_options(sub, defaults=False)
+    return sub
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,16 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     def command(name: str) -> argparse.ArgumentParser:
-        doc = DOCS[name]
-        sub = commands.add_parser(
-            name,
-            help=doc.summary,
-            description=textwrap.fill(doc.description, HELP_WIDTH),
-            epilog=_exit_text(doc) + "\n\n" + ENVIRONMENT,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        _global_options(sub, defaults=False)
-        return sub
+        return _add_command(commands, name, DOCS[name])
 
     def users_option(sub: argparse.ArgumentParser, what: str) -> None:
         sub.add_argument(
@@ -265,15 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     offsite = command("offsite")
     offsite_commands = offsite.add_subparsers(
-        dest="offsite_command", required=True, parser_class=_Parser
+        dest="offsite_command", required=True, parser_class=_Parser, metavar="SUBCOMMAND"
     )
-    offsite_commands.add_parser("init", help="create the repository if it does not exist")
-    offsite_check = offsite_commands.add_parser(
-        "check", help="repository check + a restore drill of each user's newest copy"
-    )
-    offsite_check.add_argument("--user", action="append", default=[])
-    offsite_sync = offsite_commands.add_parser("sync", help="upload what is missing now")
-    offsite_sync.add_argument("--user", action="append", default=[])
+    for name, doc in SUBCOMMAND_DOCS["offsite"].items():
+        sub = _add_command(offsite_commands, name, doc)
+        if name != "init":
+            users_option(sub, "every served user")
 
     check = command("check-config")
     check.add_argument(
@@ -311,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TIME",
         help="the newest snapshot at or before TIME ('YYYY-MM-DD HH:MM[:SS]' or "
         "'YYYY-MM-DD' = 00:00), in the [schedule] timezone; in the hour that repeats "
-        "when DST ends, the earlier occurrence; a time skipped when DST begins is refused",
+        "when DST ends, the earlier occurrence; a time skipped when DST begins is refused; "
+        "a time as list prints it ('YYYY-MM-DD HH:MM:SSZ') is UTC",
     )
     restore.add_argument(
         "--from",
@@ -343,20 +384,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --- output ---------------------------------------------------------------------------
-
-
-class Output:
-    """Human output: results on stdout (not with -q), problems always (stdout)."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def result(self, line: str) -> None:
-        if not self.quiet:
-            print(line)
-
-    def problem(self, line: str) -> None:
-        print(line)
 
 
 def log_settings(args: argparse.Namespace, config: Config) -> tuple[str, str]:
@@ -470,7 +497,7 @@ def command_snapshot(args: argparse.Namespace) -> int:
                 else "; pruned nothing"
             )
             out.result(
-                f"{name}: ok {report.snapshot.name} ({_human_size(report.snapshot.bytes)}, "
+                f"{name}: ok {report.snapshot.name} ({human(report.snapshot.bytes)}, "
                 f"{result.duration_s:.1f}s){pruned}"
             )
         elif report.status == "skipped":
@@ -478,23 +505,6 @@ def command_snapshot(args: argparse.Namespace) -> int:
         else:
             out.problem(f"{name}: FAILED {report.reason}: {report.message}")
     return EXIT_FAILED if any(result.report.status == "failed" for result in results) else EXIT_OK
-
-
-def _human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
-
-
-def _age(seconds: float) -> str:
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
 
 
 def _snapshot_json(info: SnapshotInfo, in_future: bool) -> dict[str, object]:
@@ -539,7 +549,7 @@ def command_list(args: argparse.Namespace) -> int:
     if args.offsite:
         from t3backupd.root.offsite import commands as offsite_commands
 
-        return offsite_commands.list_offsite(config, selected, args.json)
+        return offsite_commands.list_offsite(config, selected, args.json, out)
     require_dest(config)
     now = time.time()
     documents = [(user, inventory_user(config, user).report) for user in selected]
@@ -576,18 +586,14 @@ def command_list(args: argparse.Namespace) -> int:
         usage = f", directory {human(report.dir_bytes)}" if report.dir_bytes else ""
         out.result(f"{user.name}: {len(report.snapshots)} snapshot(s), newest first{usage}")
         for info in newest_first(report.snapshots):
-            when = datetime.fromtimestamp(info.time, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+            when = listed_time(info.time)
             checksum = "" if info.has_checksum else "  (no checksum)"
             label = f"  [{info.label}]" if info.label else ""
+            age = age_column(info.time, now, info.name in future)
             if info.name in future:
-                # No negative age: a clock fault, or a planted name.
-                age = "in the future"
                 checksum += "  (clock fault or planted; never taken as latest)"
-            else:
-                age = f"{_age(max(0.0, now - info.time)):>6} ago"
             out.result(
-                f"  {info.name:<52} {when}  {age:>10}  "
-                f"{_human_size(info.bytes):>10}{label}{checksum}"
+                f"  {info.name:<52} {when}  {age:>10}  {human(info.bytes):>10}{label}{checksum}"
             )
     space = destination_space(config.dest)
     largest = DIR_SIZES.describe_largest()
@@ -624,9 +630,7 @@ def command_check_config(args: argparse.Namespace) -> int:
     unit, texts = installed_unit()
     writable = writable_paths(texts) if texts else list(DEFAULT_WRITABLE)
     warnings = warnings_for(config, users, unit, writable)
-    nobody = nobody_served(config, users)
-    if nobody is not None:
-        warnings.append(nobody)
+    warnings += [w for w in (nobody_served(config, users), verify_shadowed(config)) if w]
     from t3backupd.root.offsite.report import offsite_report
 
     offsite_lines, offsite_warnings = offsite_report(config, datetime.now(UTC))
@@ -848,12 +852,13 @@ def command_offsite(args: argparse.Namespace) -> int:
 
     config, users, _ = load_context(args)
     require_offsite_secrets(config)
+    out = Output(args.quiet)
     if args.offsite_command == "init":
-        return offsite_commands.init(config)
+        return offsite_commands.init(config, out)
     selected = select_users(users, args.user, config)
     if args.offsite_command == "check":
-        return offsite_commands.check(config, selected)
-    return offsite_commands.sync(config, selected)
+        return offsite_commands.check(config, selected, out)
+    return offsite_commands.sync(config, selected, out)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

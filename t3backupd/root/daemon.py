@@ -57,6 +57,7 @@ from t3backupd.root.served import (
     log_problems,
     nobody_served,
     require_offsite_secrets,
+    verify_shadowed,
 )
 from t3backupd.root.spawn import ProcessTracker
 from t3backupd.root.usage import DestinationCollector
@@ -343,6 +344,9 @@ class Daemon:
         self._metrics.set_verify_enabled(bool(config.verify.cron))
         if not config.verify.cron:
             return
+        shadowed = verify_shadowed(config)
+        if shadowed is not None:
+            self._log.warning("verify passes will be skipped", detail=shadowed)
         self._scheduler.add_job(
             self._run_verify,
             build_trigger(config.verify.cron, config.schedule.timezone),
@@ -514,9 +518,9 @@ class Daemon:
             self._scheduler.modify_job(
                 JOB_ID, misfire_grace_time=new.config.schedule.misfire_grace_seconds
             )
-        if (old.config.verify, old.config.schedule.timezone) != (
+        if (old.config.verify, schedule_key(old.config.schedule)) != (
             new.config.verify,
-            new.config.schedule.timezone,
+            schedule_key(new.config.schedule),
         ):
             self._schedule_verify(new.config)
         self._schedule_offsite(new.config)

@@ -12,7 +12,14 @@ import sys
 from collections.abc import Iterable
 
 from t3backupd import __version__
-from t3backupd.root.cli import DOCS, ENVIRONMENT, USAGE_EXIT, build_parser
+from t3backupd.root.cli import (
+    DOCS,
+    ENVIRONMENT,
+    SUBCOMMAND_DOCS,
+    USAGE_EXIT,
+    CommandDoc,
+    build_parser,
+)
 
 FILES = (
     ("/etc/t3backupd/config.toml", "the config (TOML; every key in config.example.toml)"),
@@ -63,6 +70,27 @@ def _global_option_names(parser: argparse.ArgumentParser) -> set[str]:
     return names
 
 
+def _section(
+    name: str, sub: argparse.ArgumentParser, doc: CommandDoc, global_names: set[str]
+) -> list[str]:
+    """One command's .SS: usage, description, its own options, exit statuses."""
+    usage = " ".join(sub.format_usage().removeprefix("usage: ").split())
+    lines = [
+        f".SS {_text(name)}",
+        f".B {_text(usage)}",
+        ".PP",
+        _text(doc.description),
+        *_options(sub, skip=global_names),
+        ".PP",
+        "Exit status:",
+        ".RS",
+    ]
+    for exit_line in doc.exits:
+        code, _, meaning = exit_line.partition("  ")
+        lines += [".TP", f"\\fB{code}\\fR", _text(meaning.strip())]
+    return [*lines, ".RE"]
+
+
 def render(parser: argparse.ArgumentParser | None = None) -> str:
     """The whole page, roff (man macros)."""
     parser = parser if parser is not None else build_parser()
@@ -90,23 +118,10 @@ def render(parser: argparse.ArgumentParser | None = None) -> str:
         ".SH COMMANDS",
     ]
     for name, sub in commands.items():
-        doc = DOCS[name]
-        usage = sub.format_usage().removeprefix("usage: ").strip()
-        usage = " ".join(usage.split())
-        lines += [
-            f".SS {_text(name)}",
-            f".B {_text(usage)}",
-            ".PP",
-            _text(doc.description),
-            *_options(sub, skip=global_names),
-            ".PP",
-            "Exit status:",
-            ".RS",
-        ]
-        for exit_line in doc.exits:
-            code, _, meaning = exit_line.partition("  ")
-            lines += [".TP", f"\\fB{code}\\fR", _text(meaning.strip())]
-        lines += [".RE"]
+        lines += _section(name, sub, DOCS[name], global_names)
+        nested = SUBCOMMAND_DOCS.get(name, {})
+        for sub_name, nested_sub in _subcommands(sub).items():
+            lines += _section(f"{name} {sub_name}", nested_sub, nested[sub_name], global_names)
     lines += [".SH EXIT STATUS", ".TP", "\\fB0\\fR", "success", ".TP", "\\fB1\\fR"]
     lines += ["a failure the command reports (a user failed, a snapshot is bad...)"]
     lines += [".TP", "\\fB2\\fR", _text(USAGE_EXIT.split("  ", 2)[-1])]

@@ -148,12 +148,33 @@ def restore_to(
     parse_snapshot_request(request)
     if not os.path.isabs(target):
         raise UsageError(f"--to {target!r}: give an absolute path")
+    refuse_target_in_dest(config, target)
     if streamed is not None:
         request = streamed.name
     with structlog.contextvars.bound_contextvars(user=user.name):
         report = _run(config, user, streamed)(restore_spec(config, user, request, target=target))
         _log(report, mode="to", origin=_origin(streamed), target=target)
     return report
+
+
+def _within(path: str, roots: set[str]) -> bool:
+    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+
+
+def refuse_target_in_dest(config: Config, target: str) -> None:
+    """Refuse a `--to` path in the backup destination: a file restored there would be
+    taken for a snapshot (`state-2099...sqlite` as "latest"), or pruned.
+
+    Both spellings of each path count: `..` folded by the words (what the operator
+    reads) and by the kernel through symlinks (realpath: lstat and readlink only, no
+    open, on a path that may be the user's). Raises T3BackupError (exit 1, nothing run).
+    """
+    roots = {os.path.normpath(config.dest), os.path.realpath(config.dest)}
+    if _within(os.path.normpath(target), roots) or _within(os.path.realpath(target), roots):
+        raise T3BackupError(
+            f"restore refused: --to {target} is inside the backup directory {config.dest} "
+            "(dest), where it would count as a snapshot; restore to a path outside it"
+        )
 
 
 def _origin(streamed: StreamedCopy | None) -> str:

@@ -116,6 +116,20 @@ def nobody_served(config: Config, users: Sequence[User]) -> str | None:
     return f"usermap {usermap} serves no user: {own_name()} is not in it (or run as root)"
 
 
+def verify_shadowed(config: Config) -> str | None:
+    """The warning for a `[verify] cron` equal to `schedule.cron`, else None: both jobs
+    fire at the same moment, the snapshot pass takes the pass lock first, and every
+    verify pass is skipped (it never waits, so as not to delay the next snapshot)."""
+    cron = " ".join(config.verify.cron.split())
+    if not cron or cron != " ".join(config.schedule.cron.split()):
+        return None
+    return (
+        f"verify.cron '{config.verify.cron}' is schedule.cron: each verify pass starts "
+        "while the snapshot pass runs and is skipped, so nothing is ever verified; give "
+        "verify.cron another time"
+    )
+
+
 def own_name() -> str:
     """The login name of the effective uid (the uid itself if it has none)."""
     try:

@@ -495,14 +495,19 @@ def _restore_in_place(
             extra=extra,
         )
     kept = "kept" if before is not None else "new file"
+    # Only a database that existed has a pre-restore snapshot to speak of.
+    safety = (
+        "the database's write lock was held from before the pre-restore snapshot to the end"
+        if pre is not None
+        else "no database existed, so no pre-restore snapshot was taken"
+    )
     return Report(
         action="restore",
         status="ok",
         message=(
             f"restored {parsed.filename} into {live} (uid {after.st_uid}, gid {after.st_gid}, "
             f"mode {stat.S_IMODE(after.st_mode):04o} {kept}; journal_mode wal; "
-            f"quick_check ok; the database's write lock was held from before the "
-            f"pre-restore snapshot to the end){forced}"
+            f"quick_check ok; {safety}){forced}"
         ),
         snapshot=_info(parsed, checked),
         duration_s=round(job.elapsed(), 6),

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from support import need
 from support.daemon import RUN_AS_ME, free_port
-from support.system import IS_ROOT, PYTHON, run_as, t3backupd
+from support.system import IS_ROOT, PYTHON, create_state_db, run_as, t3backupd
 
 from t3backupd.core.usermap import User
 
@@ -149,3 +149,24 @@ def test_check_config_on_a_usermap_serving_nobody_warns_and_fails_strict(sandbox
     assert "0 user(s) served, 0 skipped" in result.stdout
     strict = t3backupd(config, "check-config", "--strict")
     assert strict.returncode == 1 and "serves no user" in strict.stdout
+
+
+@pytest.mark.root
+def test_a_name_with_a_space_is_skipped_in_one_line_not_joined_into_another_user(
+    sandbox: Path, make_user: Callable[[], User]
+) -> None:
+    """`x=nc 3` served the user `nc3` (the legacy awk deleted the space): now the line is
+    skipped, one line naming the usermap and the line, and that user is not served."""
+    user = make_user()
+    create_state_db(user, size_mb=1, seed=31)
+    usermap = sandbox / "usermap"
+    usermap.write_text(f"# the name split in two\nx={user.name[:3]} {user.name[3:]}\n")
+    result = t3backupd(write_config(sandbox, usermap), "-q", "snapshot")
+    assert result.returncode == 0, result.stdout + result.stderr
+    skipped = [json.loads(line) for line in result.stderr.splitlines()]
+    assert skipped[0]["event"] == "usermap entry skipped", skipped
+    assert (skipped[0]["line"], skipped[0]["usermap"]) == (2, str(usermap)), skipped[0]
+    assert "whitespace inside the name" in skipped[0]["reason"], skipped[0]
+    assert not (sandbox / "dest" / user.name).exists(), "the joined name was served"
+    check = t3backupd(write_config(sandbox, usermap), "check-config")
+    assert f"skipped line 2 ('{user.name[:3]} {user.name[3:]}'): whitespace" in check.stdout

@@ -455,3 +455,28 @@ def test_scheduled_verification_counts_a_corrupted_snapshot(site: Site) -> None:
             time.sleep(0.5)
     assert sample(text, "t3backup_last_verify_timestamp_seconds", user=user.name)
     assert sample(text, "t3backup_verify_failures_total", user=user.name) == 1
+
+
+def test_a_verify_cron_equal_to_the_schedule_is_a_warning_in_check_config_and_the_daemon(
+    site: Site,
+) -> None:
+    """Both jobs fire together, the snapshot pass wins the pass lock, and every verify
+    pass is skipped: said at warning level, not only at info when each is skipped."""
+    user = site.add_user()
+    site.write([user], extra=f'[verify]\ncron = "{FAR_FUTURE_CRON}"\n')
+    check = subprocess.run(
+        [PYTHON, "-I", "-m", "t3backupd", "-c", str(site.config), "check-config", "--strict"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert f"warning: verify.cron '{FAR_FUTURE_CRON}' is schedule.cron" in check.stdout
+    with daemon(site) as running:
+        warned = running.events("verify passes will be skipped", level="warning")
+        assert len(warned) == 1 and "is schedule.cron" in str(warned[0]["detail"]), warned
+        site.write([user], extra='[verify]\ncron = "30 0 29 2 *"\n')  # leap days, not equal
+        reload(running)
+        assert len(running.events("verify passes will be skipped")) == 1
+        # A reload moving schedule.cron onto the verify cron warns again.
+        site.write([user], cron="30 0 29 2 *", extra='[verify]\ncron = "30 0 29 2 *"\n')
+        reload(running)
+        assert len(running.events("verify passes will be skipped", level="warning")) == 2

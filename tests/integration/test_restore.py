@@ -272,6 +272,52 @@ def test_restore_to_an_unwritable_or_existing_path_is_refused_without_change(
 
 
 @pytest.mark.root
+def test_restore_to_inside_the_backup_directory_is_refused_by_any_spelling(
+    sandbox: Path, make_user: MakeUser
+) -> None:
+    """A restored copy in `<dest>/<user>` would count as a snapshot (a 2099 name as
+    "latest"): refused whether named directly, through `..`, or through a user's link."""
+    user = make_user()
+    create_state_db(user, size_mb=1, seed=14)
+    config = json_config(sandbox, [user])
+    name = take_snapshot(config, user)
+    mine = sandbox / "dest" / user.name
+    planted = "state-20990101T000000Z.sqlite"
+    link = Path(user.home) / "backups"
+    run_as(user, ["ln", "-s", str(mine), str(link)])
+    for target in (
+        mine / planted,
+        Path(user.home) / ".." / ".." / str(mine).lstrip("/") / planted,
+        link / planted,
+        sandbox / "dest",
+    ):
+        result = t3backupd(config, "restore", "--user", user.name, "--to", str(target))
+        assert result.returncode == 1, result.stdout + result.stderr
+        lines = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+        assert len(lines) == 1 and "inside the backup directory" in lines[0], lines
+    assert not any(p.name == planted for p in mine.iterdir())
+    listed = t3backupd(config, "list", "--json")
+    assert [s["name"] for s in json.loads(listed.stdout)["users"][0]["snapshots"]] == [name]
+
+
+@pytest.mark.root
+def test_at_takes_the_time_exactly_as_list_prints_it(sandbox: Path, make_user: MakeUser) -> None:
+    user = make_user()
+    create_state_db(user, size_mb=1, seed=15)
+    config = json_config(sandbox, [user], extra='[schedule]\ntimezone = "America/New_York"\n')
+    first = take_snapshot(config, user)
+    time.sleep(1.05)
+    take_snapshot(config, user)
+    listed = t3backupd(config, "list").stdout
+    (row,) = [line.split() for line in listed.splitlines() if line.startswith(f"  {first}")]
+    printed = f"{row[1]} {row[2]}"  # e.g. 2026-12-07 21:23:11Z
+    target = Path(user.home) / "at.sqlite"
+    result = t3backupd(config, "restore", "--user", user.name, "--at", printed, "--to", str(target))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"restored {first}" in result.stdout, result.stdout
+
+
+@pytest.mark.root
 @pytest.mark.parametrize(
     "snapshot",
     ["../state-20250101T000000Z.sqlite", "..", "a/b", "/etc/shadow", "state-x/../y"],
@@ -326,6 +372,10 @@ def test_in_place_restore_of_a_lost_database_recreates_it_in_wal_mode(
     result = t3backupd(config, "restore", "--user", user.name, "--in-place")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "nothing to undo" in result.stdout
+    # No database, no pre-restore snapshot: nothing may say one was taken (issue 21, 8).
+    assert "from before the pre-restore snapshot" not in result.stdout, result.stdout
+    assert "no pre-restore snapshot was taken" in result.stdout, result.stdout
+    assert [p.name for p in (sandbox / "dest" / user.name).glob("*pre-restore*")] == []
     assert is_wal(database), "a recreated database must be in the app's WAL mode"
     info = os.stat(database)
     assert (info.st_uid, info.st_gid) == (user.uid, user.gid)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from t3backupd.root.cli import DOCS, build_parser
+from t3backupd.root.cli import DOCS, SUBCOMMAND_DOCS, build_parser
 from t3backupd.root.manpage import render
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "t3backupd.8"
@@ -38,6 +38,31 @@ def test_the_man_page_names_every_command_option_and_exit_status() -> None:
     for variable in ("T3BACKUPD_CONFIG", "T3_BACKUP_DEST", "T3_BACKUP_KEEP", "T3_BACKUP_TIMEOUT"):
         assert f"\\fB{variable}\\fR" in page
     assert "`" not in page
+
+
+def test_the_offsite_subcommands_have_their_own_sections_options_and_help() -> None:
+    page = render()
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    offsite = subparsers.choices["offsite"]
+    nested = next(a for a in offsite._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(nested.choices) == set(SUBCOMMAND_DOCS["offsite"]) == {"init", "sync", "check"}
+    for name, sub in nested.choices.items():
+        section = page.split(f".SS offsite {name}\n", 1)[1].split(".SS ", 1)[0]
+        for line in SUBCOMMAND_DOCS["offsite"][name].exits:
+            assert roff(line.split("  ", 1)[1]) in section.replace("\n", " "), line
+        if name != "init":
+            assert "\\fB\\-\\-user\\fR" in section, name
+        help_text = sub.format_help()
+        assert "exit status:" in help_text and "global options" in help_text, name
+        assert help_text.count("\n  2  ") == 1, help_text
+
+
+def test_every_command_help_lists_exit_2_once() -> None:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        assert sub.format_help().count("\n  2  ") == 1, name
 
 
 def test_a_new_option_makes_the_checked_in_page_stale() -> None:

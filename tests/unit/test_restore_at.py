@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from t3backupd.core.errors import SnapshotNotFound, UsageError
-from t3backupd.core.selection import choose_at, parse_at, pick_at
+from t3backupd.core.selection import LIST_TIME_FORMAT, choose_at, parse_at, pick_at
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -42,6 +42,13 @@ def test_a_time_skipped_when_dst_begins_is_one_clear_line() -> None:
     assert parse_at("2026-03-29 03:00", BERLIN, "Europe/Berlin") == datetime(
         2026, 3, 29, 1, 0, tzinfo=UTC
     )
+
+
+def test_the_time_list_prints_is_taken_as_printed_in_utc() -> None:
+    """`list` prints '2026-12-01 14:00:30Z' (UTC); --at refused it (issue 21, 8)."""
+    listed = datetime(2026, 12, 1, 14, 0, 30, tzinfo=UTC).strftime(LIST_TIME_FORMAT)
+    assert listed == "2026-12-01 14:00:30Z"
+    assert parse_at(listed, BERLIN, "Europe/Berlin") == datetime(2026, 12, 1, 14, 0, 30, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(

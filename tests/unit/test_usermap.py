@@ -56,9 +56,18 @@ def test_comments_including_indented_ones_and_blank_lines_are_ignored() -> None:
     assert problems == []
 
 
-def test_whitespace_around_and_inside_the_right_hand_side_is_stripped() -> None:
-    entries, _ = parse_usermap("a =  alice  \nb=\tbo b\t\nc = ca\r\n")
+def test_whitespace_around_the_right_hand_side_is_stripped() -> None:
+    entries, problems = parse_usermap("a =  alice  \nb=\tbob\t\nc = ca\r\n")
     assert names(entries) == ["alice", "bob", "ca"]
+    assert problems == []
+
+
+def test_whitespace_inside_the_name_is_a_problem_not_another_user() -> None:
+    """The legacy awk joined `nc 3` into `nc3` and backed up that user (issue 21, 8)."""
+    entries, problems = parse_usermap("x=nc 3\nb=\tbo b\t\nc=carol\n")
+    assert names(entries) == ["carol"]
+    assert [(p.line, p.name) for p in problems] == [(1, "nc 3"), (2, "bo b")]
+    assert "whitespace inside the name" in str(problems[0])
 
 
 def test_windows_line_endings_are_tolerated() -> None:

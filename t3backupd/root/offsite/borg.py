@@ -594,4 +594,5 @@ def _parse_archive(item: object, host: str) -> OffsiteSnapshot | None:
     )
     if not meta.valid():
         return None
-    return OffsiteSnapshot(name, meta, host)
+    archive_id = item.get("id")
+    return OffsiteSnapshot(name, meta, host, archive_id if isinstance(archive_id, str) else "")

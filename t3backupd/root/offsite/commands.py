@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from t3backupd.core.config import Config
 from t3backupd.core.errors import SnapshotNotFound, T3BackupError
 from t3backupd.core.protocol import Report, RestoreSpec
+from t3backupd.core.retention import is_future_dated
 from t3backupd.core.selection import parse_snapshot_request
 from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
@@ -20,8 +21,10 @@ from t3backupd.root.offsite import checkrecord, make_engine
 from t3backupd.root.offsite.checks import check_and_record
 from t3backupd.root.offsite.engine import OffsiteError, OffsiteSnapshot
 from t3backupd.root.offsite.lane import choose_copy, run_offsite_pass, stream_restore
+from t3backupd.root.output import Output, age_column, listed_time
 from t3backupd.root.restore import AtMoment, StreamedCopy, chosen_at
 from t3backupd.root.spawn import ProcessTracker
+from t3backupd.root.usage import human
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -30,7 +33,7 @@ def _error(message: str) -> None:
     sys.stderr.write(f"t3backupd: offsite {message}\n")
 
 
-def init(config: Config) -> int:
+def init(config: Config, out: Output) -> int:
     tracker = ProcessTracker()
     engine = make_engine(config, tracker)
     try:
@@ -40,13 +43,13 @@ def init(config: Config) -> int:
         _error(str(error))
         return EXIT_FAILED
     if created:
-        print(f"created {engine.name} repository {engine.location}")
+        out.result(f"created {engine.name} repository {engine.location}")
     else:
-        print(f"{engine.name} repository {engine.location} exists already; nothing changed")
+        out.result(f"{engine.name} repository {engine.location} exists already; nothing changed")
     return EXIT_OK
 
 
-def sync(config: Config, users: Sequence[User]) -> int:
+def sync(config: Config, users: Sequence[User], out: Output) -> int:
     # One tracker for the workers and the engine processes alike: a Ctrl-C stops both.
     tracker = ProcessTracker()
     engine = make_engine(config, tracker)
@@ -61,30 +64,31 @@ def sync(config: Config, users: Sequence[User]) -> int:
             f"{len(outcome.forgotten)} forgotten, {copies} offsite"
         )
         if outcome.ok:
-            print(f"{outcome.user.name}: ok {summary}")
+            out.result(f"{outcome.user.name}: ok {summary}")
         else:
             first = outcome.failures[0]
-            print(f"{outcome.user.name}: FAILED {first}; {summary}")
+            out.problem(f"{outcome.user.name}: FAILED {first}; {summary}")
     return EXIT_OK if all(outcome.ok for outcome in outcomes) else EXIT_FAILED
 
 
-def check(config: Config, users: Sequence[User]) -> int:
+def check(config: Config, users: Sequence[User], out: Output) -> int:
     # Ctrl-C: every engine process this thread started is stopped and reaped first.
     tracker = ProcessTracker()
     with tracker.stop_all_if_interrupted():
-        return _check(config, users, tracker)
+        return _check(config, users, tracker, out)
 
 
-def _check(config: Config, users: Sequence[User], tracker: ProcessTracker) -> int:
+def _check(config: Config, users: Sequence[User], tracker: ProcessTracker, out: Output) -> int:
     engine = make_engine(config, tracker)
     result = check_and_record(engine, config, users)
     if result.error is None:
-        print(f"{engine.location}: {engine.name} check ok (read data subset {result.subset})")
+        out.result(f"{engine.location}: {engine.name} check ok (read data subset {result.subset})")
     else:
         _error(f"check failed: {result.error}")
     for drill in result.drills:
         word = "ok" if drill.ok else "FAILED"
-        print(f"{drill.user}: drill {word} {drill.name or '-'}: {drill.message}")
+        line = f"{drill.user}: drill {word} {drill.name or '-'}: {drill.message}"
+        (out.result if drill.ok else out.problem)(line)
     get_logger().info("offsite check", ok=result.ok, users=len(users))
     return EXIT_OK if result.ok else EXIT_FAILED
 
@@ -102,7 +106,7 @@ def _copy_json(snapshot: OffsiteSnapshot) -> dict[str, object]:
     }
 
 
-def list_offsite(config: Config, users: Sequence[User], as_json: bool) -> int:
+def list_offsite(config: Config, users: Sequence[User], as_json: bool, out: Output) -> int:
     tracker = ProcessTracker()
     engine = make_engine(config, tracker)
     try:
@@ -129,19 +133,21 @@ def list_offsite(config: Config, users: Sequence[User], as_json: bool) -> int:
         print(json.dumps(payload, indent=2))
         return EXIT_OK
     now = time.time()
+    moment = datetime.fromtimestamp(now, UTC)
     for user in users:
         mine = by_user[user.name]
         if not mine:
-            print(f"{user.name}: no offsite copies")
+            out.result(f"{user.name}: no offsite copies")
             continue
-        print(f"{user.name}: {len(mine)} offsite cop{'y' if len(mine) == 1 else 'ies'}")
+        plural = "y" if len(mine) == 1 else "ies"
+        out.result(f"{user.name}: {len(mine)} offsite cop{plural}, newest first")
         for copy in reversed(mine):
-            when = datetime.fromtimestamp(copy.meta.time, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
             label = f"  [{copy.meta.label}]" if copy.meta.label else ""
-            age_h = (now - copy.meta.time) / 3600
-            print(
-                f"  {copy.meta.name:<52} {when}  {age_h:>7.1f}h ago  "
-                f"{copy.meta.size:>12} B  {copy.id[:8]}{label}"
+            future = is_future_dated(datetime.fromtimestamp(copy.meta.time, UTC), moment)
+            age = age_column(copy.meta.time, now, future)
+            out.result(
+                f"  {copy.meta.name:<52} {listed_time(copy.meta.time)}  {age:>10}  "
+                f"{human(copy.meta.size):>10}  {copy.listed_id}{label}"
             )
     return EXIT_OK
 

@@ -108,6 +108,13 @@ class OffsiteSnapshot:
     id: str
     meta: SnapshotMeta
     host: str
+    # What `list --offsite` shows when the id is no short handle: a borg copy's id is its
+    # archive name, whose first characters are the same for every copy ("t3backupd+").
+    short_id: str = ""
+
+    @property
+    def listed_id(self) -> str:
+        return (self.short_id or self.id)[:8]
 
 
 @dataclass(frozen=True)
