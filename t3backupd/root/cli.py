@@ -614,6 +614,10 @@ def command_check_config(args: argparse.Namespace) -> int:
     )
 
     config, users, problems = load_context(args, strict_usermap=True)
+    if running_as_root():
+        # What the daemon refuses at start is an error here too, not a warning: as root
+        # this is the daemon's view (a user's check-config never opens root's secrets).
+        require_offsite_secrets(config)
     out = Output(args.quiet)
     out.result(f"config {config.path}: ok")
     for line in effective_lines(config):
