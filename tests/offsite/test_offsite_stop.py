@@ -25,12 +25,13 @@ from support.offsite import (
     Backend,
     borg,
     borg_archives,
+    command_line,
+    engine_pids,
     need_borg,
     need_restic,
     offsite_section,
     password_file,
     restic,
-    restic_pids,
     restic_snapshots,
 )
 from support.snapshots import parent_of, temps_in, worker_pids
@@ -72,23 +73,6 @@ def configure(site: Site, backend: Backend, user: User) -> tuple[Path, Path]:
     made = t3backupd(config, "offsite", "init")
     assert made.returncode == 0, made.stdout + made.stderr
     return config, password
-
-
-def command_line(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def engine_pids(repository: str) -> list[int]:
-    """Every restic or borg process on `repository` (whoever started it): borg names it
-    in its argv, restic gets it in RESTIC_REPOSITORY."""
-    found = set(restic_pids(repository))
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and repository in " ".join(command_line(int(entry))):
-            found.add(int(entry))
-    return sorted(found)
 
 
 def catch_engine(parent: int, engine: str, action: str, alive: Callable[[], bool],
