@@ -167,6 +167,24 @@ def _snapshots(config: Path, user: User, labels: list[str | None]) -> list[str]:
     return names
 
 
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _figure(offsite: Offsite, attacker: bool, text: str) -> None:
+    """A measured delay, for the report (`pytest -s`); never asserted."""
+    print(f"\n[{offsite.backend.engine}, attacker {'frozen' if attacker else 'absent'}] {text}")
+
+
+def _synced(outcomes: list[UserOffsite], user: User, name: str) -> dict[str, UserOffsite]:
+    """The pass's outcomes by user, `user`'s checked: ok, `name` uploaded."""
+    by_user = {outcome.user.name: outcome for outcome in outcomes}
+    assert [item.meta.name for item in by_user[user.name].uploaded] == [name]
+    assert by_user[user.name].ok, by_user[user.name].failures
+    return by_user
+
+
 @pytest.mark.parametrize("attacker", [True, False], ids=["frozen", "calm"])
 def test_a_frozen_stream_ends_its_users_turn_and_the_next_user_goes_offsite(
     each_engine: Offsite, make_user: MakeUser, attacker: bool
@@ -192,19 +210,11 @@ def test_a_frozen_stream_ends_its_users_turn_and_the_next_user_goes_offsite(
     def arrived(outcome: UserOffsite) -> None:
         finished[outcome.user.name] = time.monotonic() - started
 
-    if attacker:
-        with freezer.running():
-            outcomes = run_offsite_pass(engine, config, [mallory, bob], on_result=arrived)
-    else:
+    with freezer.running() if attacker else _nothing():
         outcomes = run_offsite_pass(engine, config, [mallory, bob], on_result=arrived)
-    print(
-        f"\n[{each_engine.backend.engine}, attacker {'frozen' if attacker else 'absent'}] "
-        f"bob's sync done {finished[bob.name]:.1f}s after the pass began "
-        f"(mallory's turn ended at {finished[mallory.name]:.1f}s)"
-    )
-    by_user = {outcome.user.name: outcome for outcome in outcomes}
-    assert [item.meta.name for item in by_user[bob.name].uploaded] == [bobs]
-    assert by_user[bob.name].ok, by_user[bob.name].failures
+    _figure(each_engine, attacker, f"bob's sync done {finished[bob.name]:.1f}s after the pass "
+            f"began (mallory's turn ended at {finished[mallory.name]:.1f}s)")  # fmt: skip
+    by_user = _synced(outcomes, bob, bobs)
     if attacker:
         assert freezer.escaped == []
         assert len(freezer.frozen) == 1, "a stall must end mallory's turn: one stream worker"
@@ -264,14 +274,9 @@ def test_a_frozen_stream_holds_no_lock_another_users_retention_or_a_prune_needs(
         frozen_after_prune = freezer.still_frozen()
     passing.join(300)
     assert not passing.is_alive()
-    print(
-        f"\n[{each_engine.backend.engine}, attacker {'frozen' if attacker else 'absent'}] "
-        f"bob's upload + forget done {seen['after']:.1f}s after the pass began; "
-        f"prune took {pruned_in:.1f}s"
-    )
-    by_user = {outcome.user.name: outcome for outcome in outcomes}
-    assert [item.meta.name for item in by_user[bob.name].uploaded] == [new]
-    assert by_user[bob.name].ok, by_user[bob.name].failures
+    _figure(each_engine, attacker, f"bob's upload + forget done {seen['after']:.1f}s after "
+            f"the pass began; prune took {pruned_in:.1f}s")  # fmt: skip
+    by_user = _synced(outcomes, bob, new)
     assert len(by_user[bob.name].forgotten) == 1 and by_user[bob.name].snapshots == 1
     if attacker:
         assert freezer.escaped == [] and len(freezer.frozen) == 1
@@ -279,8 +284,3 @@ def test_a_frozen_stream_holds_no_lock_another_users_retention_or_a_prune_needs(
         assert seen["engines"] == [], "an engine ran while mallory's stream was frozen"
         assert frozen_after_prune, "the prune waited for mallory's frozen stream"
     assert [item.meta.name for item in by_user[mallory.name].uploaded] == [hers]
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
