@@ -342,8 +342,8 @@ def _receive(
         except OSError as error:
             reason = "no_space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "failed"
             raise OffsiteError(reason, f"{name}: spool: {error.strerror}") from None
+        meta = _with_page_size(meta, spooled)  # first: the more telling "corrupt"
         _check_pumped(meta, pumped, "the worker streamed")
-        meta = _with_page_size(meta, spooled)
         received = True
     except BaseException:
         if spooled >= 0:
