@@ -167,3 +167,28 @@ def test_a_frozen_stream_holds_no_lock_another_users_retention_or_a_prune_needs(
         assert seen["engines"] == [], "an engine ran while mallory's stream was frozen"
         assert frozen_after_prune, "the prune waited for mallory's frozen stream"
     assert [item.meta.name for item in by_user[mallory.name].uploaded] == [hers]
+
+
+def test_a_users_turn_ends_their_stream_however_patient_the_stall(
+    each_engine: Offsite, make_user: MakeUser
+) -> None:
+    """A stream that trickles (here: frozen, with a stall longer than the turn) is ended
+    by the user's turn, `user_turn_seconds`: their other copies wait for the next pass,
+    and the next user goes offsite."""
+    mallory, bob = make_user(), make_user()
+    create_state_db(mallory, size_mb=ATTACKER_MB, seed=65)
+    create_state_db(bob, size_mb=2, seed=66)
+    config_path = _site(
+        each_engine, [mallory, bob],
+        concurrency=1, timeout_seconds=600, stall_seconds=600, user_turn_seconds=5,
+    )  # fmt: skip
+    _snapshots(config_path, mallory, ["a", "b"])
+    [bobs] = _snapshots(config_path, bob, [None])
+    config = load_config(config_path)
+    freezer = StreamFreezer(mallory, each_engine.dest / mallory.name)
+    with freezer.running():
+        outcomes = run_offsite_pass(make_engine(config, ProcessTracker()), config, [mallory, bob])
+    by_user = _synced(outcomes, bob, bobs)
+    assert len(freezer.frozen) == 1 and by_user[mallory.name].uploaded == []
+    [failure] = by_user[mallory.name].failures
+    assert failure.reason == "timeout" and "stream not finished after" in failure.message
