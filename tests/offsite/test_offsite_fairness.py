@@ -35,11 +35,18 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 ATTACKER_MB = 24
 
 
-def _site(offsite: Offsite, users: list[User], **keys: object) -> Path:
-    config = offsite.write(users, **keys)
+def _attacker_and_other(
+    offsite: Offsite, make_user: MakeUser, seed: int, **keys: object
+) -> tuple[User, User, Path]:
+    """Mallory (a large database, served first) and Bob (a small one) on `offsite`,
+    initialised, with these `[offsite]` keys: (mallory, bob, config)."""
+    mallory, bob = make_user(), make_user()
+    create_state_db(mallory, size_mb=ATTACKER_MB, seed=seed)
+    create_state_db(bob, size_mb=2, seed=seed + 1)
+    config = offsite.write([mallory, bob], **keys)
     made = t3backupd(config, "offsite", "init")
     assert made.returncode == 0, made.stdout + made.stderr
-    return config
+    return mallory, bob, config
 
 
 def _snapshots(config: Path, user: User, labels: list[str | None]) -> list[str]:
@@ -75,11 +82,8 @@ def test_a_frozen_stream_ends_its_users_turn_and_the_next_user_goes_offsite(
     """Mallory (served first, one lane) has three labelled copies pending and freezes
     each stream worker mid-upload: she gets one stream worker this pass (a stall ends
     her turn), Bob's copy goes offsite in the same pass."""
-    mallory, bob = make_user(), make_user()
-    create_state_db(mallory, size_mb=ATTACKER_MB, seed=61)
-    create_state_db(bob, size_mb=2, seed=62)
-    config_path = _site(
-        each_engine, [mallory, bob],
+    mallory, bob, config_path = _attacker_and_other(
+        each_engine, make_user, 61,
         concurrency=1, timeout_seconds=12, stall_seconds=3, user_turn_seconds=600,
     )  # fmt: skip
     pending = _snapshots(config_path, mallory, ["a", "b", "c"])
@@ -115,11 +119,8 @@ def test_a_frozen_stream_holds_no_lock_another_users_retention_or_a_prune_needs(
     """Two lanes: Mallory's stream worker frozen mid-upload; Bob's upload and forget, and
     then a prune, finish while it is still frozen, with no engine process running for
     her. Thawed, her copy goes offsite too."""
-    mallory, bob = make_user(), make_user()
-    create_state_db(mallory, size_mb=ATTACKER_MB, seed=63)
-    create_state_db(bob, size_mb=2, seed=64)
-    config_path = _site(
-        each_engine, [mallory, bob],
+    mallory, bob, config_path = _attacker_and_other(
+        each_engine, make_user, 63,
         concurrency=2, timeout_seconds=90, stall_seconds=90,
         keep_last=1, keep_daily=0, keep_weekly=0, keep_monthly=0,
     )  # fmt: skip
@@ -175,11 +176,8 @@ def test_a_users_turn_ends_their_stream_however_patient_the_stall(
     """A stream that trickles (here: frozen, with a stall longer than the turn) is ended
     by the user's turn, `user_turn_seconds`: their other copies wait for the next pass,
     and the next user goes offsite."""
-    mallory, bob = make_user(), make_user()
-    create_state_db(mallory, size_mb=ATTACKER_MB, seed=65)
-    create_state_db(bob, size_mb=2, seed=66)
-    config_path = _site(
-        each_engine, [mallory, bob],
+    mallory, bob, config_path = _attacker_and_other(
+        each_engine, make_user, 65,
         concurrency=1, timeout_seconds=600, stall_seconds=600, user_turn_seconds=5,
     )  # fmt: skip
     _snapshots(config_path, mallory, ["a", "b"])

@@ -77,6 +77,16 @@ def configure(site: Site, backend: Backend, user: User) -> tuple[Path, Path]:
     return config, password
 
 
+def user_with_a_snapshot(site: Site, backend: Backend) -> tuple[User, Path, Path]:
+    """A user with a 16 MB database and one snapshot on a configured site: (user, config,
+    password)."""
+    user = site.add_user(size_mb=16)
+    config, password = configure(site, backend, user)
+    snapshot = t3backupd(config, "snapshot", "--user", user.name)
+    assert snapshot.returncode == 0, snapshot.stdout + snapshot.stderr
+    return user, config, password
+
+
 def catch_engine(parent: int, engine: str, action: str, alive: Callable[[], bool],
                  what: str) -> int:  # fmt: skip
     """The pid of `parent`'s engine process running `action`, SIGSTOPped the moment it
@@ -128,10 +138,7 @@ def assert_nothing_committed(backend: Backend, password: Path) -> None:
 def test_ctrl_c_on_offsite_sync_stops_the_stream_worker_and_the_engine(
     site: Site, backend: Backend
 ) -> None:
-    user = site.add_user(size_mb=16)
-    config, password = configure(site, backend, user)
-    snapshot = t3backupd(config, "snapshot", "--user", user.name)
-    assert snapshot.returncode == 0, snapshot.stdout + snapshot.stderr
+    user, config, password = user_with_a_snapshot(site, backend)
     cli = start_cli(config, "offsite", "sync")
     engine = catch_engine(
         cli.pid, backend.engine, UPLOAD[backend.engine], running(cli), "offsite sync"
@@ -154,10 +161,7 @@ def test_ctrl_c_on_offsite_sync_stops_the_stream_worker_and_the_engine(
 def test_ctrl_c_on_offsite_sync_stops_a_frozen_stream_worker_before_any_engine(
     site: Site, backend: Backend
 ) -> None:
-    user = site.add_user(size_mb=16)
-    config, password = configure(site, backend, user)
-    snapshot = t3backupd(config, "snapshot", "--user", user.name)
-    assert snapshot.returncode == 0, snapshot.stdout + snapshot.stderr
+    user, config, password = user_with_a_snapshot(site, backend)
     freezer = StreamFreezer(user, site.dest / user.name)
     with freezer.running():
         cli = start_cli(config, "offsite", "sync")
