@@ -85,6 +85,13 @@ class OffsiteConfig:
     host: str = ""  # restic --host of this machine's snapshots; "" = the hostname
     cache_dir: str = "/var/cache/t3backupd/restic"
     timeout_seconds: int = 3600
+    # A user's stream (worker start included) that sends no byte for this long ends as
+    # `timeout`, and with it that user's turn in the pass: a frozen worker costs the
+    # lane this, not timeout_seconds per pending copy.
+    stall_seconds: int = 60
+    # The most of a pass one user's streams may take (0 = timeout_seconds); the rest of
+    # their pending copies wait for the next pass.
+    user_turn_seconds: int = 0
     concurrency: int = 1
     limit_upload_kib: int = 0  # 0 = unlimited
     compression: str = "auto"
@@ -204,6 +211,12 @@ def parse_offsite(
         )
     check("cache_dir", config.cache_dir.startswith("/"), "must be an absolute path")
     check("timeout_seconds", 1 <= config.timeout_seconds <= 7 * 86400, "must be 1-604800")
+    check("stall_seconds", 1 <= config.stall_seconds <= 86400, "must be 1-86400")
+    check(
+        "user_turn_seconds",
+        0 <= config.user_turn_seconds <= 7 * 86400,
+        "must be 0-604800 (0 = timeout_seconds)",
+    )
     check("concurrency", 1 <= config.concurrency <= 16, "must be 1-16")
     check("limit_upload_kib", config.limit_upload_kib >= 0, "must be >= 0 (0 = unlimited)")
     check("compression", config.compression in COMPRESSIONS, f"must be one of {COMPRESSIONS}")

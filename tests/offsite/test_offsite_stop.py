@@ -1,5 +1,6 @@
-"""Every kind of offsite child is stopped by a stop: the stream worker and the engine of an
-upload by Ctrl-C of `t3backupd offsite sync` and by the daemon's SIGTERM, the offsite
+"""Every kind of offsite child is stopped by a stop: the engine of an upload (the stream
+worker has ended before it starts: root's spool) and the stream worker frozen mid-stream,
+by Ctrl-C of `t3backupd offsite sync` and by the daemon's SIGTERM, the offsite
 restore worker and the engine's download by Ctrl-C of `restore --from offsite`; for
 restic and borg alike. Each time the engine is caught in the middle of its work and
 SIGSTOPped (so the stop finds it busy, and frozen): nothing is left running, no temp
@@ -25,15 +26,17 @@ from support.offsite import (
     Backend,
     borg,
     borg_archives,
+    command_line,
+    engine_pids,
     need_borg,
     need_restic,
     offsite_section,
     password_file,
     restic,
-    restic_pids,
     restic_snapshots,
 )
 from support.snapshots import parent_of, temps_in, worker_pids
+from support.streams import StreamFreezer
 from support.system import PYTHON, signal_and_wait, t3backupd
 
 from t3backupd.core.config import load_config
@@ -74,21 +77,14 @@ def configure(site: Site, backend: Backend, user: User) -> tuple[Path, Path]:
     return config, password
 
 
-def command_line(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def engine_pids(repository: str) -> list[int]:
-    """Every restic or borg process on `repository` (whoever started it): borg names it
-    in its argv, restic gets it in RESTIC_REPOSITORY."""
-    found = set(restic_pids(repository))
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and repository in " ".join(command_line(int(entry))):
-            found.add(int(entry))
-    return sorted(found)
+def user_with_a_snapshot(site: Site, backend: Backend) -> tuple[User, Path, Path]:
+    """A user with a 16 MB database and one snapshot on a configured site: (user, config,
+    password)."""
+    user = site.add_user(size_mb=16)
+    config, password = configure(site, backend, user)
+    snapshot = t3backupd(config, "snapshot", "--user", user.name)
+    assert snapshot.returncode == 0, snapshot.stdout + snapshot.stderr
+    return user, config, password
 
 
 def catch_engine(parent: int, engine: str, action: str, alive: Callable[[], bool],
@@ -142,16 +138,13 @@ def assert_nothing_committed(backend: Backend, password: Path) -> None:
 def test_ctrl_c_on_offsite_sync_stops_the_stream_worker_and_the_engine(
     site: Site, backend: Backend
 ) -> None:
-    user = site.add_user(size_mb=16)
-    config, password = configure(site, backend, user)
-    snapshot = t3backupd(config, "snapshot", "--user", user.name)
-    assert snapshot.returncode == 0, snapshot.stdout + snapshot.stderr
+    user, config, password = user_with_a_snapshot(site, backend)
     cli = start_cli(config, "offsite", "sync")
     engine = catch_engine(
         cli.pid, backend.engine, UPLOAD[backend.engine], running(cli), "offsite sync"
     )
-    streaming = [pid for pid in worker_pids(user) if parent_of(pid) == cli.pid]
-    assert streaming, "no stream worker while the engine uploads"
+    # The stream is in root's spool before the engine starts: its worker is gone.
+    assert [pid for pid in worker_pids(user) if parent_of(pid) == cli.pid] == []
     stderr, elapsed = interrupt(cli)
     assert cli.returncode == 130, stderr[-2000:]
     assert "t3backupd: interrupted" in stderr.splitlines(), stderr[-2000:]
@@ -162,6 +155,27 @@ def test_ctrl_c_on_offsite_sync_stops_the_stream_worker_and_the_engine(
     assert engine_pids(backend.repository) == []
     assert worker_pids(user) == []
     assert temps_in(site.dest / user.name) == []
+    assert_nothing_committed(backend, password)
+
+
+def test_ctrl_c_on_offsite_sync_stops_a_frozen_stream_worker_before_any_engine(
+    site: Site, backend: Backend
+) -> None:
+    user, config, password = user_with_a_snapshot(site, backend)
+    freezer = StreamFreezer(user, site.dest / user.name)
+    with freezer.running():
+        cli = start_cli(config, "offsite", "sync")
+        deadline = time.monotonic() + 120
+        while not freezer.frozen:
+            assert cli.poll() is None and time.monotonic() < deadline, "no stream worker"
+            time.sleep(0.01)
+        assert engine_pids(backend.repository) == []  # the spool is not complete
+        stderr, elapsed = interrupt(cli)
+    assert cli.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert elapsed < BOUND_SECONDS, elapsed
+    assert worker_pids(user) == []
+    assert engine_pids(backend.repository) == []
     assert_nothing_committed(backend, password)
 
 
@@ -176,7 +190,7 @@ def test_daemon_stop_mid_upload_stops_the_stream_worker_and_the_engine(
             daemon.process.pid, backend.engine, UPLOAD[backend.engine],
             running(daemon.process), "the daemon",
         )  # fmt: skip
-        assert [pid for pid in worker_pids(user) if parent_of(pid) == daemon.process.pid]
+        assert [pid for pid in worker_pids(user) if parent_of(pid) == daemon.process.pid] == []
         started = time.monotonic()
         daemon.signal(signal.SIGTERM)
         assert daemon.process.wait(STOP_GRACE + 5) == 0, daemon.log_text()[-3000:]

@@ -403,3 +403,20 @@ def restic_pids(repository: str, pattern: str = "") -> list[int]:
         if wanted in environ and re.search(pattern, line):
             found.append(int(entry))
     return found
+
+
+def command_line(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def engine_pids(repository: str) -> list[int]:
+    """Every restic or borg process on `repository` (whoever started it): borg names it
+    in its argv, restic gets it in RESTIC_REPOSITORY."""
+    found = set(restic_pids(repository))
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and repository in " ".join(command_line(int(entry))):
+            found.add(int(entry))
+    return sorted(found)

@@ -77,3 +77,15 @@ def test_bytes_are_counted_hashed_and_copied_exactly() -> None:
         expected,
     )
     assert out.split()[0] == expected
+
+
+def test_a_stream_that_goes_silent_stops_at_its_stall_not_its_deadline() -> None:
+    process, fd = _reader(["sh", "-c", "echo started; exec sleep 120"])
+    deadline = time.monotonic() + 60
+    try:
+        with pytest.raises(_Stalled):
+            pump(fd, None, 1 << 20, deadline, stall=1.0)
+        assert time.monotonic() < deadline  # the silence ended it, not the deadline
+    finally:
+        process.kill()
+        process.wait()

@@ -2,9 +2,11 @@
 
 The root side never opens a user's path. To upload, a worker running as the user
 streams the snapshot down a pipe (a header line, then the bytes); this module pumps the
-bytes into the engine itself, non-blocking with a deadline, counting (more than the
-size recorded stops the upload) and hashing (a different sha256 is never committed:
-the engine is stopped before it sees the end of the stream, so no copy is recorded).
+bytes into root's spool (`spool.py`), non-blocking with a deadline and a no-progress
+limit, counting (more than the size recorded stops it) and hashing (a different sha256
+is never uploaded). Only then does the engine start, reading the spool at root's pace:
+no engine process, repository lock or lane slot waits on a user. Each user's uploads in
+a pass are bounded by their turn (`turn_seconds`), and a timeout ends the turn.
 To restore, the engine's stream is pumped, counted and hashed the same way into a
 worker that writes and verifies it as a local `restore --to` does.
 
@@ -15,6 +17,7 @@ user's own copies, so one user's forget can only name that user's copies.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from t3backupd.core.config import Config
 from t3backupd.core.jobs import inventory_spec, user_dir
 from t3backupd.core.naming import parse_name
+from t3backupd.core.offsite_config import OffsiteConfig
 from t3backupd.core.protocol import (
     JobSpec,
     Report,
@@ -51,6 +55,7 @@ from t3backupd.root.offsite.engine import (
     SnapshotMeta,
     sqlite_page_size,
 )
+from t3backupd.root.offsite.spool import open_spool
 from t3backupd.root.runner import run_for_users, run_user_job
 from t3backupd.root.spawn import (
     ABANDONED,
@@ -62,7 +67,6 @@ from t3backupd.root.spawn import (
 
 CHUNK_BYTES = 1 << 20
 MAX_HEADER_BYTES = 1024
-HEADER_TIMEOUT_SECONDS = 60.0
 WORKER_REPORT_TIMEOUT_SECONDS = 30.0
 STOP_GRACE_SECONDS = 5.0
 
@@ -110,10 +114,18 @@ class Pumped:
     over_limit: bool = False
 
 
-def pump(source: int, sink: int | None, limit: int, deadline: float, first: bytes = b"") -> Pumped:
+def pump(
+    source: int,
+    sink: int | None,
+    limit: int,
+    deadline: float,
+    first: bytes = b"",
+    stall: float | None = None,
+) -> Pumped:
     """Copy `source` to `sink` (None: only count and hash) until EOF, hashing and
     counting; stop as soon as more than `limit` bytes came (`over_limit`). Both
-    descriptors are made non-blocking. Raises _Stalled past `deadline`."""
+    descriptors are made non-blocking. Raises _Stalled past `deadline`, and (with
+    `stall`) when no byte came for `stall` seconds."""
     os.set_blocking(source, False)
     if sink is not None:
         os.set_blocking(sink, False)
@@ -128,7 +140,8 @@ def pump(source: int, sink: int | None, limit: int, deadline: float, first: byte
             result.digest.update(chunk)
             if sink is not None:
                 _write_all(sink, memoryview(chunk), deadline)
-        chunk = _read_some(source, deadline)
+        silence_ends = deadline if stall is None else min(deadline, time.monotonic() + stall)
+        chunk = _read_some(source, silence_ends)
         if not chunk:
             return result
 
@@ -256,13 +269,39 @@ def upload_snapshot(
     name: str,
     known_size: int | None = None,
     tracker: ProcessTracker | None = None,
+    until: float | None = None,
 ) -> Uploaded:
-    """Upload one of `user`'s snapshots. Raises OffsiteError (nothing is recorded then)."""
-    if config.offsite is None:
+    """Upload one of `user`'s snapshots: received whole into root's spool first (at the
+    user's pace, bounded by `offsite.timeout_seconds`, `offsite.stall_seconds` and
+    `until`, the end of the user's turn), only then handed to the engine (at root's
+    pace), so no engine process or repository lock ever waits on a user. Raises
+    OffsiteError (nothing is recorded then)."""
+    offsite = config.offsite
+    if offsite is None:
         raise OffsiteError("failed", "no [offsite] in the config")
-    timeout = float(config.offsite.timeout_seconds)
     clock = time.monotonic()
-    deadline = clock + timeout
+    meta, spooled = _receive(config, offsite, user, name, known_size, tracker, until)
+    try:
+        return _send(engine, meta, spooled, float(offsite.timeout_seconds), clock)
+    finally:
+        os.close(spooled)
+
+
+def _receive(
+    config: Config,
+    offsite: OffsiteConfig,
+    user: User,
+    name: str,
+    known_size: int | None,
+    tracker: ProcessTracker | None,
+    until: float | None,
+) -> tuple[SnapshotMeta, int]:
+    """The snapshot streamed by a worker as the user, counted, hashed and verified into
+    a spool file (returned, at its end): (its meta with the page size, the spool fd).
+    The worker has ended (or been stopped) before this returns or raises."""
+    timeout, stall = float(offsite.timeout_seconds), float(offsite.stall_seconds)
+    clock = time.monotonic()
+    deadline = clock + timeout if until is None else min(clock + timeout, until)
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
         worker = _StreamWorker(
@@ -271,15 +310,16 @@ def upload_snapshot(
     except BaseException:
         os.close(read_end)
         raise
-    upload = None
-    committed = False
+    spooled = -1
+    received = False
     try:
         try:
-            header, first = _read_header(read_end, min(deadline, clock + HEADER_TIMEOUT_SECONDS))
+            # The worker's start counts as silence too: a frozen one costs `stall`.
+            header, first = _read_header(read_end, min(deadline, clock + stall))
         except _Stalled:
             raise OffsiteError("timeout", f"{name}: no stream header from the worker") from None
         except OffsiteError:
-            report = worker.report(WORKER_REPORT_TIMEOUT_SECONDS)
+            report = worker.report(min(WORKER_REPORT_TIMEOUT_SECONDS, stall))
             if not report.ok:
                 raise OffsiteError("worker", f"{name}: {report.reason}: {report.message}") from None
             raise
@@ -288,68 +328,93 @@ def upload_snapshot(
             raise OffsiteError(
                 "corrupt", f"{name}: the worker says {meta.size} bytes, published {known_size}"
             )
-        meta, first = _with_page_size(meta, read_end, first, deadline)
-        upload = engine.start_upload(meta)
+        spooled = open_spool(offsite.cache_dir, meta.size)
         try:
-            pumped = pump(read_end, upload.fd, meta.size, deadline, first)
+            pumped = pump(read_end, spooled, meta.size, deadline, first, stall)
+        except _Stalled:
+            silent = time.monotonic() < deadline
+            raise OffsiteError(
+                "timeout",
+                f"{name}: no bytes from the worker for {stall:.0f}s"
+                if silent
+                else f"{name}: stream not finished after {time.monotonic() - clock:.0f}s",
+            ) from None
+        except OSError as error:
+            reason = "no_space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "failed"
+            raise OffsiteError(reason, f"{name}: spool: {error.strerror}") from None
+        meta = _with_page_size(meta, spooled)  # first: the more telling "corrupt"
+        _check_pumped(meta, pumped, "the worker streamed")
+        received = True
+    except BaseException:
+        if spooled >= 0:
+            os.close(spooled)
+        raise
+    finally:
+        os.close(read_end)
+        if not received:
+            worker.stop()  # whatever it is doing, this upload is over
+        # Its bytes are verified by now; its report is not waited on for long.
+        worker.report(min(WORKER_REPORT_TIMEOUT_SECONDS, stall))
+    return meta, spooled
+
+
+def _send(engine: Engine, meta: SnapshotMeta, spooled: int, timeout: float,
+          clock: float) -> Uploaded:  # fmt: skip
+    """The spool's bytes into the engine (counted and hashed again: what is committed is
+    exactly what was verified), committed. Raises OffsiteError (the engine is stopped
+    before it sees the end of the stream then: nothing is recorded)."""
+    deadline = time.monotonic() + timeout
+    os.lseek(spooled, 0, os.SEEK_SET)
+    upload = engine.start_upload(meta)
+    committed = False
+    try:
+        try:
+            pumped = pump(spooled, upload.fd, meta.size, deadline)
         except _Stalled:
             raise OffsiteError(
-                "timeout", f"{name}: stream not finished after {timeout:.0f}s"
+                "timeout", f"{meta.name}: {engine.name} took no end of it after {timeout:.0f}s"
             ) from None
         except BrokenPipeError:
-            upload.abort()
-            upload = None
-            raise OffsiteError("failed", f"{name}: {engine.name} stopped reading") from None
-        if pumped.over_limit:
-            raise OffsiteError(
-                "corrupt", f"{name}: the worker streamed more than the {meta.size} bytes recorded"
-            )
-        if pumped.total != meta.size or pumped.digest.hexdigest() != meta.sha256:
-            raise OffsiteError(
-                "corrupt",
-                f"{name}: streamed {pumped.total} of {meta.size} bytes, sha256 "
-                f"{'matches' if pumped.digest.hexdigest() == meta.sha256 else 'differs'}; "
-                "not kept",
-            )
+            raise OffsiteError("failed", f"{meta.name}: {engine.name} stopped reading") from None
+        _check_pumped(meta, pumped, "the spool held")
         result = upload.commit(max(1.0, deadline - time.monotonic()))
-        upload = None
         committed = True
     finally:
-        if upload is not None:
-            upload.abort()  # before EOF: the engine records nothing
-        os.close(read_end)
         if not committed:
-            worker.stop()  # whatever it is doing, this upload is over
-        worker.report(WORKER_REPORT_TIMEOUT_SECONDS)
+            upload.abort()  # before EOF: the engine records nothing
     return Uploaded(meta, result.id, result.bytes_added, time.monotonic() - clock)
 
 
-def _with_page_size(
-    meta: SnapshotMeta, fd: int, first: bytes, deadline: float
-) -> tuple[SnapshotMeta, bytes]:
-    """`meta` with the page size from the stream's SQLite header, and the bytes read so
-    far (handed on to the pump, which hashes and counts them like the rest).
+def _check_pumped(meta: SnapshotMeta, pumped: Pumped, what: str) -> None:
+    """Raises OffsiteError `corrupt` unless exactly the recorded size and sha256 came."""
+    if pumped.over_limit:
+        raise OffsiteError(
+            "corrupt", f"{meta.name}: {what} more than the {meta.size} bytes recorded"
+        )
+    digest = pumped.digest.hexdigest()
+    if pumped.total != meta.size or digest != meta.sha256:
+        raise OffsiteError(
+            "corrupt",
+            f"{meta.name}: streamed {pumped.total} of {meta.size} bytes, sha256 "
+            f"{'matches' if digest == meta.sha256 else 'differs'}; not kept",
+        )
 
-    Read here, from the stream, rather than reported by the worker: the root side never
-    opens the user's file, a worker's claim would be one more thing to distrust, and the
-    header in the stream is exactly what the engine stores, so the chunking always
-    matches the bytes uploaded. An engine that chunks at page boundaries needs the size
-    before its first byte, so the first 100 bytes are buffered before it starts. A
-    stream that does not start with a SQLite header is `corrupt` (nothing is uploaded)."""
-    try:
-        while len(first) < SQLITE_HEADER_BYTES and len(first) <= meta.size:
-            chunk = _read_some(fd, deadline)
-            if not chunk:
-                break
-            first += chunk
-    except _Stalled:
-        raise OffsiteError("timeout", f"{meta.name}: no SQLite header in the stream") from None
-    page_size = sqlite_page_size(first[:SQLITE_HEADER_BYTES])
+
+def _with_page_size(meta: SnapshotMeta, spooled: int) -> SnapshotMeta:
+    """`meta` with the page size from the SQLite header at the start of the spool.
+
+    Read from the bytes themselves rather than reported by the worker: the root side
+    never opens the user's file, a worker's claim would be one more thing to distrust,
+    and the header in the spool is exactly what the engine stores, so the chunking
+    always matches the bytes uploaded (an engine that chunks at page boundaries needs
+    the size before its first byte). Bytes that do not start with a SQLite header are
+    `corrupt` (nothing is uploaded)."""
+    page_size = sqlite_page_size(os.pread(spooled, SQLITE_HEADER_BYTES, 0))
     if page_size is None:
         raise OffsiteError(
             "corrupt", f"{meta.name}: the stream does not start with a SQLite header; not kept"
         )
-    return replace(meta, page_size=page_size), first
+    return replace(meta, page_size=page_size)
 
 
 def _meta_from_header(user: User, name: str, header: dict[str, object]) -> SnapshotMeta:
@@ -414,6 +479,19 @@ def to_upload(
     return sorted(missing, key=lambda info: (info.time, info.name), reverse=True)
 
 
+# Upload failures after which the user's turn in the pass is over.
+ENDS_TURN = ("timeout", "unreachable", "auth", "no_repository", "no_space", "read_only")
+
+
+def turn_seconds(config: Config) -> int:
+    """How long one user's uploads may take in a pass (`offsite.user_turn_seconds`, 0 =
+    `offsite.timeout_seconds`)."""
+    offsite = config.offsite
+    if offsite is None:
+        return 0
+    return offsite.user_turn_seconds or offsite.timeout_seconds
+
+
 @dataclass
 class UserOffsite:
     """One user's offsite outcome in a pass."""
@@ -438,22 +516,31 @@ def sync_user(
     tracker: ProcessTracker | None = None,
     forget: bool = True,
 ) -> UserOffsite:
-    """Upload what of `local` is missing offsite (newest first), then apply retention to
-    this user's copies. Never raises for an offsite problem: it is in `failures`."""
+    """Upload what of `local` is missing offsite (newest first), within the user's turn
+    (`turn_seconds`; a timeout ends it too, the rest waits for the next pass), then apply
+    retention to this user's copies. Never raises for an offsite problem: it is in
+    `failures`."""
     outcome = UserOffsite(user)
     log = get_logger()
     policy = offsite_policy(config)
+    turn = turn_seconds(config)
+    until = time.monotonic() + turn
     try:
         present = engine.snapshots(user.name)
     except OffsiteError as error:
         outcome.failures.append(error)
         log.error("offsite list", user=user.name, reason=error.reason, message=error.message)
         return outcome
-    for info in to_upload(local, present, policy):
+    pending = to_upload(local, present, policy)
+    for index, info in enumerate(pending):
         if tracker is not None and tracker.stopping.is_set():
             break
+        if time.monotonic() >= until:
+            log.warning("offsite turn over", user=user.name, turn_seconds=turn,
+                        left=len(pending) - index)  # fmt: skip
+            break
         try:
-            uploaded = upload_snapshot(engine, config, user, info.name, info.bytes, tracker)
+            uploaded = upload_snapshot(engine, config, user, info.name, info.bytes, tracker, until)
         except OffsiteError as error:
             outcome.failures.append(error)
             log.error(
@@ -463,8 +550,11 @@ def sync_user(
                 reason=error.reason,
                 message=error.message,
             )
-            if error.reason in ("unreachable", "auth", "no_repository", "no_space", "read_only"):
-                break  # the next one would fail the same way
+            # A timeout ends the user's turn: a stalled stream (the user's own pace)
+            # costs the lane once a pass, not once per pending copy. The others: the
+            # next one would fail the same way.
+            if error.reason in ENDS_TURN:
+                break
             continue
         outcome.uploaded.append(uploaded)
         log.info(
