@@ -67,6 +67,7 @@ from t3backupd.root.offsite.engine import (
     OffsiteSnapshot,
     SnapshotMeta,
     UploadResult,
+    optional_fields,
 )
 from t3backupd.root.offsite.process import (
     BASE_ENVIRONMENT,
@@ -184,7 +185,8 @@ def archive_name(host: str, meta: SnapshotMeta) -> str:
 
 
 def _comment(meta: SnapshotMeta) -> str:
-    return f"{COMMENT_MARKER} sha256={meta.sha256} size={meta.size} page_size={meta.page_size}"
+    words = [COMMENT_MARKER, f"sha256={meta.sha256}", f"size={meta.size}"]
+    return " ".join([*words, f"page_size={meta.page_size}", *meta.words()])
 
 
 def _root_processes_naming(repository: str) -> int:
@@ -581,7 +583,8 @@ def _parse_archive(item: object, host: str) -> OffsiteSnapshot | None:
         page_size = int(values.get("page_size", "0"))
     except ValueError:
         return None
-    if parsed is None or not user:
+    optional = optional_fields(values)
+    if parsed is None or not user or optional is None:
         return None
     meta = SnapshotMeta(
         user=user,
@@ -591,6 +594,8 @@ def _parse_archive(item: object, host: str) -> OffsiteSnapshot | None:
         sha256=values.get("sha256", ""),
         label=parsed.label,
         page_size=page_size,
+        schema_version=optional[0],
+        seal=optional[1],
     )
     if not meta.valid():
         return None

@@ -21,12 +21,18 @@ from t3backupd.root.offsite import checkrecord, make_engine
 from t3backupd.root.offsite.checks import check_and_record
 from t3backupd.root.offsite.engine import OffsiteError, OffsiteSnapshot
 from t3backupd.root.offsite.lane import choose_copy, run_offsite_pass, stream_restore
+from t3backupd.root.offsite.seal import judged, usable
 from t3backupd.root.output import Output, age_column, listed_time
 from t3backupd.root.restore import AtMoment, StreamedCopy, chosen_at
 from t3backupd.root.spawn import ProcessTracker
 from t3backupd.root.usage import human
 
 EXIT_OK, EXIT_FAILED = 0, 1
+# How `list --offsite` marks a copy that is not sealed (offsite/seal.py).
+TRUST_NOTES = {
+    "legacy": "  (no seal: uploaded before seals)",
+    "forged": "  UNTRUSTED: its seal does not verify, never restored",
+}
 
 
 def _error(message: str) -> None:
@@ -103,6 +109,8 @@ def _copy_json(snapshot: OffsiteSnapshot) -> dict[str, object]:
         "sha256": snapshot.meta.sha256,
         "label": snapshot.meta.label,
         "host": snapshot.host,
+        "schema_version": snapshot.meta.schema_version,
+        "trust": snapshot.trust,
     }
 
 
@@ -111,7 +119,7 @@ def list_offsite(config: Config, users: Sequence[User], as_json: bool, out: Outp
     engine = make_engine(config, tracker)
     try:
         with tracker.stop_all_if_interrupted():
-            copies = engine.snapshots()
+            copies = judged(engine)
     except OffsiteError as error:
         _error(f"cannot list: {error}")
         return EXIT_FAILED
@@ -143,6 +151,7 @@ def list_offsite(config: Config, users: Sequence[User], as_json: bool, out: Outp
         out.result(f"{user.name}: {len(mine)} offsite cop{plural}, newest first")
         for copy in reversed(mine):
             label = f"  [{copy.meta.label}]" if copy.meta.label else ""
+            label += TRUST_NOTES.get(copy.trust, "")
             future = is_future_dated(datetime.fromtimestamp(copy.meta.time, UTC), moment)
             age = age_column(copy.meta.time, now, future)
             out.result(
@@ -163,9 +172,10 @@ def streamed_copy(
     engine = make_engine(config, tracker)
     try:
         with tracker.stop_all_if_interrupted():
-            copies = engine.snapshots(user.name)
+            everything = judged(engine, user.name)
     except OffsiteError as error:
         raise T3BackupError(f"offsite: cannot list {user.name}'s copies: {error}") from None
+    copies = usable(everything)
     try:
         if moment is not None:
             by_name = {copy.meta.name: copy for copy in copies}  # newest copy of a name
@@ -175,10 +185,35 @@ def streamed_copy(
         else:
             copy = choose_copy(copies, request)
     except SnapshotNotFound as error:
+        _refuse_untrusted(everything, request, user)
         raise SnapshotNotFound(f"offsite ({engine.location}): {error}") from None
+    if copy.trust == "legacy":
+        _error(f"{user.name}: {copy.meta.name} has no seal (uploaded before seals): restoring it")
+    skipped = [
+        c.meta.name for c in everything if c.trust == "forged" and c.meta.time > copy.meta.time
+    ]
+    if skipped:
+        _error(
+            f"{user.name}: skipped {len(skipped)} newer untrusted copies (seal does not "
+            f"verify): {', '.join(skipped[:3])}"
+        )
 
     def run(spec: RestoreSpec) -> Report:
         with tracker.stop_all_if_interrupted():
             return stream_restore(engine, config, user, copy, spec, tracker)
 
     return StreamedCopy(copy.meta.name, run)
+
+
+def _refuse_untrusted(copies: Sequence[OffsiteSnapshot], request: str, user: User) -> None:
+    """One line when what `request` names exists only as copies that do not verify."""
+    forged = [copy for copy in copies if copy.trust == "forged"]
+    try:
+        copy = choose_copy(forged, request)
+    except SnapshotNotFound:
+        return
+    raise T3BackupError(
+        f"offsite: {user.name}'s copy {copy.meta.name} ({copy.id[:8]}) does not verify: "
+        "its seal does not match its record (changed in the repository, or not uploaded "
+        "by this host's root); not restored"
+    )

@@ -15,9 +15,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from t3backupd.core.naming import is_valid_label, parse_name
+from t3backupd.core.offsite_config import OffsiteConfig
 
 # Why an offsite operation failed (the `reason` label of
 # t3backup_offsite_failures_total).
@@ -31,6 +32,7 @@ REASONS = (
     "no_repository",  # no repository at that location (run `offsite init`)
     "corrupt",  # the stream's size or sha256 differs from the recorded ones
     "worker",  # the user's worker failed to stream (or misbehaved)
+    "untrusted",  # a copy whose seal does not verify (see offsite/seal.py): never restored
     "failed",  # anything else the engine reported
 )
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
@@ -72,6 +74,10 @@ class SnapshotMeta:
     # unknown: a copy listed back from the repository). Engines that chunk at page
     # boundaries (borg) need it before the first byte.
     page_size: int = 0
+    # The app's schema version in the snapshot (None: unknown), and root's seal over
+    # this record (offsite/seal.py; "" on a copy uploaded before seals).
+    schema_version: int | None = None
+    seal: str = ""
 
     def valid(self) -> bool:
         parsed = parse_name(self.name)
@@ -81,7 +87,26 @@ class SnapshotMeta:
             and SHA256_PATTERN.fullmatch(self.sha256) is not None
             and 0 <= self.size <= MAX_SNAPSHOT_BYTES
             and (self.label is None or is_valid_label(self.label))
+            and (self.seal == "" or SHA256_PATTERN.fullmatch(self.seal) is not None)
+            and (self.schema_version is None or 0 <= self.schema_version < 1 << 31)
         )
+
+    def words(self) -> list[str]:
+        """The optional fields as KEY=VALUE words (a restic tag, a borg comment word)."""
+        extra = [] if self.schema_version is None else [f"schema={self.schema_version}"]
+        return extra + ([f"seal={self.seal}"] if self.seal else [])
+
+
+def optional_fields(values: dict[str, str]) -> tuple[int | None, str] | None:
+    """(schema_version, seal) from a copy's KEY=VALUE words (None: malformed)."""
+    schema = values.get("schema")
+    if schema is not None and not (schema.isdigit() and len(schema) <= 10):
+        return None
+    return (None if schema is None else int(schema)), values.get("seal", "")
+
+
+# How far a copy's record is to be believed (offsite/seal.py): "unchecked" until judged.
+Trust = Literal["unchecked", "sealed", "legacy", "forged"]
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -111,6 +136,7 @@ class OffsiteSnapshot:
     # What `list --offsite` shows when the id is no short handle: a borg copy's id is its
     # archive name, whose first characters are the same for every copy ("t3backupd+").
     short_id: str = ""
+    trust: Trust = "unchecked"
 
     @property
     def listed_id(self) -> str:
@@ -154,6 +180,8 @@ class Engine(Protocol):
 
     name: str  # "restic", "borg"
     location: str  # the repository, as shown in messages (no secrets)
+    host: str  # whose copies these are (offsite.host, else this machine's name)
+    config: OffsiteConfig
 
     def init(self) -> bool:
         """Create the repository; False if it exists already."""

@@ -55,6 +55,7 @@ from t3backupd.root.offsite.engine import (
     SnapshotMeta,
     sqlite_page_size,
 )
+from t3backupd.root.offsite.seal import engine_key, judged, sealed, usable
 from t3backupd.root.offsite.spool import open_spool
 from t3backupd.root.runner import run_for_users, run_user_job
 from t3backupd.root.spawn import (
@@ -365,7 +366,7 @@ def _send(engine: Engine, meta: SnapshotMeta, spooled: int, timeout: float,
     before it sees the end of the stream then: nothing is recorded)."""
     deadline = time.monotonic() + timeout
     os.lseek(spooled, 0, os.SEEK_SET)
-    upload = engine.start_upload(meta)
+    upload = engine.start_upload(sealed(engine_key(engine), engine.host, meta))
     committed = False
     try:
         try:
@@ -526,7 +527,9 @@ def sync_user(
     turn = turn_seconds(config)
     until = time.monotonic() + turn
     try:
-        present = engine.snapshots(user.name)
+        # A copy whose seal does not verify is not ours: it neither stands in for an
+        # upload nor counts for retention (`offsite check` reports it).
+        present = usable(judged(engine, user.name))
     except OffsiteError as error:
         outcome.failures.append(error)
         log.error("offsite list", user=user.name, reason=error.reason, message=error.message)
@@ -569,7 +572,7 @@ def sync_user(
     if tracker is not None and tracker.stopping.is_set():
         return outcome
     try:
-        copies = engine.snapshots(user.name)
+        copies = usable(judged(engine, user.name))
         if forget:
             expired = expired_copies(copies, policy)
             if expired:
@@ -732,15 +735,26 @@ class Drill:
     name: str | None
     ok: bool
     message: str
+    untrusted: tuple[str, ...] = ()  # copies whose seal does not verify (offsite/seal.py)
 
 
 def drill_user(engine: Engine, config: Config, user: User) -> Drill:
-    """Stream the user's newest copy through sha256 (nothing is written anywhere)."""
+    """Stream the user's newest trusted copy through sha256 (nothing is written
+    anywhere). A copy whose seal does not verify fails the drill by itself."""
     timeout = float(config.offsite.timeout_seconds if config.offsite else 3600)
     try:
-        copies = engine.snapshots(user.name)
+        everything = judged(engine, user.name)
     except OffsiteError as error:
         return Drill(user.name, None, False, str(error))
+    forged = tuple(copy.meta.name for copy in everything if copy.trust == "forged")
+    if forged:
+        copies_word = "copy" if len(forged) == 1 else "copies"
+        message = (
+            f"untrusted: {len(forged)} {copies_word} whose seal does not verify "
+            f"(never restored): {', '.join(forged[:5])}"
+        )
+        return Drill(user.name, forged[0], False, message, forged)
+    copies = usable(everything)
     if not copies:
         return Drill(user.name, None, True, "no offsite copies")
     copy = max(copies, key=lambda c: (c.meta.time, c.meta.name))

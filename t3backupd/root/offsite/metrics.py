@@ -90,6 +90,13 @@ class OffsiteMetrics:
         with self._lock:
             return self._check.first_copy_seen
 
+    def count_failure(self, user: str, reason: str) -> None:
+        """One failure of `user` found outside a sync (e.g. an untrusted copy by a check)."""
+        with self._lock:
+            record = self._users.get(user)
+            if record is not None:
+                record.failures[reason] = record.failures.get(reason, 0) + 1
+
     def set_check_record(self, record: CheckRecord) -> None:
         with self._lock:
             self._check = record

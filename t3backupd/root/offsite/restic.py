@@ -39,6 +39,7 @@ from t3backupd.root.offsite.engine import (
     OffsiteSnapshot,
     SnapshotMeta,
     UploadResult,
+    optional_fields,
 )
 from t3backupd.root.offsite.process import (
     BASE_ENVIRONMENT,
@@ -445,7 +446,7 @@ def _tags(meta: SnapshotMeta) -> list[str]:
     ]
     if meta.label is not None:
         tags.append(f"label={meta.label}")
-    return tags
+    return tags + meta.words()
 
 
 def _parse_snapshot(item: object) -> OffsiteSnapshot | None:
@@ -468,7 +469,8 @@ def _parse_snapshot(item: object) -> OffsiteSnapshot | None:
         size = int(values.get("size", "-1"))
     except ValueError:
         return None
-    if parsed is None or item.get("paths") != [f"/{user}.sqlite"]:
+    optional = optional_fields(values)
+    if parsed is None or optional is None or item.get("paths") != [f"/{user}.sqlite"]:
         return None
     meta = SnapshotMeta(
         user=user,
@@ -477,6 +479,8 @@ def _parse_snapshot(item: object) -> OffsiteSnapshot | None:
         size=size,
         sha256=digest,
         label=values.get("label"),
+        schema_version=optional[0],
+        seal=optional[1],
     )
     if not meta.valid():
         return None

@@ -194,6 +194,8 @@ class OffsiteService:
             if not drill.ok:
                 self._log.error("offsite drill", user=drill.user, snapshot=drill.name,
                                 message=drill.message)  # fmt: skip
+            for _ in drill.untrusted:
+                self.metrics.count_failure(drill.user, "untrusted")
         self._check_stamp = checkrecord.stamp(config.offsite.cache_dir)
         self.metrics.set_check_record(result.record)
         self._log.info("offsite check", status="ok" if result.ok else "failed")
