@@ -226,6 +226,10 @@ class SnapshotInfo:
     bytes: int
     label: str | None
     has_checksum: bool = True
+    # Only in a snapshot job's `snapshot` (what it just published): the sha256 it hashed
+    # before publishing. Root records it in its ledger (root/ledger.py); a listing never
+    # carries one (the file beside a snapshot is the user's to rewrite).
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -326,7 +330,7 @@ def _object(value: object, where: str, allowed: set[str]) -> dict[str, Any]:
 
 
 def _snapshot(value: object, where: str) -> SnapshotInfo:
-    data = _object(value, where, {"name", "time", "bytes", "label", "has_checksum"})
+    data = _object(value, where, {"name", "time", "bytes", "label", "has_checksum", "sha256"})
     name = data.get("name")
     if not isinstance(name, str) or parse_name(name) is None:
         raise ReportError(f"{where}.name: not a snapshot name")
@@ -336,12 +340,16 @@ def _snapshot(value: object, where: str) -> SnapshotInfo:
     has_checksum = data.get("has_checksum", True)
     if not isinstance(has_checksum, bool):
         raise ReportError(f"{where}.has_checksum: expected a boolean")
+    digest = data.get("sha256")
+    if digest is not None and (not isinstance(digest, str) or not _is_sha256(digest)):
+        raise ReportError(f"{where}.sha256: not a sha256 digest")
     return SnapshotInfo(
         name=name,
         time=_float(data.get("time"), f"{where}.time"),
         bytes=_int(data.get("bytes"), f"{where}.bytes"),
         label=label,
         has_checksum=has_checksum,
+        sha256=digest,
     )
 
 

@@ -24,7 +24,7 @@ def _trusted_owners() -> tuple[int, ...]:
     return (0,) if os.geteuid() == 0 else (0, os.geteuid())
 
 
-def _check_owner_and_mode(path: str, info: os.stat_result, kind: str) -> None:
+def check_owner_and_mode(path: str, info: os.stat_result, kind: str) -> None:
     if info.st_uid not in _trusted_owners():
         raise UntrustedFile(f"{path}: {kind} is owned by uid {info.st_uid}, not by root")
     if stat.S_ISLNK(info.st_mode):
@@ -45,7 +45,7 @@ def resolve_trusted(path: str) -> tuple[str, os.stat_result]:
     pending = [part for part in path.split("/") if part not in ("", ".")]
     pending.reverse()
     current = "/"
-    _check_owner_and_mode("/", os.lstat("/"), "directory")
+    check_owner_and_mode("/", os.lstat("/"), "directory")
     links = 0
     while pending:
         part = pending.pop()
@@ -55,7 +55,7 @@ def resolve_trusted(path: str) -> tuple[str, os.stat_result]:
         candidate = os.path.join(current, part)
         info = os.lstat(candidate)
         if stat.S_ISLNK(info.st_mode):
-            _check_owner_and_mode(candidate, info, "link")
+            check_owner_and_mode(candidate, info, "link")
             links += 1
             if links > MAX_LINKS:
                 raise UntrustedFile(f"{path}: too many links")
@@ -67,7 +67,7 @@ def resolve_trusted(path: str) -> tuple[str, os.stat_result]:
         last = not pending
         if not last and not stat.S_ISDIR(info.st_mode):
             raise UntrustedFile(f"{candidate}: not a directory")
-        _check_owner_and_mode(candidate, info, "file" if last else "directory")
+        check_owner_and_mode(candidate, info, "file" if last else "directory")
         current = candidate
     info = os.lstat(current)
     if not stat.S_ISREG(info.st_mode):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from t3backupd.core.protocol import Report, SnapshotSpec
@@ -51,7 +52,9 @@ def snapshot_job(job: Job, spec: SnapshotSpec) -> Report:
         )
         pruned = ops.prune(spec.dest_dir, expired)
         kept = ops.inventory(spec.dest_dir)
-        published = next(info for info in kept if info.name == name)
+        listed = next(info for info in kept if info.name == name)
+        # The digest hashed from the bytes just published, for root's ledger.
+        published = replace(listed, sha256=digest)
     return Report(
         action="snapshot",
         status="ok",

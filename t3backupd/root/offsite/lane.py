@@ -8,6 +8,13 @@ the engine is stopped before it sees the end of the stream, so no copy is record
 To restore, the engine's stream is pumped, counted and hashed the same way into a
 worker that writes and verifies it as a local `restore --to` does.
 
+Only what root published goes offsite: the candidates and the size and sha256 they are
+checked against come from root's ledger (`root.ledger`, written when root accepted the
+worker's publish report), never from `NAME.sha256` or the worker's header (a header that
+differs from the ledger is `corrupt`); the user's listing only takes candidates away.
+Each user's copies are bounded (`offsite.max_copies_per_user`, `max_bytes_per_user`,
+labelled copies included): past it nothing more is uploaded for them (reason `quota`).
+
 What is offsite is always read from the repository (`Engine.snapshots`), never from a
 local record. Retention is the local policy's code (`select_expired`) applied to each
 user's own copies, so one user's forget can only name that user's copies.
@@ -21,13 +28,14 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 
 from t3backupd.core.config import Config
 from t3backupd.core.jobs import inventory_spec, user_dir
 from t3backupd.core.naming import parse_name
+from t3backupd.core.offsite_config import OffsiteConfig
 from t3backupd.core.protocol import (
     JobSpec,
     Report,
@@ -42,6 +50,8 @@ from t3backupd.core.protocol import (
 from t3backupd.core.retention import RetentionPolicy, select_expired
 from t3backupd.core.selection import choose_snapshot, parse_snapshot_request
 from t3backupd.core.usermap import User
+from t3backupd.root import ledger
+from t3backupd.root.ledger import Entries, Entry
 from t3backupd.root.log import get_logger
 from t3backupd.root.offsite.engine import (
     SQLITE_HEADER_BYTES,
@@ -253,11 +263,13 @@ def upload_snapshot(
     engine: Engine,
     config: Config,
     user: User,
-    name: str,
-    known_size: int | None = None,
+    expected: Entry,
     tracker: ProcessTracker | None = None,
 ) -> Uploaded:
-    """Upload one of `user`'s snapshots. Raises OffsiteError (nothing is recorded then)."""
+    """Upload one of `user`'s snapshots, which must be the bytes root published
+    (`expected`, from root's ledger: never the user's `NAME.sha256` or the worker's
+    word). Raises OffsiteError (nothing is recorded then)."""
+    name = expected.name
     if config.offsite is None:
         raise OffsiteError("failed", "no [offsite] in the config")
     timeout = float(config.offsite.timeout_seconds)
@@ -284,9 +296,11 @@ def upload_snapshot(
                 raise OffsiteError("worker", f"{name}: {report.reason}: {report.message}") from None
             raise
         meta = _meta_from_header(user, name, header)
-        if known_size is not None and meta.size != known_size:
+        if (meta.size, meta.sha256) != (expected.size, expected.sha256):
             raise OffsiteError(
-                "corrupt", f"{name}: the worker says {meta.size} bytes, published {known_size}"
+                "corrupt",
+                f"{name}: the worker says {meta.size} bytes, sha256 {meta.sha256[:16]}; root "
+                f"published {expected.size} bytes, sha256 {expected.sha256[:16]}; not uploaded",
             )
         meta, first = _with_page_size(meta, read_end, first, deadline)
         upload = engine.start_upload(meta)
@@ -401,17 +415,36 @@ def expired_copies(snapshots: Sequence[OffsiteSnapshot], policy: RetentionPolicy
 
 
 def to_upload(
-    local: Sequence[SnapshotInfo], offsite: Sequence[OffsiteSnapshot], policy: RetentionPolicy
-) -> list[SnapshotInfo]:
-    """Local snapshots not offsite yet that the offsite policy would keep, newest first."""
+    published: Iterable[Entry], offsite: Sequence[OffsiteSnapshot], policy: RetentionPolicy
+) -> list[Entry]:
+    """Snapshots root published (still present locally) not offsite yet that the offsite
+    policy would keep, newest first."""
     present = {snapshot.meta.name for snapshot in offsite}
-    # A snapshot without a checksum is never uploaded, so it takes no place either.
-    uploadable = [info for info in local if info.has_checksum]
-    names = {info.name for info in uploadable} | present
-    parsed = [p for p in (parse_name(name) for name in names) if p is not None]
+    by_name = {entry.name: entry for entry in published}
+    parsed = [p for p in (parse_name(name) for name in set(by_name) | present) if p is not None]
     expired = {p.filename for p in select_expired(parsed, policy)}
-    missing = [info for info in uploadable if info.name not in present | expired]
-    return sorted(missing, key=lambda info: (info.time, info.name), reverse=True)
+    missing = [p for p in parsed if p.filename in by_name and p.filename not in present | expired]
+    return [by_name[p.filename] for p in sorted(missing, key=lambda p: (p.time, p.filename),
+                                                   reverse=True)]  # fmt: skip
+
+
+def quota_problem(copies: int, used: int, entry: Entry, offsite: OffsiteConfig) -> str | None:
+    """Why uploading `entry` would pass the user's bound (`copies` copies of `used` bytes
+    kept offsite so far, labelled ones included), or None."""
+    limit, limit_bytes = offsite.max_copies_per_user, offsite.max_bytes_per_user
+    if limit and copies + 1 > limit:
+        return (
+            f"{entry.name}: not uploaded, {copies} copies offsite already "
+            f"(offsite.max_copies_per_user = {limit}; labelled copies count and are never "
+            "forgotten: forget some by hand or raise the bound)"
+        )
+    if limit_bytes and used + entry.size > limit_bytes:
+        return (
+            f"{entry.name}: not uploaded, {used} + {entry.size} bytes would pass "
+            f"offsite.max_bytes_per_user = {limit_bytes} (labelled copies count and are never "
+            "forgotten: forget some by hand or raise the bound)"
+        )
+    return None
 
 
 @dataclass
@@ -424,6 +457,7 @@ class UserOffsite:
     forgotten: list[str] = field(default_factory=list)
     snapshots: int | None = None  # copies in the repository afterwards (None: unknown)
     newest: float | None = None  # time of the newest copy
+    quota_reached: bool = False  # an upload was refused for the per-user bound
 
     @property
     def ok(self) -> bool:
@@ -437,23 +471,42 @@ def sync_user(
     local: Sequence[SnapshotInfo],
     tracker: ProcessTracker | None = None,
     forget: bool = True,
+    *,
+    listed_at: float,
 ) -> UserOffsite:
-    """Upload what of `local` is missing offsite (newest first), then apply retention to
-    this user's copies. Never raises for an offsite problem: it is in `failures`."""
+    """Upload what root published (its ledger) that `local`, the listing started at
+    `listed_at`, still shows and is missing offsite (newest first, within the user's
+    bound), then apply retention to this user's copies. Never raises for an offsite
+    problem: it is in `failures`."""
     outcome = UserOffsite(user)
     log = get_logger()
     policy = offsite_policy(config)
+    published = ledger.still_present(config, user.name, (i.name for i in local), listed_at)
+    _note_unpublished(user, local, published)
     try:
         present = engine.snapshots(user.name)
     except OffsiteError as error:
         outcome.failures.append(error)
         log.error("offsite list", user=user.name, reason=error.reason, message=error.message)
         return outcome
-    for info in to_upload(local, present, policy):
+    # The bound counts what retention keeps (labelled copies always), plus this pass's.
+    leaving = set(expired_copies(present, policy))
+    held = [copy for copy in present if copy.id not in leaving]
+    count, used = len(held), sum(copy.meta.size for copy in held)
+    for info in to_upload(published.values(), present, policy):
         if tracker is not None and tracker.stopping.is_set():
             break
+        problem = quota_problem(count, used, info, config.offsite or OffsiteConfig())
+        if problem is not None:
+            outcome.quota_reached = True
+            outcome.failures.append(OffsiteError("quota", problem))
+            log.error(
+                "offsite upload", user=user.name, snapshot=info.name, reason="quota",
+                message=problem,
+            )  # fmt: skip
+            break
         try:
-            uploaded = upload_snapshot(engine, config, user, info.name, info.bytes, tracker)
+            uploaded = upload_snapshot(engine, config, user, info, tracker)
         except OffsiteError as error:
             outcome.failures.append(error)
             log.error(
@@ -467,6 +520,7 @@ def sync_user(
                 break  # the next one would fail the same way
             continue
         outcome.uploaded.append(uploaded)
+        count, used = count + 1, used + uploaded.meta.size
         log.info(
             "offsite upload",
             user=user.name,
@@ -492,6 +546,21 @@ def sync_user(
         outcome.failures.append(error)
         log.error("offsite retention", user=user.name, reason=error.reason, message=error.message)
     return outcome
+
+
+def _note_unpublished(user: User, local: Sequence[SnapshotInfo], published: Entries) -> None:
+    """One line for the user's snapshots root has no record of publishing (made before
+    the ledger, adopted, or planted): they are never uploaded."""
+    unknown = sorted(info.name for info in local if info.name not in published)
+    if unknown:
+        get_logger().info(
+            "offsite not uploaded",
+            user=user.name,
+            count=len(unknown),
+            names=unknown[:5],
+            message="not published by root (before the ledger, adopted, or not root's): "
+            "never uploaded; the next snapshot root publishes is",
+        )
 
 
 def local_snapshots(config: Config, user: User, tracker: ProcessTracker | None) -> Report:
@@ -523,7 +592,9 @@ def run_offsite_pass(
                 OffsiteError("worker", f"cannot list local snapshots: {inventory.message}")
             )
         else:
-            outcome = sync_user(engine, config, user, inventory.snapshots, tracker)
+            outcome = sync_user(
+                engine, config, user, inventory.snapshots, tracker, listed_at=started
+            )
         outcomes[user.name] = outcome
         if on_result is not None:
             on_result(outcome)
