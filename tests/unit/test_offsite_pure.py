@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from t3backupd.core.config import load_config, parse_config
 from t3backupd.core.errors import ConfigError
@@ -19,9 +20,17 @@ from t3backupd.core.offsite_config import (
     secret_file_problems,
 )
 from t3backupd.core.retention import RetentionPolicy
+from t3backupd.core.usermap import User
 from t3backupd.root.ledger import Entry
-from t3backupd.root.offsite.engine import OffsiteSnapshot, SnapshotMeta
-from t3backupd.root.offsite.lane import choose_copy, expired_copies, quota_problem, to_upload
+from t3backupd.root.offsite.engine import OffsiteError, OffsiteSnapshot, SnapshotMeta
+from t3backupd.root.offsite.lane import (
+    UserOffsite,
+    choose_copy,
+    expired_copies,
+    quota_problem,
+    to_upload,
+)
+from t3backupd.root.offsite.metrics import OffsiteMetrics
 from t3backupd.root.offsite.restic import _parse_snapshot, classify, redact
 
 DIGEST = "ab" * 32
@@ -301,3 +310,19 @@ def test_the_documented_hourly_configuration_parses_and_keeps_two_weeks_offsite(
     assert ages_h[:48] == list(range(48))
     assert len(kept) == 48 + 11
     assert max(ages_h) == 12 * 24 + 15  # 11-18 23:00
+
+
+def test_quota_reached_is_a_gauge_and_a_failure_reason() -> None:
+    registry = CollectorRegistry()
+    metrics = OffsiteMetrics(registry)
+    alice = User("alice", 1000, 1000, "/home/alice")
+    metrics.set_users(["alice"])
+    refused = UserOffsite(alice, quota_reached=True)
+    refused.failures.append(OffsiteError("quota", "state-x.sqlite: not uploaded"))
+    metrics.record(refused)
+    text = generate_latest(registry).decode()
+    assert 't3backup_offsite_quota_reached{user="alice"} 1.0' in text
+    assert 't3backup_offsite_failures_total{reason="quota",user="alice"} 1.0' in text
+    metrics.record(UserOffsite(alice))  # the next sync got its uploads through
+    text = generate_latest(registry).decode()
+    assert 't3backup_offsite_quota_reached{user="alice"} 0.0' in text

@@ -1,0 +1,108 @@
+"""Root uploads only what root published (issue 20, item 3), against a hostile local user:
+real users, real WAL databases, real restic and borg repositories, the real CLI and its
+setuid workers. Labelled files the user plants in `<dest>/<user>` (with a matching
+`NAME.sha256`) are never uploaded; a snapshot whose bytes and checksum file the user
+rewrote after publish is refused as corrupt; each user's copies are bounded."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from support.offsite import Offsite
+from support.snapshots import MakeUser, take_snapshot
+from support.system import PYTHON, create_state_db, run_as, t3backupd
+
+from t3backupd.core.naming import format_name
+from t3backupd.core.usermap import User
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+# As the user: copy a snapshot's bytes under a new name, with its checksum file.
+PLANT = r"""
+import hashlib, sys
+source, target = sys.argv[1], sys.argv[2]
+data = open(source, "rb").read() + bytes(int(sys.argv[3]))
+open(target, "wb").write(data)
+name = target.rsplit("/", 1)[1]
+open(target + ".sha256", "w").write(hashlib.sha256(data).hexdigest() + "  " + name + "\n")
+"""
+
+
+def offsite_names(config: Path) -> list[str]:
+    listed = t3backupd(config, "list", "--offsite", "--json")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    (user,) = json.loads(listed.stdout)["users"]
+    return sorted(copy["name"] for copy in user["snapshots"])
+
+
+def plant(user: User, source: Path, target: Path, padding: int = 0) -> None:
+    done = run_as(user, [PYTHON, "-I", "-c", PLANT, str(source), str(target), str(padding)])
+    assert done.returncode == 0, done.stderr
+
+
+def setup(site: Offsite, user: User, **keys: object) -> Path:
+    create_state_db(user, size_mb=1, seed=61)
+    config = site.write([user], **keys)
+    initialised = t3backupd(config, "offsite", "init")
+    assert initialised.returncode == 0, initialised.stdout + initialised.stderr
+    return config
+
+
+def test_planted_labelled_files_never_go_offsite(each_engine: Offsite, make_user: MakeUser) -> None:
+    user = make_user()
+    config = setup(each_engine, user)
+    published = take_snapshot(config, user)
+    local = each_engine.dest / user.name
+    for round_ in range(3):  # plant, sync, delete locally, again: the issue's attack
+        planted = [
+            format_name(datetime(2026, 1, 1 + round_, hour, tzinfo=UTC), f"keep{round_}x{hour}")
+            for hour in (1, 2)
+        ]
+        for name in planted:
+            plant(user, local / published, local / name)
+        synced = t3backupd(config, "offsite", "sync")
+        assert synced.returncode == 0, synced.stdout + synced.stderr
+        # Only the snapshot root published goes offsite; nothing the user planted does.
+        assert offsite_names(config) == [published], f"round {round_}"
+        assert "offsite not uploaded" in synced.stderr, synced.stderr
+        for name in planted:
+            run_as(user, ["rm", "-f", str(local / name), str(local / f"{name}.sha256")])
+
+
+def test_rewritten_bytes_and_checksum_after_publish_are_corrupt(
+    each_engine: Offsite, make_user: MakeUser
+) -> None:
+    user = make_user()
+    config = setup(each_engine, user)
+    published = take_snapshot(config, user)
+    local = each_engine.dest / user.name
+    # The user replaces the published bytes (valid SQLite, 4096 bytes longer) and writes
+    # the matching NAME.sha256: consistent on disk, but not what root published.
+    original = local / published
+    plant(user, original, local / "copy.sqlite")
+    plant(user, local / "copy.sqlite", original, padding=4096)
+    synced = t3backupd(config, "offsite", "sync")
+    assert synced.returncode == 1, synced.stdout + synced.stderr
+    assert f"{user.name}: FAILED corrupt: {published}" in synced.stdout, synced.stdout
+    assert "root published" in synced.stdout
+    assert offsite_names(config) == []
+
+
+def test_the_per_user_bound_stops_uploads_with_one_clear_line(
+    each_engine: Offsite, make_user: MakeUser
+) -> None:
+    user = make_user()
+    config = setup(each_engine, user, max_copies_per_user=2)
+    labelled = [take_snapshot(config, user, label=f"before-upgrade-{n}") for n in range(3)]
+    synced = t3backupd(config, "offsite", "sync")
+    assert synced.returncode == 1, synced.stdout + synced.stderr
+    (line,) = [line for line in synced.stdout.splitlines() if line.startswith(user.name)]
+    assert "FAILED quota:" in line and "offsite.max_copies_per_user = 2" in line, line
+    assert labelled[0] in line  # the oldest waits: newest first
+    assert offsite_names(config) == sorted(labelled[1:])
+    logged = [json.loads(x) for x in synced.stderr.splitlines() if x.startswith("{")]
+    assert [e["reason"] for e in logged if e.get("event") == "offsite upload"
+            and e["level"] == "error"] == ["quota"]  # fmt: skip
