@@ -416,11 +416,18 @@ def parse_report(raw: bytes, expected_action: Action) -> Report:
     extra_raw = _object(
         data.get("extra", {}),
         "extra",
-        {"restored_from", "undo", "target", "pre_restore", "sha256", "skipped_future"},
-    )
+        {"restored_from", "undo", "target", "pre_restore", "sha256", "skipped_future",
+         "pre_restore_bytes", "pre_restore_sha256"},
+    )  # fmt: skip
     extra = {key: _clean_text(value, f"extra.{key}", 4096) for key, value in extra_raw.items()}
-    if "sha256" in extra and not _is_sha256(extra["sha256"]):
-        raise ReportError("extra.sha256: not a sha256 digest")
+    for key in ("sha256", "pre_restore_sha256"):
+        if key in extra and not _is_sha256(extra[key]):
+            raise ReportError(f"extra.{key}: not a sha256 digest")
+    if "pre_restore_bytes" in extra and not (
+        extra["pre_restore_bytes"].isascii() and extra["pre_restore_bytes"].isdigit()
+        and len(extra["pre_restore_bytes"]) <= 18
+    ):  # fmt: skip
+        raise ReportError("extra.pre_restore_bytes: not a byte count")
     for key in ("restored_from", "pre_restore", "skipped_future"):
         if key in extra and parse_name(extra[key]) is None:
             raise ReportError(f"extra.{key}: not a snapshot name")

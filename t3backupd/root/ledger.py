@@ -28,7 +28,7 @@ import math
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
@@ -44,6 +44,7 @@ MAX_ENTRIES = 10_000  # a worker report's bound on snapshots
 MAX_BYTES = 4 * 1024 * 1024
 MAX_SIZE = 1 << 50
 MAX_FUTURE_SECONDS = 24 * 3600  # a clock fault between runs, not a forged far future
+PRE_RESTORE_KEYS = ("pre_restore", "pre_restore_bytes", "pre_restore_sha256")
 _KEYS = {"name", "size", "sha256", "published_at", "label", "schema_version"}
 
 
@@ -300,6 +301,17 @@ def record_published(
         return kept
 
     update(ledger_dir(config), user, change)
+
+
+def record_pre_restore(config: Config, user: str, extra: Mapping[str, str]) -> None:
+    """After root accepted an in-place restore's report (ok or failed): the pre-restore
+    snapshot it published, if any (the parser checked name, byte count and digest)."""
+    name, size, digest = (extra.get(key) for key in PRE_RESTORE_KEYS)
+    parsed = parse_name(name) if name is not None else None
+    if parsed is None or size is None or digest is None:
+        return
+    info = SnapshotInfo(name or "", parsed.time.timestamp(), int(size), parsed.label, sha256=digest)
+    record_published(config, user, info, [])
 
 
 def still_present(config: Config, user: str, listed: Iterable[str], listed_at: float) -> Entries:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from support.offsite import Offsite
+from support.offsite import Backend, Offsite, make_offsite
 from support.snapshots import MakeUser, take_snapshot
 from support.system import PYTHON, create_state_db, run_as, t3backupd
 
@@ -106,3 +106,17 @@ def test_the_per_user_bound_stops_uploads_with_one_clear_line(
     logged = [json.loads(x) for x in synced.stderr.splitlines() if x.startswith("{")]
     assert [e["reason"] for e in logged if e.get("event") == "offsite upload"
             and e["level"] == "error"] == ["quota"]  # fmt: skip
+
+
+def test_the_pre_restore_snapshot_root_published_goes_offsite(
+    local_backend: Backend, sandbox: Path, make_user: MakeUser
+) -> None:
+    user = make_user()
+    config = setup(make_offsite(sandbox, local_backend), user)
+    published = take_snapshot(config, user)
+    restored = t3backupd(config, "restore", "--user", user.name, "--in-place")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    (pre,) = [word for word in restored.stdout.split() if "--pre-restore" in word]
+    synced = t3backupd(config, "offsite", "sync")
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    assert offsite_names(config) == sorted([published, pre])
