@@ -423,9 +423,10 @@ def to_upload(
     by_name = {entry.name: entry for entry in published}
     parsed = [p for p in (parse_name(name) for name in set(by_name) | present) if p is not None]
     expired = {p.filename for p in select_expired(parsed, policy)}
-    missing = [p for p in parsed if p.filename in by_name and p.filename not in present | expired]
-    return [by_name[p.filename] for p in sorted(missing, key=lambda p: (p.time, p.filename),
-                                                   reverse=True)]  # fmt: skip
+    skip = present | expired
+    missing = [p for p in parsed if p.filename in by_name and p.filename not in skip]
+    missing.sort(key=lambda p: (p.time, p.filename), reverse=True)
+    return [by_name[p.filename] for p in missing]
 
 
 def quota_problem(copies: int, used: int, entry: Entry, offsite: OffsiteConfig) -> str | None:
