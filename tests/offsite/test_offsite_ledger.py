@@ -7,11 +7,14 @@ rewrote after publish is refused as corrupt; each user's copies are bounded."""
 from __future__ import annotations
 
 import json
+import signal
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from support.offsite import Backend, Offsite, make_offsite
+from support.daemon import Site, daemon, sample, scrape, snapshot_times
+from support.offsite import Backend, Offsite, make_offsite, offsite_section, password_file
 from support.snapshots import MakeUser, take_snapshot
 from support.system import PYTHON, create_state_db, run_as, t3backupd
 
@@ -120,3 +123,35 @@ def test_the_pre_restore_snapshot_root_published_goes_offsite(
     synced = t3backupd(config, "offsite", "sync")
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert offsite_names(config) == sorted([published, pre])
+
+
+def test_the_daemon_uploads_only_what_it_published_and_reports_the_bound(
+    site: Site, local_backend: Backend
+) -> None:
+    user = site.add_user()
+    extra = offsite_section(local_backend, password_file(site.root), site.root / "cache",
+                            None, max_copies_per_user=2)  # fmt: skip
+    config = site.write([user], extra=extra)
+    assert t3backupd(config, "offsite", "init").returncode == 0
+    local = site.dest / user.name
+    with daemon(site) as running:
+        names = []
+        for number in (1, 2, 3):
+            running.signal(signal.SIGUSR1)
+            event = running.wait_offsite(user.name, number)
+            names.append(snapshot_times(site, user)[-1][0])
+            if number == 1:  # planted between passes, with a matching checksum file
+                plant(
+                    user,
+                    local / names[0],
+                    local / format_name(datetime(2026, 1, 1, tzinfo=UTC), "x"),
+                )
+            time.sleep(1.1)  # names have one-second resolution
+        outcomes = running.events("offsite", user=user.name)
+        assert [e["status"] for e in outcomes] == ["ok", "ok", "failed"], outcomes
+        assert event["reason"] == "quota", event
+        assert "offsite.max_copies_per_user = 2" in str(event["message"]), event
+        text = scrape(site.port)
+        assert sample(text, "t3backup_offsite_quota_reached", user=user.name) == 1
+        assert sample(text, "t3backup_offsite_failures_total", user=user.name, reason="quota") == 1
+    assert offsite_names(config) == sorted(names[:2])
