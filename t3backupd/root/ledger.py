@@ -195,14 +195,15 @@ def _file_name(user: str) -> str:
     return f"{user}.json"  # usermap names are login names: [a-z_][a-z0-9_-]*
 
 
-def _read(dir_fd: int, path: str, user: str) -> Entries:
-    """The user's entries in the open directory ({} if there is no file). Raises OSError,
-    ValueError or LedgerRefused for a file that is refused as a whole."""
+def _read(dir_fd: int, path: str, user: str) -> tuple[Entries, bool]:
+    """The user's entries in the open directory ({} if there is no file) and whether any
+    was dropped. Raises OSError, ValueError or LedgerRefused for a file that is refused as
+    a whole."""
     try:
         fd = os.open(_file_name(user), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
                      dir_fd=dir_fd)  # fmt: skip
     except FileNotFoundError:
-        return {}
+        return {}, False
     with os.fdopen(fd, "rb") as file:
         info = os.fstat(file.fileno())
         if not stat.S_ISREG(info.st_mode):
@@ -220,7 +221,7 @@ def _read(dir_fd: int, path: str, user: str) -> Entries:
         get_logger().warning(
             "ledger entry dropped", path=path, user=user, error=problem, count=len(dropped)
         )
-    return entries
+    return entries, bool(dropped)
 
 
 def _warn(event: str, path: str, user: str, error: Exception) -> None:
@@ -246,7 +247,7 @@ def load(directory: str | None, user: str) -> Entries:
     path = os.path.join(directory, _file_name(user))
     try:
         with _locked(directory, create=False) as fd:
-            return _read(fd, path, user)
+            return _read(fd, path, user)[0]
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, LedgerRefused) as error:
@@ -263,12 +264,12 @@ def update(directory: str | None, user: str, change: Callable[[Entries], Entries
     try:
         with _locked(directory, create=True) as fd:
             try:
-                old = _read(fd, path, user)
+                old, dropped = _read(fd, path, user)
             except (OSError, ValueError, LedgerRefused) as error:
                 _warn("ledger ignored", path, user, error)
-                old = {}
+                old, dropped = {}, True
             new = change(dict(old))
-            if new != old:
+            if new != old or dropped:  # a refused file or entry is warned of once
                 temp = f".{_file_name(user)}.{os.getpid()}.tmp"
                 replace_file(fd, _file_name(user), temp, render(user, new))
                 os.fsync(fd)

@@ -187,3 +187,15 @@ def test_no_offsite_means_no_ledger(tmp_path: Path) -> None:
     assert ledger.ledger_dir(Config()) is None
     ledger.record_published(Config(), USER, info(1), [])  # a no-op, never raises
     assert ledger.load(None, USER) == {}
+
+
+def test_a_dropped_entry_is_warned_of_once_then_gone(tmp_path: Path) -> None:
+    bad = {**good_entry(info(2).name), "sha256": "not-a-digest"}
+    directory = write(tmp_path / "published", document([good_entry(), bad])).parent
+    config = config_for(directory)
+    with capture_logs() as first:
+        assert list(ledger.still_present(config, USER, [info(1).name], 0.0)) == [info(1).name]
+    with capture_logs() as second:
+        assert list(ledger.still_present(config, USER, [info(1).name], 0.0)) == [info(1).name]
+    assert [log["event"] for log in first] == ["ledger entry dropped"]
+    assert second == []
