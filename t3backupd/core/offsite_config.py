@@ -105,6 +105,12 @@ class OffsiteConfig:
     prune_cron: str = "15 5 * * 0"  # forget + prune weekly (Sunday 05:15)
     check_cron: str = "45 5 * * 0"  # restic check + restore drill weekly
     check_read_data_subset: str = "1/7"
+    # Root's ledger of the snapshots it published (root/ledger.py): only those go offsite.
+    ledger_dir: str = "/var/lib/t3backupd/published"
+    # Per user, copies in the repository (labelled included) past which nothing more is
+    # uploaded for them (reason `quota`); 0 = no bound.
+    max_copies_per_user: int = 100
+    max_bytes_per_user: int = 20 * 1024**3  # 20 GiB of snapshot bytes (before dedup)
     # restic: --option KEY=VALUE (e.g. sftp.command=...); borg: ssh -o Key=Value options
     # for BORG_RSH (e.g. UserKnownHostsFile=..., IdentityFile=...).
     options: tuple[str, ...] = ()
@@ -210,6 +216,9 @@ def parse_offsite(
             'expected "backend.option=value" strings',
         )
     check("cache_dir", config.cache_dir.startswith("/"), "must be an absolute path")
+    check("ledger_dir", config.ledger_dir.startswith("/"), "must be an absolute path")
+    for name in ("max_copies_per_user", "max_bytes_per_user"):
+        check(name, getattr(config, name) >= 0, "must be >= 0 (0 = no bound)")
     check("timeout_seconds", 1 <= config.timeout_seconds <= 7 * 86400, "must be 1-604800")
     check("stall_seconds", 1 <= config.stall_seconds <= 86400, "must be 1-86400")
     check(

@@ -236,6 +236,10 @@ class SnapshotInfo:
     has_checksum: bool = True
     # The app's schema version read from the snapshot itself (None: unknown, or not read).
     schema_version: int | None = None
+    # Only in a snapshot job's `snapshot` (what it just published): the sha256 it hashed
+    # before publishing. Root records it in its ledger (root/ledger.py); a listing never
+    # carries one (the file beside a snapshot is the user's to rewrite).
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -337,7 +341,9 @@ def _object(value: object, where: str, allowed: set[str]) -> dict[str, Any]:
 
 def _snapshot(value: object, where: str) -> SnapshotInfo:
     data = _object(
-        value, where, {"name", "time", "bytes", "label", "has_checksum", "schema_version"}
+        value,
+        where,
+        {"name", "time", "bytes", "label", "has_checksum", "schema_version", "sha256"},
     )
     name = data.get("name")
     if not isinstance(name, str) or parse_name(name) is None:
@@ -348,6 +354,9 @@ def _snapshot(value: object, where: str) -> SnapshotInfo:
     has_checksum = data.get("has_checksum", True)
     if not isinstance(has_checksum, bool):
         raise ReportError(f"{where}.has_checksum: expected a boolean")
+    digest = data.get("sha256")
+    if digest is not None and (not isinstance(digest, str) or not _is_sha256(digest)):
+        raise ReportError(f"{where}.sha256: not a sha256 digest")
     return SnapshotInfo(
         name=name,
         time=_float(data.get("time"), f"{where}.time"),
@@ -355,6 +364,7 @@ def _snapshot(value: object, where: str) -> SnapshotInfo:
         label=label,
         has_checksum=has_checksum,
         schema_version=_schema_version(data.get("schema_version"), f"{where}.schema_version"),
+        sha256=digest,
     )
 
 
@@ -429,11 +439,18 @@ def parse_report(raw: bytes, expected_action: Action) -> Report:
     extra_raw = _object(
         data.get("extra", {}),
         "extra",
-        {"restored_from", "undo", "target", "pre_restore", "sha256", "skipped_future"},
-    )
+        {"restored_from", "undo", "target", "pre_restore", "sha256", "skipped_future",
+         "pre_restore_bytes", "pre_restore_sha256"},
+    )  # fmt: skip
     extra = {key: _clean_text(value, f"extra.{key}", 4096) for key, value in extra_raw.items()}
-    if "sha256" in extra and not _is_sha256(extra["sha256"]):
-        raise ReportError("extra.sha256: not a sha256 digest")
+    for key in ("sha256", "pre_restore_sha256"):
+        if key in extra and not _is_sha256(extra[key]):
+            raise ReportError(f"extra.{key}: not a sha256 digest")
+    if "pre_restore_bytes" in extra and not (
+        extra["pre_restore_bytes"].isascii() and extra["pre_restore_bytes"].isdigit()
+        and len(extra["pre_restore_bytes"]) <= 18
+    ):  # fmt: skip
+        raise ReportError("extra.pre_restore_bytes: not a byte count")
     for key in ("restored_from", "pre_restore", "skipped_future"):
         if key in extra and parse_name(extra[key]) is None:
             raise ReportError(f"extra.{key}: not a snapshot name")

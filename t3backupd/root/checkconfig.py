@@ -138,4 +138,11 @@ def warnings_for(
                 f"{offsite.engine} cannot keep its cache there; use the default or add "
                 "ReadWritePaths="
             )
+        if not _inside(offsite.ledger_dir, [*writable, *UNIT_OWN_DIRS]):
+            found.append(
+                f"offsite.ledger_dir {offsite.ledger_dir} is outside the paths {where} lets "
+                f"the daemon write ({allowed}, and its state directory /var/lib/t3backupd): "
+                "published snapshots cannot be recorded, so none is uploaded; use the default "
+                "or add ReadWritePaths="
+            )
     return found

@@ -18,6 +18,7 @@ from t3backupd.core.jobs import adopt_spec, inventory_spec, snapshot_spec, verif
 from t3backupd.core.protocol import STOPPED, SnapshotInfo, UserResult
 from t3backupd.core.retention import is_future_dated
 from t3backupd.core.usermap import User
+from t3backupd.root import ledger
 from t3backupd.root.log import get_logger
 from t3backupd.root.runner import run_for_users, run_user_job
 from t3backupd.root.spawn import ProcessTracker
@@ -35,6 +36,9 @@ def snapshot_user(
     """Snapshot one user and log the outcome as one event."""
     result = run_user_job(config, user, snapshot_spec(config, user, label), tracker)
     DIR_SIZES.record(user.name, result.report.dir_bytes)
+    if result.report.ok:
+        # Root accepted this publish: the one record of what may go offsite.
+        ledger.record_published(config, user.name, result.report.snapshot, result.report.pruned)
     if result.report.reason == "disk_space":
         result = replace(
             result,

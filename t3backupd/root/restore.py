@@ -40,6 +40,7 @@ from t3backupd.core.selection import (
     undo_command,
 )
 from t3backupd.core.usermap import User
+from t3backupd.root import ledger
 from t3backupd.root.log import get_logger
 from t3backupd.root.runner import run_user_job
 from t3backupd.root.scheduler import resolve_timezone
@@ -256,6 +257,7 @@ def restore_in_place(
             restore_spec(config, user, chosen, in_place=True, force=force, safety_snapshot=True)
         )
         pre_name = report.extra.get("pre_restore")  # if there, the parser checked the name
+        ledger.record_pre_restore(config, user.name, report.extra)
         config_path = None if config.path == str(DEFAULT_CONFIG_PATH) else config.path
         undo = undo_command(user.name, config_path) if pre_name is not None else None
         _log(

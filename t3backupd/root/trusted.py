@@ -26,7 +26,7 @@ def _trusted_owners() -> tuple[int, ...]:
     return (0,) if os.geteuid() == 0 else (0, os.geteuid())
 
 
-def _check_owner_and_mode(path: str, info: os.stat_result, kind: str) -> None:
+def check_owner_and_mode(path: str, info: os.stat_result, kind: str) -> None:
     if info.st_uid not in _trusted_owners():
         raise UntrustedFile(f"{path}: {kind} is owned by uid {info.st_uid}, not by root")
     if stat.S_ISLNK(info.st_mode):
@@ -47,7 +47,7 @@ def resolve_trusted(path: str) -> tuple[str, os.stat_result]:
     pending = [part for part in path.split("/") if part not in ("", ".")]
     pending.reverse()
     current = "/"
-    _check_owner_and_mode("/", os.lstat("/"), "directory")
+    check_owner_and_mode("/", os.lstat("/"), "directory")
     links = 0
     while pending:
         part = pending.pop()
@@ -57,7 +57,7 @@ def resolve_trusted(path: str) -> tuple[str, os.stat_result]:
         candidate = os.path.join(current, part)
         info = os.lstat(candidate)
         if stat.S_ISLNK(info.st_mode):
-            _check_owner_and_mode(candidate, info, "link")
+            check_owner_and_mode(candidate, info, "link")
             links += 1
             if links > MAX_LINKS:
                 raise UntrustedFile(f"{path}: too many links")
@@ -69,7 +69,7 @@ def resolve_trusted(path: str) -> tuple[str, os.stat_result]:
         last = not pending
         if not last and not stat.S_ISDIR(info.st_mode):
             raise UntrustedFile(f"{candidate}: not a directory")
-        _check_owner_and_mode(candidate, info, "file" if last else "directory")
+        check_owner_and_mode(candidate, info, "file" if last else "directory")
         current = candidate
     info = os.lstat(current)
     if not stat.S_ISREG(info.st_mode):
@@ -116,7 +116,7 @@ def trusted_directory(path: str, mode: int = 0o700) -> int:
     fd = os.open("/", flags)
     current = "/"
     try:
-        _check_owner_and_mode(current, os.fstat(fd), "directory")
+        check_owner_and_mode(current, os.fstat(fd), "directory")
         for part in parts:
             current = os.path.join(current, part)
             with contextlib.suppress(FileExistsError):
@@ -129,7 +129,7 @@ def trusted_directory(path: str, mode: int = 0o700) -> int:
                 raise
             os.close(fd)
             fd = child
-            _check_owner_and_mode(current, os.fstat(fd), "directory")
+            check_owner_and_mode(current, os.fstat(fd), "directory")
         os.fchmod(fd, mode)
         return fd
     except BaseException:
@@ -154,7 +154,7 @@ def directory_problem(path: str) -> str | None:
         if not stat.S_ISDIR(info.st_mode):
             return f"{current}: not a directory"
         try:
-            _check_owner_and_mode(current, info, "directory")
+            check_owner_and_mode(current, info, "directory")
         except UntrustedFile as error:
             return str(error)
     return None

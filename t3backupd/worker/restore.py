@@ -17,7 +17,7 @@ import sqlite3
 import stat
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -336,12 +336,12 @@ def _replace_contents(db: sqlite3.Connection) -> None:
 
 def _restore_holding_the_write_lock(
     job: Job, spec: RestoreSpec, snapshot_path: str, exists: bool
-) -> tuple[str | None, str, list[str]]:
+) -> tuple[PreRestore | None, str, list[str]]:
     """The in-place restore, under one write lock of the live database from before the
     pre-restore snapshot until the restored state is committed: no commit of the app can
     land in between (it is in the safety snapshot, or it waits and applies on top).
 
-    Returns (pre-restore snapshot name or None, journal mode, quick_check problems).
+    Returns (pre-restore snapshot or None, journal mode, quick_check problems).
     """
     live = spec.source
     source_uri = f"file:{quote(snapshot_path)}?mode=ro&immutable=1"
@@ -349,7 +349,7 @@ def _restore_holding_the_write_lock(
         f"file:{quote(live)}", uri=True, timeout=APP_BUSY_TIMEOUT_SECONDS, isolation_level=None
     )
     job.connections.append(db)
-    pre: str | None = None
+    pre: PreRestore | None = None
     try:
         db.execute(f"PRAGMA journal_size_limit={APP_JOURNAL_SIZE_LIMIT}")
         if not exists:
@@ -383,18 +383,35 @@ def _restore_holding_the_write_lock(
         db.close()
 
 
-class _Failed(Exception):
-    """A failure after the pre-restore snapshot was (maybe) taken: its name travels on."""
+@dataclass(frozen=True)
+class PreRestore:
+    """The pre-restore snapshot published, as root records it in its ledger."""
 
-    def __init__(self, reason: Reason, message: str, pre: str | None) -> None:
+    name: str
+    size: int
+    sha256: str
+
+    def extra(self) -> dict[str, str]:
+        return {
+            "pre_restore": self.name,
+            "pre_restore_bytes": str(self.size),
+            "pre_restore_sha256": self.sha256,
+        }
+
+
+class _Failed(Exception):
+    """A failure after the pre-restore snapshot was (maybe) taken: it travels on."""
+
+    def __init__(self, reason: Reason, message: str, pre: PreRestore | None) -> None:
         super().__init__(message)
         self.reason, self.message, self.pre = reason, message, pre
 
 
-def _safety_snapshot(job: Job, spec: RestoreSpec) -> str:
+def _safety_snapshot(job: Job, spec: RestoreSpec) -> PreRestore:
     """The `pre-restore` snapshot of the live database's committed state (the caller holds
     its write lock, so this is the state the restore replaces). Published like any
-    snapshot (verified, checksummed); labelled, so never pruned. Returns its name."""
+    snapshot (verified, checksummed); labelled, so never pruned. Returns its name, size
+    and sha256."""
     source_bytes = ops.source_size(spec.source)
     ops.check_free_space(spec.dest_dir, source_bytes, spec.min_free_bytes)
     temp = ops.create_temp(spec.dest_dir)
@@ -406,9 +423,11 @@ def _safety_snapshot(job: Job, spec: RestoreSpec) -> str:
             raise ops.StepFailed(
                 "verify_failed", "the pre-restore snapshot failed: " + "; ".join(problems[:3])
             )
-        return ops.publish(
+        size = os.stat(temp).st_size
+        name = ops.publish(
             spec.dest_dir, temp, datetime.now(UTC), PRE_RESTORE_LABEL, digest, job.temps
         )
+        return PreRestore(name, size, digest)
     finally:
         job.temps.remove(temp)  # only its own: an offsite restore's source is a temp too
 
@@ -461,7 +480,7 @@ def _restore_in_place(
             job, spec, snapshot_path, before is not None
         )
     except _Failed as failure:
-        undo = {"pre_restore": failure.pre} if failure.pre else {}
+        undo = failure.pre.extra() if failure.pre else {}
         return Report(
             action="restore",
             status="failed",
@@ -472,7 +491,7 @@ def _restore_in_place(
             extra={**extra, **undo},
         )
     if pre is not None:
-        extra["pre_restore"] = pre
+        extra.update(pre.extra())
     after = os.stat(live)
     if before is not None and stat.S_IMODE(after.st_mode) != stat.S_IMODE(before.st_mode):
         os.chmod(live, stat.S_IMODE(before.st_mode))  # SQLite writes in place; belt and braces

@@ -53,7 +53,10 @@ def snapshot_job(job: Job, spec: SnapshotSpec) -> Report:
         )
         pruned = ops.prune(spec.dest_dir, expired)
         kept = ops.inventory(spec.dest_dir)
-        published = replace(next(info for info in kept if info.name == name), schema_version=schema)
+        listed = next(info for info in kept if info.name == name)
+        # The digest hashed from the bytes just published, for root's ledger, and the
+        # app's schema version read from them.
+        published = replace(listed, sha256=digest, schema_version=schema)
     return Report(
         action="snapshot",
         status="ok",

@@ -31,13 +31,7 @@ def offsite_events(running: Running, user: str) -> list[dict[str, object]]:
 
 
 def wait_offsite(running: Running, user: str, count: int, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        events = offsite_events(running, user)
-        if len(events) >= count:
-            return events[count - 1]
-        time.sleep(0.2)
-    raise AssertionError(f"no offsite event #{count} for {user}:\n{running.log_text()[-3000:]}")
+    return running.wait_offsite(user, count, timeout)
 
 
 def test_daemon_uploads_after_each_snapshot_and_heals_after_an_outage(

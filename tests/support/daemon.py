@@ -229,6 +229,16 @@ class Running:
                 found.append(event)
         return found
 
+    def wait_offsite(self, user: str, count: int, timeout: float = 120) -> dict[str, object]:
+        """The `count`-th "offsite" event of `user` (the lane's outcome), once logged."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            events = self.events("offsite", user=user)
+            if len(events) >= count:
+                return events[count - 1]
+            time.sleep(0.2)
+        raise AssertionError(f"no offsite event #{count} for {user}:\n{self.log_text()[-3000:]}")
+
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
 

@@ -53,6 +53,8 @@ def offsite_section(
         f'password_file = "{password}"',
         f'cache_dir = "{cache}"',
     ]
+    if "ledger_dir" not in keys:
+        lines.append(f'ledger_dir = "{cache.parent / "ledger"}"')
     if env_file is not None:
         lines.append(f'environment_file = "{env_file}"')
     if backend.engine != "restic":

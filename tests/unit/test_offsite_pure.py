@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from t3backupd.core.config import load_config, parse_config
 from t3backupd.core.errors import ConfigError
@@ -21,10 +22,18 @@ from t3backupd.core.offsite_config import (
     parse_offsite,
     secret_file_problems,
 )
-from t3backupd.core.protocol import SnapshotInfo
 from t3backupd.core.retention import RetentionPolicy
-from t3backupd.root.offsite.engine import OffsiteSnapshot, SnapshotMeta
-from t3backupd.root.offsite.lane import choose_copy, expired_copies, to_upload
+from t3backupd.core.usermap import User
+from t3backupd.root.ledger import Entry
+from t3backupd.root.offsite.engine import OffsiteError, OffsiteSnapshot, SnapshotMeta
+from t3backupd.root.offsite.lane import (
+    UserOffsite,
+    choose_copy,
+    expired_copies,
+    quota_problem,
+    to_upload,
+)
+from t3backupd.root.offsite.metrics import OffsiteMetrics
 from t3backupd.root.offsite.restic import _parse_snapshot, classify, redact
 from t3backupd.root.served import require_offsite_secrets
 
@@ -248,27 +257,29 @@ def test_expired_copies_keep_the_newest_labelled_and_one_copy_per_name() -> None
     assert sorted(expired) == sorted(["older-duplicate", copies[0].id, copies[1].id, copies[2].id])
 
 
+def _entry(when: datetime, size: int = 10, label: str | None = None) -> Entry:
+    return Entry(format_name(when, label), size, "a" * 64, when.timestamp(), label)
+
+
 def test_to_upload_skips_what_is_offsite_or_would_be_forgotten_newest_first() -> None:
     start = datetime(2026, 12, 1, 3, 30, tzinfo=UTC)
-    local = [
-        SnapshotInfo(
-            format_name(start + timedelta(hours=i)),
-            (start + timedelta(hours=i)).timestamp(),
-            10,
-            None,
-        )
-        for i in range(4)
-    ]
-    no_checksum = SnapshotInfo(
-        format_name(start + timedelta(hours=9)),
-        (start + timedelta(hours=9)).timestamp(),
-        10,
-        None,
-        has_checksum=False,
-    )
+    published = [_entry(start + timedelta(hours=i)) for i in range(4)]
     present = [_copy("alice", start + timedelta(hours=3))]
-    chosen = to_upload([*local, no_checksum], present, RetentionPolicy(keep=3))
-    assert [info.name for info in chosen] == [local[2].name, local[1].name]
+    chosen = to_upload(published, present, RetentionPolicy(keep=3))
+    assert [entry.name for entry in chosen] == [published[2].name, published[1].name]
+
+
+def test_quota_counts_copies_and_bytes_labelled_included() -> None:
+    start = datetime(2026, 12, 1, 3, 30, tzinfo=UTC)
+    bounded = OffsiteConfig(max_copies_per_user=3, max_bytes_per_user=100)
+    entry = _entry(start, size=40)
+    assert quota_problem(2, 60, entry, bounded) is None
+    copies = quota_problem(3, 0, entry, bounded)
+    assert copies is not None and "offsite.max_copies_per_user = 3" in copies
+    size = quota_problem(0, 61, entry, bounded)
+    assert size is not None and "offsite.max_bytes_per_user = 100" in size
+    unbounded = OffsiteConfig(max_copies_per_user=0, max_bytes_per_user=0)
+    assert quota_problem(10**6, 1 << 40, entry, unbounded) is None
 
 
 def test_choose_copy_by_latest_label_and_name() -> None:
@@ -326,3 +337,19 @@ def test_the_documented_hourly_configuration_parses_and_keeps_two_weeks_offsite(
     assert ages_h[:48] == list(range(48))
     assert len(kept) == 48 + 11
     assert max(ages_h) == 12 * 24 + 15  # 11-18 23:00
+
+
+def test_quota_reached_is_a_gauge_and_a_failure_reason() -> None:
+    registry = CollectorRegistry()
+    metrics = OffsiteMetrics(registry)
+    alice = User("alice", 1000, 1000, "/home/alice")
+    metrics.set_users(["alice"])
+    refused = UserOffsite(alice, quota_reached=True)
+    refused.failures.append(OffsiteError("quota", "state-x.sqlite: not uploaded"))
+    metrics.record(refused)
+    text = generate_latest(registry).decode()
+    assert 't3backup_offsite_quota_reached{user="alice"} 1.0' in text
+    assert 't3backup_offsite_failures_total{reason="quota",user="alice"} 1.0' in text
+    metrics.record(UserOffsite(alice))  # the next sync got its uploads through
+    text = generate_latest(registry).decode()
+    assert 't3backup_offsite_quota_reached{user="alice"} 0.0' in text

@@ -134,3 +134,13 @@ def test_effective_lines_show_every_value_and_its_origin() -> None:
     assert lines["retention.keep"].endswith("= 3  (file)")
     assert lines["snapshot.timeout_seconds"].endswith("= 60  (environment T3_BACKUP_TIMEOUT)")
     assert lines["schedule.catch_up"].endswith("= true  (default)")
+
+
+def test_warnings_name_a_ledger_dir_outside_the_writable_paths() -> None:
+    offsite = {"repository": "s3:https://s3.example.net/b", "password_file": "/etc/p"}
+    fine = parse_config({"offsite": offsite}, "c.toml", {})
+    assert warnings_for(fine, [], None, list(DEFAULT_WRITABLE)) == []
+    moved = parse_config({"offsite": {**offsite, "ledger_dir": "/srv/ledger"}}, "c.toml", {})
+    (ledger,) = warnings_for(moved, [], None, list(DEFAULT_WRITABLE))
+    assert ledger.startswith("offsite.ledger_dir /srv/ledger is outside")
+    assert "none is uploaded" in ledger

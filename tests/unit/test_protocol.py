@@ -426,3 +426,17 @@ def test_a_snapshot_spec_names_a_known_schema_source() -> None:
     bad["schema_version"] = "max(rowid)"
     with pytest.raises(ValueError, match="schema_version"):
         JobSpec.from_json(json.dumps(bad).encode())
+
+
+def test_the_published_digest_and_the_pre_restore_record_are_checked() -> None:
+    digest = "ab" * 32
+    published = parse_report(encode(report(snapshot={**SNAPSHOT, "sha256": digest})), "snapshot")
+    assert published.snapshot is not None and published.snapshot.sha256 == digest
+    assert "sha256" in rejected(encode(report(snapshot={**SNAPSHOT, "sha256": "AB" * 32})))
+    pre = {"pre_restore": NAME, "pre_restore_bytes": "4096", "pre_restore_sha256": digest}
+    restore = report(action="restore", snapshot=None, snapshots=[], extra=pre)
+    assert parse_report(encode(restore), "restore").extra == pre
+    for key, bad in (("pre_restore_bytes", "-1"), ("pre_restore_bytes", "1e9"),
+                     ("pre_restore_sha256", "x" * 64)):  # fmt: skip
+        forged = report(action="restore", snapshot=None, snapshots=[], extra={**pre, key: bad})
+        assert key in rejected(encode(forged), "restore")

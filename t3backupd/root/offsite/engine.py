@@ -33,6 +33,7 @@ REASONS = (
     "corrupt",  # the stream's size or sha256 differs from the recorded ones
     "worker",  # the user's worker failed to stream (or misbehaved)
     "untrusted",  # a copy whose seal does not verify (see offsite/seal.py): never restored
+    "quota",  # the user's bound (offsite.max_copies_per_user / max_bytes_per_user) is reached
     "failed",  # anything else the engine reported
 )
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")

@@ -10,6 +10,13 @@ a pass are bounded by their turn (`turn_seconds`), and a timeout ends the turn.
 To restore, the engine's stream is pumped, counted and hashed the same way into a
 worker that writes and verifies it as a local `restore --to` does.
 
+Only what root published goes offsite: the candidates and the size and sha256 they are
+checked against come from root's ledger (`root.ledger`, written when root accepted the
+worker's publish report), never from `NAME.sha256` or the worker's header (a header that
+differs from the ledger is `corrupt`); the user's listing only takes candidates away.
+Each user's copies are bounded (`offsite.max_copies_per_user`, `max_bytes_per_user`,
+labelled copies included): past it nothing more is uploaded for them (reason `quota`).
+
 What is offsite is always read from the repository (`Engine.snapshots`), never from a
 local record. Retention is the local policy's code (`select_expired`) applied to each
 user's own copies, so one user's forget can only name that user's copies.
@@ -24,7 +31,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 
@@ -46,6 +53,8 @@ from t3backupd.core.protocol import (
 from t3backupd.core.retention import RetentionPolicy, select_expired
 from t3backupd.core.selection import choose_snapshot, parse_snapshot_request
 from t3backupd.core.usermap import User
+from t3backupd.root import ledger
+from t3backupd.root.ledger import Entries, Entry
 from t3backupd.root.log import get_logger
 from t3backupd.root.offsite.engine import (
     SQLITE_HEADER_BYTES,
@@ -267,21 +276,22 @@ def upload_snapshot(
     engine: Engine,
     config: Config,
     user: User,
-    name: str,
-    known_size: int | None = None,
+    expected: Entry,
     tracker: ProcessTracker | None = None,
     until: float | None = None,
 ) -> Uploaded:
-    """Upload one of `user`'s snapshots: received whole into root's spool first (at the
-    user's pace, bounded by `offsite.timeout_seconds`, `offsite.stall_seconds` and
-    `until`, the end of the user's turn), only then handed to the engine (at root's
-    pace), so no engine process or repository lock ever waits on a user. Raises
-    OffsiteError (nothing is recorded then)."""
+    """Upload one of `user`'s snapshots, which must be the bytes root published
+    (`expected`, from root's ledger: never the user's `NAME.sha256` or the worker's
+    word): received whole into root's spool first (at the user's pace, bounded by
+    `offsite.timeout_seconds`, `offsite.stall_seconds` and `until`, the end of the
+    user's turn), only then handed to the engine (at root's pace), so no engine process
+    or repository lock ever waits on a user. Raises OffsiteError (nothing is recorded
+    then)."""
     offsite = config.offsite
     if offsite is None:
         raise OffsiteError("failed", "no [offsite] in the config")
     clock = time.monotonic()
-    meta, spooled = _receive(config, offsite, user, name, known_size, tracker, until)
+    meta, spooled = _receive(config, offsite, user, expected, tracker, until)
     try:
         return _send(engine, meta, spooled, float(offsite.timeout_seconds), clock)
     finally:
@@ -292,14 +302,14 @@ def _receive(
     config: Config,
     offsite: OffsiteConfig,
     user: User,
-    name: str,
-    known_size: int | None,
+    expected: Entry,
     tracker: ProcessTracker | None,
     until: float | None,
 ) -> tuple[SnapshotMeta, int]:
     """The snapshot streamed by a worker as the user, counted, hashed and verified into
     a spool file (returned, at its end): (its meta with the page size, the spool fd).
     The worker has ended (or been stopped) before this returns or raises."""
+    name = expected.name
     timeout, stall = float(offsite.timeout_seconds), float(offsite.stall_seconds)
     clock = time.monotonic()
     deadline = clock + timeout if until is None else min(clock + timeout, until)
@@ -325,10 +335,14 @@ def _receive(
                 raise OffsiteError("worker", f"{name}: {report.reason}: {report.message}") from None
             raise
         meta = _meta_from_header(user, name, header)
-        if known_size is not None and meta.size != known_size:
+        if (meta.size, meta.sha256) != (expected.size, expected.sha256):
             raise OffsiteError(
-                "corrupt", f"{name}: the worker says {meta.size} bytes, published {known_size}"
+                "corrupt",
+                f"{name}: the worker says {meta.size} bytes, sha256 {meta.sha256[:16]}; root "
+                f"published {expected.size} bytes, sha256 {expected.sha256[:16]}; not uploaded",
             )
+        # What root recorded of the snapshot goes with the copy (and under its seal).
+        meta = replace(meta, schema_version=expected.schema_version)
         spooled = open_spool(offsite.cache_dir, meta.size)
         try:
             pumped = pump(read_end, spooled, meta.size, deadline, first, stall)
@@ -467,17 +481,37 @@ def expired_copies(snapshots: Sequence[OffsiteSnapshot], policy: RetentionPolicy
 
 
 def to_upload(
-    local: Sequence[SnapshotInfo], offsite: Sequence[OffsiteSnapshot], policy: RetentionPolicy
-) -> list[SnapshotInfo]:
-    """Local snapshots not offsite yet that the offsite policy would keep, newest first."""
+    published: Iterable[Entry], offsite: Sequence[OffsiteSnapshot], policy: RetentionPolicy
+) -> list[Entry]:
+    """Snapshots root published (still present locally) not offsite yet that the offsite
+    policy would keep, newest first."""
     present = {snapshot.meta.name for snapshot in offsite}
-    # A snapshot without a checksum is never uploaded, so it takes no place either.
-    uploadable = [info for info in local if info.has_checksum]
-    names = {info.name for info in uploadable} | present
-    parsed = [p for p in (parse_name(name) for name in names) if p is not None]
+    by_name = {entry.name: entry for entry in published}
+    parsed = [p for p in (parse_name(name) for name in set(by_name) | present) if p is not None]
     expired = {p.filename for p in select_expired(parsed, policy)}
-    missing = [info for info in uploadable if info.name not in present | expired]
-    return sorted(missing, key=lambda info: (info.time, info.name), reverse=True)
+    skip = present | expired
+    missing = [p for p in parsed if p.filename in by_name and p.filename not in skip]
+    missing.sort(key=lambda p: (p.time, p.filename), reverse=True)
+    return [by_name[p.filename] for p in missing]
+
+
+def quota_problem(copies: int, used: int, entry: Entry, offsite: OffsiteConfig) -> str | None:
+    """Why uploading `entry` would pass the user's bound (`copies` copies of `used` bytes
+    kept offsite so far, labelled ones included), or None."""
+    limit, limit_bytes = offsite.max_copies_per_user, offsite.max_bytes_per_user
+    if limit and copies + 1 > limit:
+        return (
+            f"{entry.name}: not uploaded, {copies} copies offsite already "
+            f"(offsite.max_copies_per_user = {limit}; labelled copies count and are never "
+            "forgotten: forget some by hand or raise the bound)"
+        )
+    if limit_bytes and used + entry.size > limit_bytes:
+        return (
+            f"{entry.name}: not uploaded, {used} + {entry.size} bytes would pass "
+            f"offsite.max_bytes_per_user = {limit_bytes} (labelled copies count and are never "
+            "forgotten: forget some by hand or raise the bound)"
+        )
+    return None
 
 
 # Upload failures after which the user's turn in the pass is over.
@@ -503,6 +537,7 @@ class UserOffsite:
     forgotten: list[str] = field(default_factory=list)
     snapshots: int | None = None  # copies in the repository afterwards (None: unknown)
     newest: float | None = None  # time of the newest copy
+    quota_reached: bool = False  # an upload was refused for the per-user bound
 
     @property
     def ok(self) -> bool:
@@ -516,16 +551,18 @@ def sync_user(
     local: Sequence[SnapshotInfo],
     tracker: ProcessTracker | None = None,
     forget: bool = True,
+    *,
+    listed_at: float,
 ) -> UserOffsite:
-    """Upload what of `local` is missing offsite (newest first), within the user's turn
-    (`turn_seconds`; a timeout ends it too, the rest waits for the next pass), then apply
-    retention to this user's copies. Never raises for an offsite problem: it is in
-    `failures`."""
+    """Upload what root published (its ledger) that `local`, the listing started at
+    `listed_at`, still shows and is missing offsite (newest first, within the user's
+    bound and turn), then apply retention to this user's copies. Never raises for an
+    offsite problem: it is in `failures`."""
     outcome = UserOffsite(user)
     log = get_logger()
     policy = offsite_policy(config)
-    turn = turn_seconds(config)
-    until = time.monotonic() + turn
+    published = ledger.still_present(config, user.name, (i.name for i in local), listed_at)
+    _note_unpublished(user, local, published)
     try:
         # A copy whose seal does not verify is not ours: it neither stands in for an
         # upload nor counts for retention (`offsite check` reports it).
@@ -534,41 +571,8 @@ def sync_user(
         outcome.failures.append(error)
         log.error("offsite list", user=user.name, reason=error.reason, message=error.message)
         return outcome
-    pending = to_upload(local, present, policy)
-    for index, info in enumerate(pending):
-        if tracker is not None and tracker.stopping.is_set():
-            break
-        if time.monotonic() >= until:
-            log.warning("offsite turn over", user=user.name, turn_seconds=turn,
-                        left=len(pending) - index)  # fmt: skip
-            break
-        try:
-            uploaded = upload_snapshot(engine, config, user, info.name, info.bytes, tracker, until)
-        except OffsiteError as error:
-            outcome.failures.append(error)
-            log.error(
-                "offsite upload",
-                user=user.name,
-                snapshot=info.name,
-                reason=error.reason,
-                message=error.message,
-            )
-            # A timeout ends the user's turn: a stalled stream (the user's own pace)
-            # costs the lane once a pass, not once per pending copy. The others: the
-            # next one would fail the same way.
-            if error.reason in ENDS_TURN:
-                break
-            continue
-        outcome.uploaded.append(uploaded)
-        log.info(
-            "offsite upload",
-            user=user.name,
-            snapshot=info.name,
-            bytes=uploaded.meta.size,
-            bytes_added=uploaded.bytes_added,
-            id=uploaded.id,
-            duration_s=round(uploaded.duration_s, 3),
-        )
+    _upload_pending(engine, config, outcome, to_upload(published.values(), present, policy),
+                    present, tracker)  # fmt: skip
     if tracker is not None and tracker.stopping.is_set():
         return outcome
     try:
@@ -585,6 +589,71 @@ def sync_user(
         outcome.failures.append(error)
         log.error("offsite retention", user=user.name, reason=error.reason, message=error.message)
     return outcome
+
+
+def _upload_pending(
+    engine: Engine,
+    config: Config,
+    outcome: UserOffsite,
+    pending: Sequence[Entry],
+    present: Sequence[OffsiteSnapshot],
+    tracker: ProcessTracker | None,
+) -> None:
+    """Upload `pending` (newest first) within the user's bound and turn (`turn_seconds`;
+    a timeout ends it too, the rest waits for the next pass), into `outcome`."""
+    user, log = outcome.user, get_logger()
+    turn = turn_seconds(config)
+    until = time.monotonic() + turn
+    # The bound counts what retention keeps (labelled copies always), plus this pass's.
+    leaving = set(expired_copies(present, offsite_policy(config)))
+    held = [copy for copy in present if copy.id not in leaving]
+    count, used = len(held), sum(copy.meta.size for copy in held)
+    for index, info in enumerate(pending):
+        if tracker is not None and tracker.stopping.is_set():
+            break
+        if time.monotonic() >= until:
+            log.warning("offsite turn over", user=user.name, turn_seconds=turn,
+                        left=len(pending) - index)  # fmt: skip
+            break
+        problem = quota_problem(count, used, info, config.offsite or OffsiteConfig())
+        if problem is not None:
+            outcome.quota_reached = True
+            outcome.failures.append(OffsiteError("quota", problem))
+            log.error("offsite upload", user=user.name, snapshot=info.name, reason="quota",
+                      message=problem)  # fmt: skip
+            break
+        try:
+            uploaded = upload_snapshot(engine, config, user, info, tracker, until)
+        except OffsiteError as error:
+            outcome.failures.append(error)
+            log.error("offsite upload", user=user.name, snapshot=info.name,
+                      reason=error.reason, message=error.message)  # fmt: skip
+            # A timeout ends the user's turn: a stalled stream (the user's own pace)
+            # costs the lane once a pass, not once per pending copy. The others: the
+            # next one would fail the same way.
+            if error.reason in ENDS_TURN:
+                break
+            continue
+        outcome.uploaded.append(uploaded)
+        count, used = count + 1, used + uploaded.meta.size
+        log.info("offsite upload", user=user.name, snapshot=info.name,
+                 bytes=uploaded.meta.size, bytes_added=uploaded.bytes_added, id=uploaded.id,
+                 duration_s=round(uploaded.duration_s, 3))  # fmt: skip
+
+
+def _note_unpublished(user: User, local: Sequence[SnapshotInfo], published: Entries) -> None:
+    """One line for the user's snapshots root has no record of publishing (made before
+    the ledger, adopted, or planted): they are never uploaded."""
+    unknown = sorted(info.name for info in local if info.name not in published)
+    if unknown:
+        get_logger().info(
+            "offsite not uploaded",
+            user=user.name,
+            count=len(unknown),
+            names=unknown[:5],
+            message="not published by root (before the ledger, adopted, or not root's): "
+            "never uploaded; the next snapshot root publishes is",
+        )
 
 
 def local_snapshots(config: Config, user: User, tracker: ProcessTracker | None) -> Report:
@@ -616,7 +685,9 @@ def run_offsite_pass(
                 OffsiteError("worker", f"cannot list local snapshots: {inventory.message}")
             )
         else:
-            outcome = sync_user(engine, config, user, inventory.snapshots, tracker)
+            outcome = sync_user(
+                engine, config, user, inventory.snapshots, tracker, listed_at=started
+            )
         outcomes[user.name] = outcome
         if on_result is not None:
             on_result(outcome)

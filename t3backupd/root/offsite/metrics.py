@@ -2,7 +2,9 @@
 
 Per user: `t3backup_offsite_last_success_timestamp_seconds` (time of the newest copy in
 the repository; 0 = none), `t3backup_offsite_failures_total{reason}`,
-`t3backup_offsite_bytes_added_total` (restic's `data_added`), `t3backup_offsite_snapshots`.
+`t3backup_offsite_bytes_added_total` (restic's `data_added`), `t3backup_offsite_snapshots`,
+`t3backup_offsite_quota_reached` (1 while the user's last sync was refused an upload for
+their bound, `offsite.max_copies_per_user` / `max_bytes_per_user`).
 Daemon-wide: `t3backup_offsite_oldest_copy_timestamp_seconds` (time of the oldest copy
 in the repository; 0 = none), and from root's check record (`checkrecord`, loaded at start
 and whenever it changes): `t3backup_offsite_last_check_timestamp_seconds` (the last passed
@@ -35,6 +37,7 @@ class _Record:
     last_success: float = 0.0
     snapshots: int = 0
     bytes_added: int = 0
+    quota_reached: bool = False
     failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
 
 
@@ -80,6 +83,7 @@ class OffsiteMetrics:
             for error in outcome.failures:
                 record.failures[error.reason] = record.failures.get(error.reason, 0) + 1
             record.bytes_added += sum(item.bytes_added for item in outcome.uploaded)
+            record.quota_reached = outcome.quota_reached
             for item in outcome.uploaded:
                 self._oldest = min(self._oldest or item.meta.time, item.meta.time)
             if outcome.snapshots is not None:
@@ -108,6 +112,7 @@ class OffsiteMetrics:
         with self._lock:
             users = {name: (r.last_success, r.snapshots, r.bytes_added, dict(r.failures))
                      for name, r in self._users.items()}  # fmt: skip
+            quota = {name: r.quota_reached for name, r in self._users.items()}
             checked, oldest = self._check, self._oldest
         last = GaugeMetricFamily(
             PREFIX + "last_success_timestamp_seconds",
@@ -127,8 +132,15 @@ class OffsiteMetrics:
             "Offsite failures of the user, by reason.",
             labels=["user", "reason"],
         )
+        quota_reached = GaugeMetricFamily(
+            PREFIX + "quota_reached",
+            "1 while the user's offsite uploads are refused for their bound "
+            "(offsite.max_copies_per_user / max_bytes_per_user).",
+            labels=["user"],
+        )
         for name in sorted(users):
             when, count, total, by_reason = users[name]
+            quota_reached.add_metric([name], 1.0 if quota[name] else 0.0)
             last.add_metric([name], when)
             snapshots.add_metric([name], count)
             added.add_metric([name], total)
@@ -157,5 +169,5 @@ class OffsiteMetrics:
             "When root first saw a copy in the offsite repository (0 = never).",
             value=checked.first_copy_seen,
         )
-        yield from (last, failures, added, snapshots, check, check_failure, check_failed,
-                    oldest_copy, first_seen)  # fmt: skip
+        yield from (last, failures, added, snapshots, quota_reached, check, check_failure,
+                    check_failed, oldest_copy, first_seen)  # fmt: skip

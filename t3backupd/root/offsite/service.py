@@ -139,7 +139,9 @@ class OffsiteService:
                     OffsiteError("worker", f"cannot list local snapshots: {inventory.message}")
                 )
             else:
-                outcome = sync_user(engine, config, one, inventory.snapshots, self._tracker)
+                outcome = sync_user(
+                    engine, config, one, inventory.snapshots, self._tracker, listed_at=started
+                )
             if not self._tracker.stopping.is_set():
                 self.metrics.record(outcome)
             if outcome.uploaded or outcome.snapshots:
