@@ -94,8 +94,12 @@ def test_restore_from_offsite_refuses_an_existing_target(
 
 
 def test_rebuild_from_nothing_lists_and_restores_every_users_history(
-    offsite: Offsite, make_user: MakeUser, sandbox: Path
+    each_engine: Offsite, make_user: MakeUser, sandbox: Path
 ) -> None:
+    """With only the config and the password file, a rebuilt machine lists every copy as
+    sealed by root (issue 24: the seal's key comes from the password file) and restores
+    each one byte for byte, on each engine."""
+    offsite = each_engine
     users = [make_user(), make_user()]
     for index, user in enumerate(users):
         create_state_db(user, size_mb=1, seed=50 + index)
@@ -118,6 +122,7 @@ def test_rebuild_from_nothing_lists_and_restores_every_users_history(
         entry["user"]: sorted((copy["name"], copy["sha256"]) for copy in entry["snapshots"])
         for entry in listed["users"]
     } == history
+    assert {copy["trust"] for entry in listed["users"] for copy in entry["snapshots"]} == {"sealed"}
     for user in users:
         for name, digest in history[user.name]:
             target = Path(user.home) / f"rebuilt-{name}"
