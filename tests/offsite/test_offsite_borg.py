@@ -102,6 +102,7 @@ def test_borg_round_trip_local_and_over_ssh(borg_site: Offsite, make_user: MakeU
     )
     comment = comment_of(stored)
     assert re.fullmatch("[0-9a-f]{64}", comment.pop("seal", "")), comment  # issue 24
+    assert comment.pop("schema", "").isdigit(), comment  # the app's schema (issue 22)
     assert comment == {"sha256": recorded, "size": str(size), "page_size": "4096"}
     again = t3backupd(config, "offsite", "sync")
     assert f"{user.name}: ok 0 uploaded" in again.stdout, again.stdout

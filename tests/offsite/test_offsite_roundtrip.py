@@ -47,6 +47,7 @@ def test_round_trip_on_each_backend(any_offsite: Offsite, make_user: MakeUser) -
     assert stored["paths"] == [f"/{user.name}.sqlite"]
     tags = tags_of(stored)
     assert re.fullmatch("[0-9a-f]{64}", tags.pop("seal", "")), tags  # root's seal (issue 24)
+    assert tags.pop("schema", "").isdigit(), tags  # the app's schema version (issue 22)
     assert tags == {
         "user": user.name,
         "name": name,
