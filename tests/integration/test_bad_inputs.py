@@ -404,6 +404,21 @@ CASES = [
         "label",
         as_user=True,
     ),
+    Case(
+        "user-list-offsite",
+        ("list", "--offsite", "-c", "{dir}/config.toml"),
+        "offsite.password_file",
+        sections=OFFSITE,
+        as_user=True,
+        code=1,
+    ),
+    Case(
+        "user-offsite-sync",
+        ("offsite", "sync", "-c", "{dir}/config.toml"),
+        "offsite.password_file",
+        sections=OFFSITE,
+        as_user=True,
+    ),
     Case("user-env-keep", CHECK, "T3_BACKUP_KEEP", env={"T3_BACKUP_KEEP": "abc"}, as_user=True),
 ]
 
