@@ -194,3 +194,37 @@ def _fault_mid_upload(site: Offsite, make_user: MakeUser, fault: str) -> None:
     restic(site.backend, site.password, "unlock")
     checked = restic(site.backend, site.password, "check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_check_after_a_killed_engine_is_not_failed_by_its_stale_lock(
+    offsite: Offsite, make_user: MakeUser
+) -> None:
+    """A restic killed while it held its lock (a crash, the OOM killer, a stop within its
+    first moments) leaves the lock file behind. The check needs the repository to itself:
+    it removes the dead process's lock first, as every pass does, instead of failing as
+    `locked` and paging the operator for nothing."""
+    user = make_user()
+    create_state_db(user, size_mb=1, seed=37)
+    offsite.write([user])
+    assert t3backupd(offsite.config, "offsite", "init").returncode == 0
+    locks = Path(offsite.backend.repository) / "locks"
+    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/root"}
+    holder = subprocess.Popen(
+        ["restic", "--repo", offsite.backend.repository, "--password-file",
+         str(offsite.password), "--no-cache", "backup", "--stdin"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=environment,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not any(locks.iterdir()):
+            assert holder.poll() is None and time.monotonic() < deadline, "restic took no lock"
+            time.sleep(0.05)
+    finally:
+        holder.kill()  # SIGKILL: restic cannot remove its lock
+        holder.wait(30)
+    assert any(locks.iterdir()), "the killed restic's lock is gone already"
+    checked = t3backupd(offsite.config, "offsite", "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "check ok" in checked.stdout
+    assert not any(locks.iterdir())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 from t3backupd.core.config import Config
@@ -37,6 +38,11 @@ def check_and_record(engine: Engine, config: Config, users: Sequence[User]) -> C
     `offsite.cache_dir`. Never raises for an offsite problem: it is in the result."""
     subset = config.offsite.check_read_data_subset if config.offsite is not None else ""
     error: OffsiteError | None = None
+    # The check needs the repository exclusively: a lock left by an engine that died
+    # (killed, or stopped within its first moments) would fail it as `locked`. Only
+    # locks of dead processes on this host go, as at the start of every pass.
+    with suppress(OffsiteError):
+        engine.unlock_stale()
     try:
         engine.check(subset)
     except OffsiteError as caught:
