@@ -33,7 +33,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 from t3backupd.core.config import Config
-from t3backupd.core.naming import parse_name
+from t3backupd.core.naming import guard_version, parse_name
+from t3backupd.core.offsite_config import DEFAULT_LEDGER_DIR
 from t3backupd.core.protocol import SnapshotInfo
 from t3backupd.root.log import get_logger
 from t3backupd.root.statefile import replace_file
@@ -67,9 +68,10 @@ class LedgerRefused(Exception):
     """One line: which path, what is wrong."""
 
 
-def ledger_dir(config: Config) -> str | None:
-    """Where the ledger is (None: no [offsite], so nothing is recorded)."""
-    return config.offsite.ledger_dir if config.offsite is not None else None
+def ledger_dir(config: Config) -> str:
+    """Where the ledger is: `offsite.ledger_dir`, or its default without [offsite] (the
+    schema guard needs root's record of each snapshot's version either way)."""
+    return config.offsite.ledger_dir if config.offsite is not None else DEFAULT_LEDGER_DIR
 
 
 # --- reading (hostile input) ---------------------------------------------------------------
@@ -313,6 +315,30 @@ def record_pre_restore(config: Config, user: str, extra: Mapping[str, str]) -> N
         return
     info = SnapshotInfo(name or "", parsed.time.timestamp(), int(size), parsed.label, sha256=digest)
     record_published(config, user, info, [])
+
+
+def previous_published(entries: Entries) -> Entry | None:
+    """The newest snapshot root published with a known schema version, guards aside:
+    the last one that verified with the version it has (what a forward step keeps)."""
+    known = [
+        (parsed.time, e.name, e)
+        for e in entries.values()
+        if e.schema_version is not None
+        and (parsed := parse_name(e.name)) is not None
+        and guard_version(parsed.label) is None
+    ]
+    return max(known, key=lambda item: (item[0], item[1]))[2] if known else None
+
+
+def record_guard(config: Config, user: str, guard: str, original: Entry) -> None:
+    """A schema guard the worker linked from `original`: same bytes, same digest (root's
+    record of the original, never the user's), so it goes offsite with its label."""
+    parsed = parse_name(guard)
+    if parsed is None:
+        return
+    entry = Entry(guard, original.size, original.sha256, time.time(), parsed.label,
+                  original.schema_version)  # fmt: skip
+    update(ledger_dir(config), user, lambda entries: {**entries, guard: entry})
 
 
 def still_present(config: Config, user: str, listed: Iterable[str], listed_at: float) -> Entries:

@@ -34,11 +34,15 @@ def snapshot_user(
     tracker: ProcessTracker | None = None,
 ) -> UserResult:
     """Snapshot one user and log the outcome as one event."""
-    result = run_user_job(config, user, snapshot_spec(config, user, label), tracker)
+    previous = ledger.previous_published(ledger.load(ledger.ledger_dir(config), user.name))
+    record = (previous.name, previous.schema_version or 0, previous.sha256) if previous else None
+    spec = snapshot_spec(config, user, label, previous=record)
+    result = run_user_job(config, user, spec, tracker)
     DIR_SIZES.record(user.name, result.report.dir_bytes)
     if result.report.ok:
         # Root accepted this publish: the one record of what may go offsite.
         ledger.record_published(config, user.name, result.report.snapshot, result.report.pruned)
+        _record_guard(config, user.name, result.report.extra.get("schema_guard"), previous)
     if result.report.reason == "disk_space":
         result = replace(
             result,
@@ -71,6 +75,24 @@ def snapshot_user(
             message="named after now (clock fault, or planted): kept, not counted by retention",
         )
     return result
+
+
+def _record_guard(
+    config: Config, user: str, guard: str | None, previous: ledger.Entry | None
+) -> None:
+    """The schema guard the worker kept (of `previous`, the snapshot root named to it):
+    into the ledger, and one log line."""
+    if guard is None or previous is None:
+        return
+    ledger.record_guard(config, user, guard, previous)
+    get_logger().info(
+        "schema guard",
+        user=user,
+        snapshot=guard,
+        kept_from=previous.name,
+        schema_version=previous.schema_version,
+        message="the schema moved forward: the last snapshot of the old version is kept",
+    )
 
 
 def _space_note(config: Config, message: str) -> str:

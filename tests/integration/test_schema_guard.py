@@ -1,0 +1,109 @@
+"""The schema guard (issue 22): when the app's schema moves forward, the last snapshot of
+the old version is kept as `<its time>--schema-<old>`, out of reach of count retention,
+and `restore --before-schema N` brings it back. Real T3-shaped database, live writer,
+real users, the real CLI."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from support.snapshots import MakeUser, json_config, sha256_of, snapshot_events, take_snapshot
+from support.system import PYTHON, create_state_db, live_writer, run_as, t3backupd
+
+from t3backupd.core.naming import parse_name
+from t3backupd.core.usermap import User
+
+PASSES_AFTER = 20
+
+
+def migrate_forward(user: User, database: Path, version: int) -> None:
+    """A real forward migration, as the app runs one: a schema change and its
+    `effect_sql_migrations` row, in one transaction, by the user."""
+    script = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None);"
+        "c.execute('BEGIN IMMEDIATE');"
+        "c.execute('CREATE TABLE guard_test_migration (id INTEGER PRIMARY KEY, note TEXT)');"
+        "c.execute('INSERT INTO effect_sql_migrations (migration_id, name) VALUES (?, ?)',"
+        " (int(sys.argv[2]), 'guard_test_migration'));"
+        "c.execute('COMMIT'); c.close()"
+    )
+    run_as(user, [PYTHON, "-I", "-c", script, str(database), str(version)])
+
+
+def schema_of(path: Path) -> int:
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = connection.execute("SELECT max(migration_id) FROM effect_sql_migrations").fetchone()
+        return int(row[0])
+    finally:
+        connection.close()
+
+
+def recorded_digest(checksum: Path) -> str:
+    return checksum.read_text().split()[0]
+
+
+@pytest.mark.root
+def test_a_forward_step_keeps_the_old_version_through_retention_and_restores_it(
+    sandbox: Path, make_user: MakeUser
+) -> None:
+    user = make_user()
+    database = create_state_db(user, size_mb=2, seed=22)
+    config = json_config(sandbox, [user], "[retention]\nkeep = 3\n")
+    directory = sandbox / "dest" / user.name
+    old = schema_of(database)
+    with live_writer(user, database, rate=100) as writer:
+        before = take_snapshot(config, user)
+        before_digest = recorded_digest(directory / f"{before}.sha256")
+        assert sha256_of(directory / before) == before_digest
+        migrate_forward(user, database, old + 1)
+        result = t3backupd(config, "snapshot", "--user", user.name)
+        assert result.returncode == 0, result.stdout + result.stderr
+        [event] = snapshot_events(result.stderr)
+        assert event["schema_version"] == old + 1
+        guard_parsed = parse_name(before)
+        assert guard_parsed is not None
+        guard = before.replace(".sqlite", f"--schema-{old}.sqlite")
+        assert '"schema guard"' in result.stderr and guard in result.stderr, result.stderr
+        for _ in range(PASSES_AFTER):
+            take_snapshot(config, user)
+    assert writer.stats["errors"] == 0, writer.stats["error_messages"]
+
+    names = sorted(p.name for p in directory.iterdir() if parse_name(p.name) is not None)
+    assert before not in names, "count retention pruned the original"
+    assert guard in names
+    assert len([n for n in names if "--" not in n]) == 3
+    assert sha256_of(directory / guard) == before_digest
+    assert recorded_digest(directory / f"{guard}.sha256") == before_digest
+
+    target = Path(user.home) / "before-migration.sqlite"
+    restored = t3backupd(
+        config, "restore", "--user", user.name, "--before-schema", str(old + 1), "--to",
+        str(target),
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert guard in restored.stdout
+    assert sha256_of(target) == before_digest
+    assert schema_of(target) == old
+
+
+@pytest.mark.root
+def test_before_schema_with_none_below_is_one_line(sandbox: Path, make_user: MakeUser) -> None:
+    user = make_user()
+    database = create_state_db(user, size_mb=1, seed=23)
+    config = json_config(sandbox, [user])
+    take_snapshot(config, user)
+    version = schema_of(database)
+    result = t3backupd(
+        config, "restore", "--user", user.name, "--before-schema", str(version), "--to",
+        str(Path(user.home) / "none.sqlite"),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"below {version}" in lines[0], result.stderr
+    for bad in (["--before-schema", "x"], ["--before-schema", "3", "--at", "2026-01-01"]):
+        usage = t3backupd(config, "restore", "--user", user.name, *bad, "--to", "/tmp/n")
+        assert usage.returncode == 2 and len(usage.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in usage.stderr
