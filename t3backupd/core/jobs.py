@@ -28,10 +28,12 @@ def snapshot_spec(
     label: str | None = None,
     previous: tuple[str, int, str] | None = None,
     protect: tuple[str, ...] = (),
+    protect_on_downgrade: tuple[str, ...] = (),
 ) -> SnapshotSpec:
     """One user's snapshot under `config`. `previous`: root's record (name, schema
     version, sha256) of the newest snapshot it published before; `protect`: names
-    retention keeps (a backwards schema step's hold)."""
+    retention keeps (a backwards schema step's hold); `protect_on_downgrade`: what it
+    keeps if this snapshot is the backwards step."""
     name, schema, digest = previous if previous is not None else (None, None, None)
     return SnapshotSpec(
         user=user.name,
@@ -53,6 +55,7 @@ def snapshot_spec(
         previous_sha256=digest,
         keep_schema_guards=config.retention.keep_schema_guards,
         protect=protect,
+        protect_on_downgrade=protect_on_downgrade,
     )
 
 

@@ -144,17 +144,21 @@ class SnapshotSpec(JobSpec):
     keep_schema_guards: int = 3
     # Names retention must keep (a backwards schema step holds the newer versions).
     protect: tuple[str, ...] = ()
+    # Names retention keeps if the new snapshot's schema version is below `previous_schema`
+    # (the pass that first sees a backwards step prunes none of them either).
+    protect_on_downgrade: tuple[str, ...] = ()
     fault: FaultPoint | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "protect", tuple(self.protect))  # JSON gives a list
+        for key in ("protect", "protect_on_downgrade"):  # JSON gives lists
+            object.__setattr__(self, key, tuple(getattr(self, key)))
 
     def validate(self) -> None:
         if self.previous is not None and parse_name(self.previous) is None:
             raise ValueError(f"job spec: previous {self.previous!r} is not a snapshot name")
         if self.previous_sha256 is not None and not _is_sha256(self.previous_sha256):
             raise ValueError("job spec: previous_sha256 is not a sha256 digest")
-        if not all(isinstance(name, str) for name in self.protect):
+        if not all(isinstance(n, str) for n in (*self.protect, *self.protect_on_downgrade)):
             raise ValueError("job spec: protect must be snapshot names")
         _require("method", self.method, METHODS)
         _require("verify", self.verify, VERIFY_MODES)
@@ -292,6 +296,11 @@ class Report:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
+
+
+# A snapshot result's `extra` key that root adds after parsing (never admitted from a
+# worker): the schema version a backwards step holds retention at.
+SCHEMA_HOLD = "schema_hold"
 
 
 @dataclass(frozen=True)

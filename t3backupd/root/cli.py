@@ -306,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="L",
         help="label the snapshot (1-64 of A-Z a-z 0-9 . _ -; never pruned automatically)",
     )
+    snapshot.add_argument(
+        "--accept-schema-downgrade",
+        action="store_true",
+        help="acknowledge a backwards schema step: retention no longer holds the snapshots "
+        "of the newer version",
+    )
 
     listing = command("list")
     users_option(listing, "every served user")
@@ -501,7 +507,9 @@ def command_snapshot(args: argparse.Namespace) -> int:
     selected = select_users(users, args.user, config)
     if not selected:
         return EXIT_OK  # load_context warned: the usermap serves no user
-    results = run_pass(config, selected, label=args.label)
+    results = run_pass(
+        config, selected, label=args.label, accept_downgrade=args.accept_schema_downgrade
+    )
     for result in results:
         report = result.report
         name = result.user.name

@@ -51,7 +51,7 @@ def snapshot_job(job: Job, spec: SnapshotSpec) -> Report:
             RetentionPolicy(
                 spec.keep, spec.keep_hourly, spec.keep_daily, spec.keep_weekly, spec.keep_monthly
             ),
-            protect={name, *spec.protect},
+            protect={name, *spec.protect, *downgrade_hold(spec, schema)},
             now=when,
         )
         expired += select_expired_guards(listing, spec.keep_schema_guards)
@@ -71,6 +71,14 @@ def snapshot_job(job: Job, spec: SnapshotSpec) -> Report:
         pruned=tuple(pruned),
         extra={"schema_guard": guard} if guard is not None else {},
     )
+
+
+def downgrade_hold(spec: SnapshotSpec, schema: int | None) -> tuple[str, ...]:
+    """What a backwards schema step (the new snapshot's version below root's record of
+    the previous one) keeps from retention in this very pass."""
+    old = spec.previous_schema
+    backwards = schema is not None and old is not None and schema < old
+    return spec.protect_on_downgrade if backwards else ()
 
 
 def keep_guard(spec: SnapshotSpec, schema: int | None, job: Job) -> str | None:

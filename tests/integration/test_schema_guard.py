@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from support.schema import migrate_forward, recorded_digest, schema_of
 from support.snapshots import MakeUser, json_config, sha256_of, snapshot_events, take_snapshot
-from support.system import create_state_db, live_writer, t3backupd
+from support.system import create_state_db, live_writer, log_events, run_as, t3backupd
 
 from t3backupd.core.naming import parse_name
 
@@ -79,3 +79,43 @@ def test_before_schema_with_none_below_is_one_line(sandbox: Path, make_user: Mak
         usage = t3backupd(config, "restore", "--user", user.name, *bad, "--to", "/tmp/n")
         assert usage.returncode == 2 and len(usage.stderr.strip().splitlines()) == 1
         assert "Traceback" not in usage.stderr
+
+
+def events_named(stderr: str, event: str) -> list[dict[str, object]]:
+    return [e for e in log_events(stderr) if e.get("event") == event]
+
+
+@pytest.mark.root
+def test_a_backwards_step_is_said_once_and_holds_retention_until_acknowledged(
+    sandbox: Path, make_user: MakeUser
+) -> None:
+    user = make_user()
+    database = create_state_db(user, size_mb=1, seed=25)
+    config = json_config(sandbox, [user], "[retention]\nkeep = 2\n")
+    directory = sandbox / "dest" / user.name
+    old = schema_of(database)
+    take_snapshot(config, user)
+    migrate_forward(user, database, old + 1)
+    newer = [take_snapshot(config, user) for _ in range(2)]
+    guard = next(p.name for p in directory.iterdir() if p.name.endswith(f"--schema-{old}.sqlite"))
+    # An old database put back by hand, outside t3backupd (the app is stopped).
+    run_as(user, ["rm", "-f", f"{database}-wal", f"{database}-shm"])
+    run_as(user, ["cp", str(directory / guard), str(database)])
+
+    said = []
+    for _ in range(4):
+        result = t3backupd(config, "snapshot", "--user", user.name)
+        assert result.returncode == 0, result.stdout + result.stderr
+        said += events_named(result.stderr, "schema went backwards")
+    assert len(said) == 1, said
+    assert said[0]["schema_version"] == old and said[0]["previous_schema_version"] == old + 1
+    present = {p.name for p in directory.iterdir()}
+    assert set(newer) <= present, "retention pruned a newer-version snapshot during the hold"
+
+    accepted = t3backupd(config, "snapshot", "--user", user.name, "--accept-schema-downgrade")
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert events_named(accepted.stderr, "schema downgrade accepted")
+    take_snapshot(config, user)
+    present = {p.name for p in directory.iterdir()}
+    assert not set(newer) & present, "the hold outlived its acknowledgement"
+    assert guard in present
