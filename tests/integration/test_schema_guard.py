@@ -13,19 +13,27 @@ from support.snapshots import MakeUser, json_config, sha256_of, snapshot_events,
 from support.system import create_state_db, live_writer, log_events, run_as, t3backupd
 
 from t3backupd.core.naming import parse_name
+from t3backupd.core.usermap import User
 
 PASSES_AFTER = 20
+
+
+def t3_user(
+    sandbox: Path, make_user: MakeUser, keep: int, seed: int
+) -> tuple[User, Path, Path, Path, int]:
+    """A user with a T3-shaped database and a config keeping `keep`: the user, their
+    database, the config, their snapshot directory and the database's schema version."""
+    user = make_user()
+    database = create_state_db(user, size_mb=1, seed=seed)
+    config = json_config(sandbox, [user], f"[retention]\nkeep = {keep}\n")
+    return user, database, config, sandbox / "dest" / user.name, schema_of(database)
 
 
 @pytest.mark.root
 def test_a_forward_step_keeps_the_old_version_through_retention_and_restores_it(
     sandbox: Path, make_user: MakeUser
 ) -> None:
-    user = make_user()
-    database = create_state_db(user, size_mb=2, seed=22)
-    config = json_config(sandbox, [user], "[retention]\nkeep = 3\n")
-    directory = sandbox / "dest" / user.name
-    old = schema_of(database)
+    user, database, config, directory, old = t3_user(sandbox, make_user, keep=3, seed=22)
     with live_writer(user, database, rate=100) as writer:
         before = take_snapshot(config, user)
         before_digest = recorded_digest(directory / f"{before}.sha256")
@@ -89,11 +97,7 @@ def events_named(stderr: str, event: str) -> list[dict[str, object]]:
 def test_a_backwards_step_is_said_once_and_holds_retention_until_acknowledged(
     sandbox: Path, make_user: MakeUser
 ) -> None:
-    user = make_user()
-    database = create_state_db(user, size_mb=1, seed=25)
-    config = json_config(sandbox, [user], "[retention]\nkeep = 2\n")
-    directory = sandbox / "dest" / user.name
-    old = schema_of(database)
+    user, database, config, directory, old = t3_user(sandbox, make_user, keep=2, seed=25)
     take_snapshot(config, user)
     migrate_forward(user, database, old + 1)
     newer = [take_snapshot(config, user) for _ in range(2)]
