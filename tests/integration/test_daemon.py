@@ -67,6 +67,7 @@ DESIGN_TYPES = {
     "t3backup_metrics_bind_failures_total": "counter",
     "t3backup_metrics_connections_rejected_total": "counter",
     "t3backup_metrics_socket_activated": "gauge",
+    "t3backup_schema_version": "gauge",  # issue 22
 }
 
 
