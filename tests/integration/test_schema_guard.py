@@ -14,6 +14,7 @@ from support.system import create_state_db, live_writer, log_events, run_as, t3b
 
 from t3backupd.core.naming import parse_name
 from t3backupd.core.usermap import User
+from t3backupd_dev.sampledb import content_digest
 
 PASSES_AFTER = 20
 
@@ -123,3 +124,27 @@ def test_a_backwards_step_is_said_once_and_holds_retention_until_acknowledged(
     present = {p.name for p in directory.iterdir()}
     assert not set(newer) & present, "the hold outlived its acknowledgement"
     assert guard in present
+
+
+@pytest.mark.root
+def test_the_runbook_rollback_is_before_schema_in_place_and_then_held(
+    sandbox: Path, make_user: MakeUser
+) -> None:
+    user, database, config, directory, old = t3_user(sandbox, make_user, keep=3, seed=26)
+    before = take_snapshot(config, user)
+    digest = recorded_digest(directory / f"{before}.sha256")
+    migrate_forward(user, database, old + 1)
+    take_snapshot(config, user)
+    rolled = t3backupd(
+        config, "restore", "--user", user.name, "--before-schema", str(old + 1), "--in-place"
+    )
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    # The original or its guard (the same bytes, the same time): both are below N.
+    assert before.removesuffix(".sqlite") in rolled.stdout
+    assert schema_of(database) == old
+    # In place, the bytes go through SQLite into the live file: its content is the guard's.
+    assert sha256_of(directory / before) == digest
+    assert content_digest(database) == content_digest(directory / before)
+    result = t3backupd(config, "snapshot", "--user", user.name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(events_named(result.stderr, "schema went backwards")) == 1
