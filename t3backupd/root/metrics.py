@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from t3backupd import __version__
+from t3backupd.core.naming import guard_version
 from t3backupd.core.protocol import FAILURE_REASONS, SCHEMA_HOLD, SnapshotInfo, UserResult
 from t3backupd.core.retention import is_future_timestamp, newest_current
 
@@ -52,6 +53,7 @@ class _UserRecord:
     result_at: float = 0.0  # end of the last pass result recorded (wall clock), 0 = none
     schema_version: int | None = None  # of the newest snapshot; None: not known (no series)
     schema_backwards: int = 0  # 1 while a backwards schema step holds retention
+    schema_guards: int = 0  # `--schema-N` snapshots kept (the user's listing)
 
 
 # (name, help, attribute of _UserRecord) for the per-user gauges, in exposition order.
@@ -76,6 +78,8 @@ _USER_GAUGES = (
     ("schema_backwards", "1 while the user's schema version went backwards and retention "
      "holds the newer version's snapshots (until snapshot --accept-schema-downgrade).",
      "schema_backwards"),
+    ("schema_guards", "Schema guards (the last snapshot of an old schema version, "
+     "state-...--schema-N) kept for the user.", "schema_guards"),
 )  # fmt: skip
 
 # Components whose unexpected exceptions are counted in internal_errors_total.
@@ -236,6 +240,9 @@ class Metrics:
                     record.schema_version = report.snapshot.schema_version
             if report.ok or report.snapshots:
                 record.snapshots = len(report.snapshots)
+                record.schema_guards = sum(
+                    guard_version(info.label) is not None for info in report.snapshots
+                )
             if report.status == "failed":
                 # The protocol only admits known reasons; anything else is a crash.
                 reason = report.reason if report.reason in record.failures else "worker_crashed"
