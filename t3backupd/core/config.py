@@ -251,6 +251,7 @@ SECTIONS: tuple[Section, ...] = (
         Key("keep_daily", int, _between(0, None)),
         Key("keep_weekly", int, _between(0, None)),
         Key("keep_monthly", int, _between(0, None)),
+        Key("keep_schema_guards", int, _between(1, 100)),
     )),
     Section("metrics", MetricsConfig, (
         Key("listen", str, _listen),

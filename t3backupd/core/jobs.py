@@ -22,8 +22,19 @@ def user_dir(config: Config, user: User) -> str:
     return os.path.join(config.dest, user.name)
 
 
-def snapshot_spec(config: Config, user: User, label: str | None = None) -> SnapshotSpec:
-    """One user's snapshot under `config`."""
+def snapshot_spec(
+    config: Config,
+    user: User,
+    label: str | None = None,
+    previous: tuple[str, int, str] | None = None,
+    protect: tuple[str, ...] = (),
+    protect_on_downgrade: tuple[str, ...] = (),
+) -> SnapshotSpec:
+    """One user's snapshot under `config`. `previous`: root's record (name, schema
+    version, sha256) of the newest snapshot it published before; `protect`: names
+    retention keeps (a backwards schema step's hold); `protect_on_downgrade`: what it
+    keeps if this snapshot is the backwards step."""
+    name, schema, digest = previous if previous is not None else (None, None, None)
     return SnapshotSpec(
         user=user.name,
         dest_dir=user_dir(config, user),
@@ -39,6 +50,12 @@ def snapshot_spec(config: Config, user: User, label: str | None = None) -> Snaps
         keep_weekly=config.retention.keep_weekly,
         keep_monthly=config.retention.keep_monthly,
         schema_version=config.snapshot.schema_version,
+        previous=name,
+        previous_schema=schema,
+        previous_sha256=digest,
+        keep_schema_guards=config.retention.keep_schema_guards,
+        protect=protect,
+        protect_on_downgrade=protect_on_downgrade,
     )
 
 

@@ -18,6 +18,10 @@ CHECKSUM_SUFFIX = ".sha256"
 TEMP_PREFIX = ".t3backupd-"
 TEMP_SUFFIX = ".tmp"
 LOCK_NAME = ".lock"
+# The label of a schema guard: the last snapshot of an old schema version, kept when the
+# app's schema moves forward (worker/snapshot.py).
+GUARD_PREFIX = "schema-"
+_GUARD = re.compile(r"schema-(\d{1,9})")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,17 @@ def is_valid_label(label: str) -> bool:
     always be named on the command line (`restore --snapshot LABEL` refuses `..`).
     """
     return LABEL_PATTERN.fullmatch(label) is not None and label != "." and ".." not in label
+
+
+def guard_label(version: int) -> str:
+    """The label of the guard kept for schema version `version`."""
+    return f"{GUARD_PREFIX}{version}"
+
+
+def guard_version(label: str | None) -> int | None:
+    """The schema version a guard label names (None: not a guard's label)."""
+    match = _GUARD.fullmatch(label) if label is not None else None
+    return int(match.group(1)) if match is not None else None
 
 
 def format_name(when: datetime, label: str | None = None) -> str:

@@ -68,6 +68,10 @@ RESERVED_ENV = (
 MAX_SECRET_FILE_BYTES = 1 << 16
 
 
+# Root's ledger of published snapshots (root/ledger.py), with or without [offsite].
+DEFAULT_LEDGER_DIR = "/var/lib/t3backupd/published"
+
+
 @dataclass(frozen=True)
 class OffsiteConfig:
     """`[offsite]`: where and how snapshots leave the machine (absent = off)."""
@@ -106,7 +110,7 @@ class OffsiteConfig:
     check_cron: str = "45 5 * * 0"  # restic check + restore drill weekly
     check_read_data_subset: str = "1/7"
     # Root's ledger of the snapshots it published (root/ledger.py): only those go offsite.
-    ledger_dir: str = "/var/lib/t3backupd/published"
+    ledger_dir: str = DEFAULT_LEDGER_DIR
     # Per user, copies in the repository (labelled included) past which nothing more is
     # uploaded for them (reason `quota`); 0 = no bound.
     max_copies_per_user: int = 100

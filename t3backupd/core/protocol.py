@@ -136,9 +136,30 @@ class SnapshotSpec(JobSpec):
     keep_weekly: int = 0
     keep_monthly: int = 0
     schema_version: SchemaSource = "auto"
+    # Root's record (its ledger, never the user's files) of the newest snapshot it
+    # published before this one: a forward schema step keeps it as a guard.
+    previous: str | None = None
+    previous_schema: int | None = None
+    previous_sha256: str | None = None
+    keep_schema_guards: int = 3
+    # Names retention must keep (a backwards schema step holds the newer versions).
+    protect: tuple[str, ...] = ()
+    # Names retention keeps if the new snapshot's schema version is below `previous_schema`
+    # (the pass that first sees a backwards step prunes none of them either).
+    protect_on_downgrade: tuple[str, ...] = ()
     fault: FaultPoint | None = None
 
+    def __post_init__(self) -> None:
+        for key in ("protect", "protect_on_downgrade"):  # JSON gives lists
+            object.__setattr__(self, key, tuple(getattr(self, key)))
+
     def validate(self) -> None:
+        if self.previous is not None and parse_name(self.previous) is None:
+            raise ValueError(f"job spec: previous {self.previous!r} is not a snapshot name")
+        if self.previous_sha256 is not None and not _is_sha256(self.previous_sha256):
+            raise ValueError("job spec: previous_sha256 is not a sha256 digest")
+        if not all(isinstance(n, str) for n in (*self.protect, *self.protect_on_downgrade)):
+            raise ValueError("job spec: protect must be snapshot names")
         _require("method", self.method, METHODS)
         _require("verify", self.verify, VERIFY_MODES)
         _require("schema_version", self.schema_version, SCHEMA_SOURCES)
@@ -275,6 +296,11 @@ class Report:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
+
+
+# A snapshot result's `extra` key that root adds after parsing (never admitted from a
+# worker): the schema version a backwards step holds retention at.
+SCHEMA_HOLD = "schema_hold"
 
 
 @dataclass(frozen=True)
@@ -440,7 +466,7 @@ def parse_report(raw: bytes, expected_action: Action) -> Report:
         data.get("extra", {}),
         "extra",
         {"restored_from", "undo", "target", "pre_restore", "sha256", "skipped_future",
-         "pre_restore_bytes", "pre_restore_sha256"},
+         "pre_restore_bytes", "pre_restore_sha256", "schema_guard"},
     )  # fmt: skip
     extra = {key: _clean_text(value, f"extra.{key}", 4096) for key, value in extra_raw.items()}
     for key in ("sha256", "pre_restore_sha256"):
@@ -451,7 +477,7 @@ def parse_report(raw: bytes, expected_action: Action) -> Report:
         and len(extra["pre_restore_bytes"]) <= 18
     ):  # fmt: skip
         raise ReportError("extra.pre_restore_bytes: not a byte count")
-    for key in ("restored_from", "pre_restore", "skipped_future"):
+    for key in ("restored_from", "pre_restore", "skipped_future", "schema_guard"):
         if key in extra and parse_name(extra[key]) is None:
             raise ReportError(f"extra.{key}: not a snapshot name")
     snapshot_raw = data.get("snapshot")

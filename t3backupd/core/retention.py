@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from t3backupd.core.naming import SnapshotName
+from t3backupd.core.naming import SnapshotName, guard_version
 
 # A snapshot dated later than this after "now" is future-dated.
 FUTURE_SLACK = timedelta(minutes=5)
@@ -56,6 +56,8 @@ class RetentionPolicy:
     keep_daily: int = 0
     keep_weekly: int = 0
     keep_monthly: int = 0
+    # Schema guards (`--schema-N`, kept at each forward schema step) kept per user.
+    keep_schema_guards: int = 3
 
 
 def _newest_per_period(
@@ -106,3 +108,14 @@ def select_expired(
     kept |= _newest_per_period(candidates, policy.keep_monthly, lambda t: (t.year, t.month))
     expired = [snapshot for snapshot in candidates if snapshot.filename not in kept]
     return sorted(expired, key=lambda snapshot: (snapshot.time, snapshot.filename))
+
+
+def select_expired_guards(snapshots: Iterable[SnapshotName], keep: int) -> list[SnapshotName]:
+    """The schema guards (`--schema-N` labels) beyond the newest `keep`, oldest first.
+    Guards are labelled, so count/GFS retention never reaches them; only this does."""
+    guards = sorted(
+        (s for s in snapshots if guard_version(s.label) is not None),
+        key=lambda s: (s.time, s.filename),
+        reverse=True,
+    )
+    return sorted(guards[keep:], key=lambda s: (s.time, s.filename))

@@ -209,6 +209,24 @@ def pick_at(
     return max(candidates)[1], max(future)[1] if future else None
 
 
+def pick_before_schema(
+    copies: Sequence[tuple[float, str, int | None]], version: int, now: datetime
+) -> str:
+    """`--before-schema N`: the name of the newest of `copies` ((epoch seconds, name,
+    schema version)) whose schema version is known and below `version`, not future-dated
+    at `now`. Raises SnapshotNotFound (one line)."""
+    candidates = [
+        (when, name)
+        for when, name, schema in copies
+        if schema is not None and schema < version and not is_future_dated(_instant(when), now)
+    ]
+    if not candidates:
+        known = sorted({schema for _, _, schema in copies if schema is not None})
+        seen = f"versions seen: {', '.join(map(str, known))}" if known else "none has a known one"
+        raise SnapshotNotFound(f"no snapshot with a schema version below {version} ({seen})")
+    return max(candidates)[1]
+
+
 def _instant(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 

@@ -42,6 +42,7 @@ from t3backupd.root.restore import (
     at_moment,
     future_note,
     local_at,
+    local_before_schema,
     restore_in_place,
     restore_to,
     skipped_note,
@@ -266,6 +267,13 @@ def _add_command(
     return sub
 
 
+def schema_version_arg(text: str) -> int:
+    """`--before-schema N`: a schema version, 1 or more."""
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 1 << 31:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: expected a schema version (1 or more)")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="t3backupd",
@@ -297,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--label",
         metavar="L",
         help="label the snapshot (1-64 of A-Z a-z 0-9 . _ -; never pruned automatically)",
+    )
+    snapshot.add_argument(
+        "--accept-schema-downgrade",
+        action="store_true",
+        help="acknowledge a backwards schema step: retention no longer holds the snapshots "
+        "of the newer version",
     )
 
     listing = command("list")
@@ -353,6 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
         "'YYYY-MM-DD' = 00:00), in the [schedule] timezone; in the hour that repeats "
         "when DST ends, the earlier occurrence; a time skipped when DST begins is refused; "
         "a time as list prints it ('YYYY-MM-DD HH:MM:SSZ') is UTC",
+    )
+    which.add_argument(
+        "--before-schema",
+        type=schema_version_arg,
+        metavar="N",
+        help="the newest snapshot whose app schema version (as root recorded it) is below "
+        "N: the state before a migration to N",
     )
     restore.add_argument(
         "--from",
@@ -486,7 +507,9 @@ def command_snapshot(args: argparse.Namespace) -> int:
     selected = select_users(users, args.user, config)
     if not selected:
         return EXIT_OK  # load_context warned: the usermap serves no user
-    results = run_pass(config, selected, label=args.label)
+    results = run_pass(
+        config, selected, label=args.label, accept_downgrade=args.accept_schema_downgrade
+    )
     for result in results:
         report = result.report
         name = result.user.name
@@ -756,12 +779,14 @@ def command_restore(args: argparse.Namespace) -> int:
     if args.origin == "offsite":
         from t3backupd.root.offsite import commands as offsite_commands
 
-        streamed = offsite_commands.streamed_copy(config, user, request, moment)
+        streamed = offsite_commands.streamed_copy(config, user, request, moment, args.before_schema)
         request, origin = streamed.name, " from offsite"
     else:
         require_dest(config)
         if moment is not None:
             request, skipped = local_at(config, user, moment)
+        elif args.before_schema is not None:
+            request = local_before_schema(config, user, args.before_schema)
     if args.to is not None:
         # Relative to the caller's cwd, not normalised: '..' keeps the kernel's meaning.
         target = args.to if os.path.isabs(args.to) else os.path.join(os.getcwd(), args.to)

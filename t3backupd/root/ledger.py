@@ -16,7 +16,9 @@ a regular file, bounded, the exact schema, each entry checked on its own) and re
 atomically (temp file, fsync, rename, fsync of the directory) under an flock of the
 directory, so the daemon and a CLI run never lose each other's entries. A refused file
 counts as empty (one warning): nothing of that user is uploaded until root publishes
-again. Never raises.
+again. Never raises. Without [offsite] it is kept at the default path: the schema guard
+and `restore --before-schema` read each snapshot's version from it. Beside it,
+`<user>.hold` holds a backwards schema step (see "the backwards-step hold" below).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 from t3backupd.core.config import Config
-from t3backupd.core.naming import parse_name
+from t3backupd.core.naming import guard_version, parse_name
+from t3backupd.core.offsite_config import DEFAULT_LEDGER_DIR
 from t3backupd.core.protocol import SnapshotInfo
 from t3backupd.root.log import get_logger
 from t3backupd.root.statefile import replace_file
@@ -67,9 +70,10 @@ class LedgerRefused(Exception):
     """One line: which path, what is wrong."""
 
 
-def ledger_dir(config: Config) -> str | None:
-    """Where the ledger is (None: no [offsite], so nothing is recorded)."""
-    return config.offsite.ledger_dir if config.offsite is not None else None
+def ledger_dir(config: Config) -> str:
+    """Where the ledger is: `offsite.ledger_dir`, or its default without [offsite] (the
+    schema guard needs root's record of each snapshot's version either way)."""
+    return config.offsite.ledger_dir if config.offsite is not None else DEFAULT_LEDGER_DIR
 
 
 # --- reading (hostile input) ---------------------------------------------------------------
@@ -195,15 +199,14 @@ def _file_name(user: str) -> str:
     return f"{user}.json"  # usermap names are login names: [a-z_][a-z0-9_-]*
 
 
-def _read(dir_fd: int, path: str, user: str) -> tuple[Entries, bool]:
-    """The user's entries in the open directory ({} if there is no file) and whether any
-    was dropped. Raises OSError, ValueError or LedgerRefused for a file that is refused as
-    a whole."""
+def _read_bytes(dir_fd: int, name: str, path: str) -> bytes | None:
+    """The bytes of root's file `name` in the open directory (None: no such file).
+    Raises OSError or LedgerRefused (a link, not root's, readable by others, too large)."""
     try:
-        fd = os.open(_file_name(user), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
                      dir_fd=dir_fd)  # fmt: skip
     except FileNotFoundError:
-        return {}, False
+        return None
     with os.fdopen(fd, "rb") as file:
         info = os.fstat(file.fileno())
         if not stat.S_ISREG(info.st_mode):
@@ -215,7 +218,16 @@ def _read(dir_fd: int, path: str, user: str) -> tuple[Entries, bool]:
             )
         if info.st_size > MAX_BYTES:
             raise LedgerRefused(f"{path}: larger than {MAX_BYTES} bytes")
-        data = file.read(MAX_BYTES + 1)
+        return file.read(MAX_BYTES + 1)
+
+
+def _read(dir_fd: int, path: str, user: str) -> tuple[Entries, bool]:
+    """The user's entries in the open directory ({} if there is no file) and whether any
+    was dropped. Raises OSError, ValueError or LedgerRefused for a file that is refused as
+    a whole."""
+    data = _read_bytes(dir_fd, _file_name(user), path)
+    if data is None:
+        return {}, False
     entries, dropped = parse(data, user, time.time())
     for problem in dropped[:1]:
         get_logger().warning(
@@ -315,6 +327,30 @@ def record_pre_restore(config: Config, user: str, extra: Mapping[str, str]) -> N
     record_published(config, user, info, [])
 
 
+def previous_published(entries: Entries) -> Entry | None:
+    """The newest snapshot root published with a known schema version, guards aside:
+    the last one that verified with the version it has (what a forward step keeps)."""
+    known = [
+        (parsed.time, e.name, e)
+        for e in entries.values()
+        if e.schema_version is not None
+        and (parsed := parse_name(e.name)) is not None
+        and guard_version(parsed.label) is None
+    ]
+    return max(known, key=lambda item: (item[0], item[1]))[2] if known else None
+
+
+def record_guard(config: Config, user: str, guard: str, original: Entry) -> None:
+    """A schema guard the worker linked from `original`: same bytes, same digest (root's
+    record of the original, never the user's), so it goes offsite with its label."""
+    parsed = parse_name(guard)
+    if parsed is None:
+        return
+    entry = Entry(guard, original.size, original.sha256, time.time(), parsed.label,
+                  original.schema_version)  # fmt: skip
+    update(ledger_dir(config), user, lambda entries: {**entries, guard: entry})
+
+
 def still_present(config: Config, user: str, listed: Iterable[str], listed_at: float) -> Entries:
     """The user's entries whose snapshots a listing (started at `listed_at`) still shows;
     the others are dropped from the ledger (unless published after the listing began).
@@ -328,3 +364,66 @@ def still_present(config: Config, user: str, listed: Iterable[str], listed_at: f
 
     kept = update(ledger_dir(config), user, change)
     return {name: e for name, e in kept.items() if name in names}
+
+
+# --- the backwards-step hold ----------------------------------------------------------------
+# `<user>.hold`: the schema version a user's database went back from, written when a pass
+# sees the version go down; while it exists, retention keeps that user's snapshots of that
+# version and above. `snapshot --accept-schema-downgrade` removes it. Root's file, beside
+# the ledger, read and written the same way.
+
+
+def _hold_name(user: str) -> str:
+    return f"{user}.hold"
+
+
+def load_hold(config: Config, user: str) -> int | None:
+    """The version `user` went back from while the hold stands (None: no hold; a refused
+    file is one warning and counts as a hold on nothing)."""
+    directory = ledger_dir(config)
+    path = os.path.join(directory, _hold_name(user))
+    try:
+        with _locked(directory, create=False) as fd:
+            data = _read_bytes(fd, _hold_name(user), path)
+    except FileNotFoundError:
+        return None
+    except (OSError, LedgerRefused) as error:
+        _warn("schema hold ignored", path, user, error)
+        return None
+    text = data.decode("ascii", "replace").strip() if data is not None else None
+    if text is None:
+        return None
+    if not (text.isdigit() and len(text) <= 9):
+        _warn("schema hold ignored", path, user, ValueError("expected a schema version"))
+        return None
+    return int(text)
+
+
+def set_hold(config: Config, user: str, version: int | None) -> None:
+    """Hold `user`'s snapshots of `version` and above (None: remove the hold). Never raises."""
+    directory = ledger_dir(config)
+    path = os.path.join(directory, _hold_name(user))
+    try:
+        with _locked(directory, create=True) as fd:
+            if version is None:
+                with suppress(FileNotFoundError):
+                    os.unlink(_hold_name(user), dir_fd=fd)
+            else:
+                temp = f".{_hold_name(user)}.{os.getpid()}.tmp"
+                replace_file(fd, _hold_name(user), temp, f"{version}\n".encode())
+            os.fsync(fd)
+    except (OSError, LedgerRefused) as error:
+        _warn("schema hold not written", path, user, error)
+
+
+def names_from_version(entries: Entries, version: int) -> tuple[str, ...]:
+    """The user's published snapshots (guards aside) of schema `version` and above."""
+    return tuple(
+        sorted(
+            e.name
+            for e in entries.values()
+            if e.schema_version is not None
+            and e.schema_version >= version
+            and guard_version(e.label) is None
+        )
+    )

@@ -22,7 +22,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from t3backupd import __version__
-from t3backupd.core.protocol import FAILURE_REASONS, SnapshotInfo, UserResult
+from t3backupd.core.naming import guard_version
+from t3backupd.core.protocol import FAILURE_REASONS, SCHEMA_HOLD, SnapshotInfo, UserResult
 from t3backupd.core.retention import is_future_timestamp, newest_current
 
 PREFIX = "t3backup_"
@@ -51,6 +52,8 @@ class _UserRecord:
     inventory_pending: bool = False
     result_at: float = 0.0  # end of the last pass result recorded (wall clock), 0 = none
     schema_version: int | None = None  # of the newest snapshot; None: not known (no series)
+    schema_backwards: int = 0  # 1 while a backwards schema step holds retention
+    schema_guards: int = 0  # `--schema-N` snapshots kept (the user's listing)
 
 
 # (name, help, attribute of _UserRecord) for the per-user gauges, in exposition order.
@@ -72,6 +75,11 @@ _USER_GAUGES = (
      "dir_bytes"),
     ("inventory_pending", "1 while the user's snapshots are being listed (after start or a "
      "reload); their values are the last known ones until then.", "inventory_pending"),
+    ("schema_backwards", "1 while the user's schema version went backwards and retention "
+     "holds the newer version's snapshots (until snapshot --accept-schema-downgrade).",
+     "schema_backwards"),
+    ("schema_guards", "Schema guards (the last snapshot of an old schema version, "
+     "state-...--schema-N) kept for the user.", "schema_guards"),
 )  # fmt: skip
 
 # Components whose unexpected exceptions are counted in internal_errors_total.
@@ -214,6 +222,7 @@ class Metrics:
             record.result_at = result.finished
             record.last_attempt = result.started
             record.worker_stuck = int(report.reason == "worker_stuck")
+            record.schema_backwards = int(SCHEMA_HOLD in report.extra)
             if report.dir_bytes:
                 record.dir_bytes = report.dir_bytes
             record.duration = result.duration_s
@@ -231,6 +240,9 @@ class Metrics:
                     record.schema_version = report.snapshot.schema_version
             if report.ok or report.snapshots:
                 record.snapshots = len(report.snapshots)
+                record.schema_guards = sum(
+                    guard_version(info.label) is not None for info in report.snapshots
+                )
             if report.status == "failed":
                 # The protocol only admits known reasons; anything else is a crash.
                 reason = report.reason if report.reason in record.failures else "worker_crashed"

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from t3backupd.core.checks import verify_failures
 from t3backupd.core.config import Config
 from t3backupd.core.jobs import adopt_spec, inventory_spec, snapshot_spec, verify_spec
-from t3backupd.core.protocol import STOPPED, SnapshotInfo, UserResult
+from t3backupd.core.protocol import SCHEMA_HOLD, STOPPED, SnapshotInfo, UserResult
 from t3backupd.core.retention import is_future_dated
 from t3backupd.core.usermap import User
 from t3backupd.root import ledger
@@ -32,13 +32,39 @@ def snapshot_user(
     user: User,
     label: str | None = None,
     tracker: ProcessTracker | None = None,
+    accept_downgrade: bool = False,
 ) -> UserResult:
-    """Snapshot one user and log the outcome as one event."""
-    result = run_user_job(config, user, snapshot_spec(config, user, label), tracker)
+    """Snapshot one user and log the outcome as one event. `accept_downgrade`: the
+    operator acknowledged a backwards schema step; the hold is lifted first."""
+    if accept_downgrade:
+        ledger.set_hold(config, user.name, None)
+        get_logger().info("schema downgrade accepted", user=user.name)
+    entries = ledger.load(ledger.ledger_dir(config), user.name)
+    previous = ledger.previous_published(entries)
+    held = ledger.load_hold(config, user.name)
+    spec = snapshot_spec(
+        config,
+        user,
+        label,
+        previous=(previous.name, previous.schema_version or 0, previous.sha256)
+        if previous
+        else None,
+        protect=ledger.names_from_version(entries, held) if held is not None else (),
+        protect_on_downgrade=ledger.names_from_version(entries, previous.schema_version or 0)
+        if previous
+        else (),
+    )
+    result = run_user_job(config, user, spec, tracker)
     DIR_SIZES.record(user.name, result.report.dir_bytes)
     if result.report.ok:
         # Root accepted this publish: the one record of what may go offsite.
         ledger.record_published(config, user.name, result.report.snapshot, result.report.pruned)
+        _record_guard(config, user.name, result.report.extra.get("schema_guard"), previous)
+        held = _check_backwards(config, user.name, result.report.snapshot, previous, held)
+    if held is not None:
+        # Root's finding, never the worker's (the parser admits no such key from it).
+        extra = {**result.report.extra, SCHEMA_HOLD: str(held)}
+        result = replace(result, report=replace(result.report, extra=extra))
     if result.report.reason == "disk_space":
         result = replace(
             result,
@@ -71,6 +97,50 @@ def snapshot_user(
             message="named after now (clock fault, or planted): kept, not counted by retention",
         )
     return result
+
+
+def _check_backwards(
+    config: Config,
+    user: str,
+    published: SnapshotInfo | None,
+    previous: ledger.Entry | None,
+    held: int | None,
+) -> int | None:
+    """A new snapshot with a lower schema version than root's previous one starts a hold
+    (said once: later passes find the hold already there). Returns the held version."""
+    new = published.schema_version if published is not None else None
+    old = previous.schema_version if previous is not None else None
+    if held is not None or new is None or old is None or new >= old:
+        return held
+    ledger.set_hold(config, user, old)
+    get_logger().warning(
+        "schema went backwards",
+        user=user,
+        schema_version=new,
+        previous_schema_version=old,
+        previous=previous.name if previous is not None else None,
+        message=f"retention keeps the snapshots of schema {old} and above until "
+        f"'t3backupd snapshot --user {user} --accept-schema-downgrade'",
+    )
+    return old
+
+
+def _record_guard(
+    config: Config, user: str, guard: str | None, previous: ledger.Entry | None
+) -> None:
+    """The schema guard the worker kept (of `previous`, the snapshot root named to it):
+    into the ledger, and one log line."""
+    if guard is None or previous is None:
+        return
+    ledger.record_guard(config, user, guard, previous)
+    get_logger().info(
+        "schema guard",
+        user=user,
+        snapshot=guard,
+        kept_from=previous.name,
+        schema_version=previous.schema_version,
+        message="the schema moved forward: the last snapshot of the old version is kept",
+    )
 
 
 def _space_note(config: Config, message: str) -> str:
@@ -181,12 +251,13 @@ def run_pass(
     label: str | None = None,
     tracker: ProcessTracker | None = None,
     on_result: Callable[[UserResult], None] | None = None,
+    accept_downgrade: bool = False,
 ) -> list[UserResult]:
     """Snapshot every user, `config.snapshot.concurrency` at a time, in usermap order."""
     tracker = tracker if tracker is not None else ProcessTracker()
     return run_for_users(
         users,
-        lambda user: snapshot_user(config, user, label, tracker),
+        lambda user: snapshot_user(config, user, label, tracker, accept_downgrade),
         concurrency=config.snapshot.concurrency,
         tracker=tracker,
         on_result=on_result,

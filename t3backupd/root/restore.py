@@ -36,6 +36,7 @@ from t3backupd.core.selection import (
     parse_at,
     parse_snapshot_request,
     pick_at,
+    pick_before_schema,
     skipped_line,
     undo_command,
 )
@@ -82,6 +83,26 @@ def local_at(config: Config, user: User, moment: AtMoment) -> tuple[str, str | N
         )
     copies = [(info.time, info.name) for info in report.snapshots]
     return pick_at(copies, moment.instant, moment.zone, datetime.now(UTC))
+
+
+def local_before_schema(config: Config, user: User, version: int) -> str:
+    """`--before-schema N`: the newest local snapshot of `user` whose schema version, as
+    root's ledger recorded it when it published the snapshot (never the user's files),
+    is below N, among those a listing still shows. Raises SnapshotNotFound or
+    T3BackupError."""
+    listed_at = time.time()
+    report = run_user_job(config, user, inventory_spec(config, user), None).report
+    if not report.ok and report.reason != "no_directory":
+        raise T3BackupError(
+            f"cannot list {user.name}'s snapshots: {report.reason}: {report.message}"
+        )
+    present = ledger.still_present(config, user.name, [i.name for i in report.snapshots], listed_at)
+    copies = [
+        (parsed.time.timestamp(), e.name, e.schema_version)
+        for e in present.values()
+        if (parsed := parse_name(e.name)) is not None
+    ]
+    return pick_before_schema(copies, version, datetime.now(UTC))
 
 
 @dataclass(frozen=True)

@@ -519,25 +519,9 @@ def publish(
         final = os.path.join(dest_dir, name)
         if os.path.lexists(final):
             continue
-        checksum_temp = create_temp(dest_dir)
-        if temps is not None:
-            temps.add(checksum_temp)
-        try:
-            # Opened without O_CREAT: a temp removed by a stop is not made again.
-            flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-            with open(os.open(checksum_temp, flags), "w", encoding="ascii") as handle:
-                handle.write(f"{digest}  {name}\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-        except OSError:
-            with suppress(FileNotFoundError):
-                os.unlink(checksum_temp)
-            raise
         # The checksum takes its name first: a stop between the two renames leaves at
         # worst a checksum without a snapshot (harmless), never a snapshot without one.
-        os.rename(checksum_temp, final + CHECKSUM_SUFFIX)
-        if temps is not None:
-            temps.discard(checksum_temp)
+        write_checksum(dest_dir, name, digest, temps)
         try:
             os.link(temp, final)
         except FileExistsError:
@@ -546,6 +530,49 @@ def publish(
         fsync_path(dest_dir, directory=True)
         return name
     raise StepFailed("sqlite_error", "no free snapshot name within an hour of now")
+
+
+def write_checksum(dest_dir: str, name: str, digest: str, temps: TempFiles | None) -> None:
+    """`NAME.sha256` for snapshot `name`: written and fsynced to a temp file, then renamed."""
+    checksum_temp = create_temp(dest_dir)
+    if temps is not None:
+        temps.add(checksum_temp)
+    try:
+        # Opened without O_CREAT: a temp removed by a stop is not made again.
+        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        with open(os.open(checksum_temp, flags), "w", encoding="ascii") as handle:
+            handle.write(f"{digest}  {name}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError:
+        with suppress(FileNotFoundError):
+            os.unlink(checksum_temp)
+        raise
+    os.rename(checksum_temp, os.path.join(dest_dir, name + CHECKSUM_SUFFIX))
+    if temps is not None:
+        temps.discard(checksum_temp)
+
+
+def keep_as_guard(
+    dest_dir: str, name: str, guard: str, digest: str, temps: TempFiles | None
+) -> bool:
+    """Hard-link snapshot `name` to `guard` with its own checksum (root's `digest`).
+    False when `name` is no longer a regular file or `guard` already exists (kept)."""
+    source = os.path.join(dest_dir, name)
+    try:
+        if not stat.S_ISREG(os.lstat(source).st_mode):
+            return False
+    except FileNotFoundError:
+        return False
+    if os.path.lexists(os.path.join(dest_dir, guard)):
+        return False
+    write_checksum(dest_dir, guard, digest, temps)
+    try:
+        os.link(source, os.path.join(dest_dir, guard), follow_symlinks=False)
+    except FileExistsError:
+        return False
+    fsync_path(dest_dir, directory=True)
+    return True
 
 
 def scan(dest_dir: str) -> list[tuple[SnapshotName, os.stat_result]]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 
+from t3backupd.core.naming import format_name, guard_label, guard_version, parse_name
 from t3backupd.core.protocol import Report, SnapshotSpec
-from t3backupd.core.retention import RetentionPolicy, select_expired
+from t3backupd.core.retention import RetentionPolicy, select_expired, select_expired_guards
 from t3backupd.worker import files as ops
 from t3backupd.worker.job import Job, fault_point
 
@@ -43,14 +44,17 @@ def snapshot_job(job: Job, spec: SnapshotSpec) -> Report:
             fault_point(spec, "after_publish")
         finally:
             job.temps.remove_all()
+        guard = keep_guard(spec, schema, job)
+        listing = [parsed for parsed, _ in ops.scan(spec.dest_dir)]
         expired = select_expired(
-            [parsed for parsed, _ in ops.scan(spec.dest_dir)],
+            listing,
             RetentionPolicy(
                 spec.keep, spec.keep_hourly, spec.keep_daily, spec.keep_weekly, spec.keep_monthly
             ),
-            protect={name},
+            protect={name, *spec.protect, *downgrade_hold(spec, schema)},
             now=when,
         )
+        expired += select_expired_guards(listing, spec.keep_schema_guards)
         pruned = ops.prune(spec.dest_dir, expired)
         kept = ops.inventory(spec.dest_dir)
         listed = next(info for info in kept if info.name == name)
@@ -65,4 +69,30 @@ def snapshot_job(job: Job, spec: SnapshotSpec) -> Report:
         duration_s=round(job.elapsed(), 6),
         snapshots=tuple(kept),
         pruned=tuple(pruned),
+        extra={"schema_guard": guard} if guard is not None else {},
     )
+
+
+def downgrade_hold(spec: SnapshotSpec, schema: int | None) -> tuple[str, ...]:
+    """What a backwards schema step (the new snapshot's version below root's record of
+    the previous one) keeps from retention in this very pass."""
+    old = spec.previous_schema
+    backwards = schema is not None and old is not None and schema < old
+    return spec.protect_on_downgrade if backwards else ()
+
+
+def keep_guard(spec: SnapshotSpec, schema: int | None, job: Job) -> str | None:
+    """On a forward schema step (root's record of the previous snapshot has a lower
+    version than the one just written), the previous snapshot linked to
+    `<its time>--schema-<old>`: the last one that verified with the old version."""
+    previous = parse_name(spec.previous) if spec.previous is not None else None
+    old = spec.previous_schema
+    if previous is None or old is None or schema is None or spec.previous_sha256 is None:
+        return None
+    if schema <= old or guard_version(previous.label) is not None:
+        return None
+    guard = format_name(previous.time, guard_label(old))
+    if not ops.keep_as_guard(spec.dest_dir, previous.filename, guard, spec.previous_sha256,
+                             job.temps):  # fmt: skip
+        return None
+    return guard

@@ -59,6 +59,8 @@ DESIGN_TYPES = {
     "t3backup_verify_failures_total": "counter",
     "t3backup_last_verify_timestamp_seconds": "gauge",
     "t3backup_worker_stuck": "gauge",  # issue 10
+    "t3backup_schema_backwards": "gauge",  # issue 22
+    "t3backup_schema_guards": "gauge",  # issue 22
     "t3backup_user_dir_bytes": "gauge",
     "t3backup_destination_free_bytes": "gauge",
     "t3backup_destination_size_bytes": "gauge",

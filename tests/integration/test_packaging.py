@@ -39,6 +39,7 @@ SECURITY_THRESHOLD = 27
 KNOWN_METRICS = frozenset(
     {
         "t3backup_worker_stuck",
+        "t3backup_schema_backwards",
         "t3backup_user_dir_bytes",
         "t3backup_destination_free_bytes",
         "t3backup_destination_size_bytes",

@@ -12,8 +12,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from t3backupd.core.config import Config
-from t3backupd.core.naming import format_name
-from t3backupd.core.offsite_config import OffsiteConfig
+from t3backupd.core.naming import format_name, parse_name
+from t3backupd.core.offsite_config import DEFAULT_LEDGER_DIR, OffsiteConfig
 from t3backupd.core.protocol import SnapshotInfo
 from t3backupd.root import ledger
 
@@ -183,10 +183,30 @@ def test_a_refused_ledger_is_replaced_by_root_s_next_record(tmp_path: Path) -> N
     assert list(ledger.load(str(directory), USER)) == [info(1).name]
 
 
-def test_no_offsite_means_no_ledger(tmp_path: Path) -> None:
-    assert ledger.ledger_dir(Config()) is None
-    ledger.record_published(Config(), USER, info(1), [])  # a no-op, never raises
+def test_without_offsite_the_ledger_is_at_its_default_path() -> None:
+    # The schema guard and restore --before-schema need root's record without [offsite].
+    assert ledger.ledger_dir(Config()) == DEFAULT_LEDGER_DIR
     assert ledger.load(None, USER) == {}
+
+
+def test_the_previous_snapshot_is_the_newest_with_a_version_guards_aside() -> None:
+    def entry(name: str, version: int | None) -> ledger.Entry:
+        parsed = parse_name(name)
+        assert parsed is not None
+        return ledger.Entry(name, 1, "a" * 64, 1.0, parsed.label, version)
+
+    entries = {
+        e.name: e
+        for e in (
+            entry("state-20260101T000000Z.sqlite", 26),
+            entry("state-20260102T000000Z--schema-26.sqlite", 26),
+            entry("state-20260101T120000Z.sqlite", 27),
+            entry("state-20260103T000000Z.sqlite", None),
+        )
+    }
+    previous = ledger.previous_published(entries)
+    assert previous is not None and previous.name == "state-20260101T120000Z.sqlite"
+    assert ledger.previous_published({}) is None
 
 
 def test_a_dropped_entry_is_warned_of_once_then_gone(tmp_path: Path) -> None:

@@ -7,7 +7,14 @@ from dataclasses import replace
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from t3backupd.core.protocol import FAILURE_REASONS, Report, SnapshotInfo, UserResult, failed
+from t3backupd.core.protocol import (
+    FAILURE_REASONS,
+    SCHEMA_HOLD,
+    Report,
+    SnapshotInfo,
+    UserResult,
+    failed,
+)
 from t3backupd.core.usermap import User
 from t3backupd.root.metrics import Metrics
 
@@ -40,6 +47,8 @@ DESIGN_METRICS = {
     "t3backup_metrics_socket_activated": ("gauge", set()),
     # issue 22: the app's schema version in the newest snapshot (a series once known).
     "t3backup_schema_version": ("gauge", {"user"}),
+    "t3backup_schema_backwards": ("gauge", {"user"}),
+    "t3backup_schema_guards": ("gauge", {"user"}),
 }
 # Per-user series that exist only once their value is known.
 WHEN_KNOWN = {"t3backup_schema_version"}
@@ -373,3 +382,28 @@ def test_schema_version_is_exported_once_a_snapshot_reports_it(
     assert value(registry, "t3backup_schema_version", user="alice") == 26.0
     metrics.record_result(ok_result(started=1735900300.0))
     assert value(registry, "t3backup_schema_version", user="alice") == 26.0
+
+
+def test_schema_backwards_follows_root_s_hold_on_each_snapshot_result(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    metrics.set_users(["alice"])
+    assert value(registry, "t3backup_schema_backwards", user="alice") == 0.0
+    base = ok_result()
+    held = replace(base, report=replace(base.report, extra={SCHEMA_HOLD: "27"}))
+    metrics.record_result(held)
+    assert value(registry, "t3backup_schema_backwards", user="alice") == 1.0
+    metrics.record_result(ok_result(started=1735900300.0))  # acknowledged: no hold
+    assert value(registry, "t3backup_schema_backwards", user="alice") == 0.0
+
+
+def test_schema_guards_counts_the_guards_in_the_user_s_listing(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    metrics.set_users(["alice"])
+    base = ok_result()
+    guard = SnapshotInfo("state-20250101T000000Z--schema-26.sqlite", 1735689600.0, 10, "schema-26")
+    own = SnapshotInfo("state-20250102T000000Z--pre-0.0.26.sqlite", 1735776000.0, 10, "pre-0.0.26")
+    listing = (*base.report.snapshots, guard, own)
+    metrics.record_result(replace(base, report=replace(base.report, snapshots=listing)))
+    assert value(registry, "t3backup_schema_guards", user="alice") == 1.0

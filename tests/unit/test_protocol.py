@@ -13,6 +13,7 @@ from t3backupd.core.protocol import (
     MAX_MESSAGE_CHARS,
     MAX_REPORT_BYTES,
     MAX_SNAPSHOTS_IN_REPORT,
+    SCHEMA_HOLD,
     InventorySpec,
     JobSpec,
     Report,
@@ -101,6 +102,16 @@ def test_message_is_truncated_to_500_characters() -> None:
     parsed = parse_report(encode(report(message="x" * 5000)), "snapshot")
     assert MAX_MESSAGE_CHARS == 500
     assert parsed.message == "x" * 500
+
+
+def test_a_worker_can_name_a_guard_but_never_claim_root_s_schema_hold() -> None:
+    guard = "state-20250101T000000Z--schema-26.sqlite"
+    parsed = parse_report(encode(report(extra={"schema_guard": guard})), "snapshot")
+    assert parsed.extra["schema_guard"] == guard
+    with pytest.raises(ReportError, match="extra"):
+        parse_report(encode(report(extra={"schema_guard": "../etc/passwd"})), "snapshot")
+    with pytest.raises(ReportError, match="extra"):
+        parse_report(encode(report(extra={SCHEMA_HOLD: "27"})), "snapshot")
 
 
 def test_verify_detail_and_extra_values_are_cleaned_too() -> None:

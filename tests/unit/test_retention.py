@@ -7,11 +7,14 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from t3backupd.core.errors import SnapshotNotFound
 from t3backupd.core.naming import SnapshotName, format_name, parse_name
-from t3backupd.core.retention import RetentionPolicy, select_expired
+from t3backupd.core.retention import RetentionPolicy, select_expired, select_expired_guards
+from t3backupd.core.selection import pick_before_schema
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -273,3 +276,27 @@ def test_hourly_history_under_the_documented_gfs_policy_keeps_48_hours_and_14_da
     daily = {f"state-202611{day:02d}T233000Z.sqlite" for day in range(17, 29)}
     assert kept == hourly | daily
     assert len(kept) == 60
+
+
+def test_only_schema_guards_beyond_the_newest_n_expire() -> None:
+    names = [
+        parse("state-20260101T000000Z--schema-24.sqlite"),
+        parse("state-20260102T000000Z--schema-25.sqlite"),
+        parse("state-20260103T000000Z--schema-26.sqlite"),
+        parse("state-20260104T000000Z--pre-upgrade.sqlite"),
+        parse("state-20250101T000000Z.sqlite"),
+    ]
+    expired = select_expired_guards(names, 2)
+    assert [s.filename for s in expired] == ["state-20260101T000000Z--schema-24.sqlite"]
+    assert select_expired_guards(names, 3) == []
+    # Guards are labelled: count retention never reaches them.
+    assert all(s.label is None for s in select_expired(names, RetentionPolicy(keep=1)))
+
+
+def test_before_schema_picks_the_newest_below_the_version() -> None:
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    copies = [(1.0e9, "a", 25), (1.1e9, "b", 26), (1.2e9, "c", 27), (1.3e9, "d", None)]
+    assert pick_before_schema(copies, 27, now) == "b"
+    assert pick_before_schema(copies, 26, now) == "a"
+    with pytest.raises(SnapshotNotFound, match=r"below 25 \(versions seen: 25, 26, 27\)"):
+        pick_before_schema(copies, 25, now)

@@ -14,7 +14,7 @@ from t3backupd.core.config import Config
 from t3backupd.core.errors import SnapshotNotFound, T3BackupError
 from t3backupd.core.protocol import Report, RestoreSpec
 from t3backupd.core.retention import is_future_dated
-from t3backupd.core.selection import parse_snapshot_request
+from t3backupd.core.selection import parse_snapshot_request, pick_before_schema
 from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
 from t3backupd.root.offsite import checkrecord, make_engine
@@ -162,9 +162,14 @@ def list_offsite(config: Config, users: Sequence[User], as_json: bool, out: Outp
 
 
 def streamed_copy(
-    config: Config, user: User, request: str, moment: AtMoment | None = None
+    config: Config,
+    user: User,
+    request: str,
+    moment: AtMoment | None = None,
+    before_schema: int | None = None,
 ) -> StreamedCopy:
-    """The offsite copy of `user` that `--snapshot request` (or `--at`) names, as the
+    """The offsite copy of `user` that `--snapshot request` (or `--at`, or
+    `--before-schema`: by the schema version in the copy's sealed record) names, as the
     source of a restore (`root.restore.restore_to` / `restore_in_place`), whatever the
     engine. Raises SnapshotNotFound or T3BackupError (one line, exit 1)."""
     parse_snapshot_request(request)
@@ -177,7 +182,9 @@ def streamed_copy(
         raise T3BackupError(f"offsite: cannot list {user.name}'s copies: {error}") from None
     copies = usable(everything)
     try:
-        if moment is not None:
+        if before_schema is not None:
+            copy = _newest_before_schema(copies, before_schema)
+        elif moment is not None:
             by_name = {copy.meta.name: copy for copy in copies}  # newest copy of a name
             copy = by_name[
                 chosen_at(moment, [(c.meta.time, c.meta.name) for c in by_name.values()])
@@ -203,6 +210,13 @@ def streamed_copy(
             return stream_restore(engine, config, user, copy, spec, tracker)
 
     return StreamedCopy(copy.meta.name, run)
+
+
+def _newest_before_schema(copies: Sequence[OffsiteSnapshot], version: int) -> OffsiteSnapshot:
+    """The newest usable copy whose sealed record's schema version is below `version`."""
+    by_name = {copy.meta.name: copy for copy in copies}  # newest copy of a name
+    found = [(c.meta.time, c.meta.name, c.meta.schema_version) for c in by_name.values()]
+    return by_name[pick_before_schema(found, version, datetime.now(UTC))]
 
 
 def _refuse_untrusted(copies: Sequence[OffsiteSnapshot], request: str, user: User) -> None:
