@@ -70,10 +70,14 @@ class LedgerRefused(Exception):
     """One line: which path, what is wrong."""
 
 
-def ledger_dir(config: Config) -> str:
+def ledger_dir(config: Config) -> str | None:
     """Where the ledger is: `offsite.ledger_dir`, or its default without [offsite] (the
-    schema guard needs root's record of each snapshot's version either way)."""
-    return config.offsite.ledger_dir if config.offsite is not None else DEFAULT_LEDGER_DIR
+    schema guard needs root's record of each snapshot's version either way). None run by
+    a user for themselves without [offsite]: root's directory is not theirs to write, and
+    a warning at every snapshot would be noise (no guard then)."""
+    if config.offsite is not None:
+        return config.offsite.ledger_dir
+    return DEFAULT_LEDGER_DIR if os.geteuid() == 0 else None
 
 
 # --- reading (hostile input) ---------------------------------------------------------------
@@ -381,6 +385,8 @@ def load_hold(config: Config, user: str) -> int | None:
     """The version `user` went back from while the hold stands (None: no hold; a refused
     file is one warning and counts as a hold on nothing)."""
     directory = ledger_dir(config)
+    if directory is None:
+        return None
     path = os.path.join(directory, _hold_name(user))
     try:
         with _locked(directory, create=False) as fd:
@@ -402,6 +408,8 @@ def load_hold(config: Config, user: str) -> int | None:
 def set_hold(config: Config, user: str, version: int | None) -> None:
     """Hold `user`'s snapshots of `version` and above (None: remove the hold). Never raises."""
     directory = ledger_dir(config)
+    if directory is None:
+        return
     path = os.path.join(directory, _hold_name(user))
     try:
         with _locked(directory, create=True) as fd:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from support import need
+from t3backupd.core.offsite_config import DEFAULT_LEDGER_DIR
 from t3backupd.core.usermap import User
 
 IS_ROOT = os.geteuid() == 0
@@ -66,6 +67,11 @@ def user_factory() -> Iterator[Callable[[], User]]:
         for name in created:
             subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
             subprocess.run(["userdel", "--remove", "--force", name], capture_output=True)
+            # Root's record of what it published for them (the default ledger_dir, used
+            # by every config without [offsite]): nothing of a removed user stays behind.
+            for suffix in (".json", ".hold"):
+                with suppress(FileNotFoundError):
+                    os.unlink(os.path.join(DEFAULT_LEDGER_DIR, name + suffix))
 
 
 def current_user() -> User:

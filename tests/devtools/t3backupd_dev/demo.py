@@ -15,6 +15,7 @@ so demos with different `--dir` and `--user` (the test's) never meet.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pwd
 import re
@@ -24,6 +25,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+# t3backupd's default ledger_dir (root's record of what it published, one file per user).
+LEDGER_DIR = "/var/lib/t3backupd/published"
 
 DEMO_USER = "t3demo"
 PROG = "t3backupd_dev.demo"
@@ -111,6 +115,10 @@ def clean(sandbox: Path, name: str) -> int:
             subprocess.run(["pkill", "-u", str(record.pw_uid)], check=False)
             subprocess.run(["userdel", "--remove", name], check=False,
                            stderr=subprocess.DEVNULL)  # fmt: skip
+            # And root's record of the snapshots it published for them (the ledger).
+            for suffix in (".json", ".hold"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(LEDGER_DIR, name + suffix))
             print(f"removed user {name}")
         elif record is not None:
             print(f"kept user {name}: home {record.pw_dir} is not in {sandbox}")
