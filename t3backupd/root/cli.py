@@ -16,7 +16,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from t3backupd import __version__
@@ -28,8 +28,9 @@ from t3backupd.core.naming import is_valid_label, parse_name
 from t3backupd.core.protocol import Report, SnapshotInfo, VerifyResult
 from t3backupd.core.selection import parse_snapshot_request
 from t3backupd.core.usermap import NOT_ROOT_REASON, Problem, User
+from t3backupd.root import ledger
 from t3backupd.root.log import configure_logging, get_logger, is_journal_stream
-from t3backupd.root.output import Output, age_column, listed_time
+from t3backupd.root.output import Output, age_column, listed_time, schema_column
 from t3backupd.root.passes import (
     future_dated,
     inventory_user,
@@ -539,7 +540,21 @@ def _snapshot_json(info: SnapshotInfo, in_future: bool) -> dict[str, object]:
         "label": info.label,
         "has_checksum": info.has_checksum,
         "in_future": in_future,
+        "schema_version": info.schema_version,
     }
+
+
+def with_schema(config: Config, user: User, report: Report) -> Report:
+    """`report`'s snapshots with the schema version root recorded when it published each
+    (its ledger: never the user's word); unknown ones stay None."""
+    recorded = ledger.load(ledger.ledger_dir(config), user.name)
+    snapshots = tuple(
+        replace(info, schema_version=recorded[info.name].schema_version)
+        if info.name in recorded
+        else info
+        for info in report.snapshots
+    )
+    return replace(report, snapshots=snapshots)
 
 
 def newest_first(snapshots: Sequence[SnapshotInfo]) -> list[SnapshotInfo]:
@@ -575,7 +590,8 @@ def command_list(args: argparse.Namespace) -> int:
         return offsite_commands.list_offsite(config, selected, args.json, out)
     require_dest(config)
     now = time.time()
-    documents = [(user, inventory_user(config, user).report) for user in selected]
+    documents = [(user, with_schema(config, user, inventory_user(config, user).report))
+                 for user in selected]  # fmt: skip
     status = EXIT_FAILED if any(_failure_text(r) for _, r in documents) else EXIT_OK
     future = {name for _, report in documents for name in future_dated(report.snapshots, now)}
     if args.json:
@@ -616,7 +632,8 @@ def command_list(args: argparse.Namespace) -> int:
             if info.name in future:
                 checksum += "  (clock fault or planted; never taken as latest)"
             out.result(
-                f"  {info.name:<52} {when}  {age:>10}  {human(info.bytes):>10}{label}{checksum}"
+                f"  {info.name:<52} {when}  {age:>10}  {human(info.bytes):>10}"
+                f"{schema_column(info.schema_version)}{label}{checksum}"
             )
     space = destination_space(config.dest)
     largest = DIR_SIZES.describe_largest()

@@ -39,3 +39,8 @@ def age_column(epoch: float, now: float, in_future: bool) -> str:
     """The age column of a listing: no negative age for a future-dated copy (a clock
     fault, or a planted name)."""
     return "in the future" if in_future else f"{age(max(0.0, now - epoch)):>6} ago"
+
+
+def schema_column(version: int | None) -> str:
+    """The app's schema version as `list` and `list --offsite` show it ("" if unknown)."""
+    return "" if version is None else f"  schema {version}"

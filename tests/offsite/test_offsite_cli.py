@@ -57,9 +57,11 @@ def test_offsite_commands_take_options_after_them_are_quiet_and_list_like_list(
     local = copy_lines(cli("-c", config, "list").stdout)
     offsite = copy_lines(cli("list", "--offsite", "-c", config).stdout)
     assert len(local) == len(offsite) == 2, (local, offsite)
-    # name, date, time, age, "ago", size, unit: column for column what `list` prints.
+    # name, date, time, age, "ago", size, unit, "schema", the app's schema version (root's
+    # record of each snapshot, and the copy's): column for column what `list` prints.
     assert [row[:3] for row in offsite] == [row[:3] for row in local]
-    assert [row[4:7] for row in offsite] == [row[4:7] for row in local]
+    assert [row[4:9] for row in offsite] == [row[4:9] for row in local]
     assert all(row[4] == "ago" and row[3][-1] in "mhd" for row in offsite), offsite
-    ids = [row[7] for row in offsite]
+    assert all(row[7] == "schema" and row[8].isdigit() for row in local), local
+    ids = [row[9] for row in offsite]
     assert len(set(ids)) == 2 and "t3backup" not in ids, ids

@@ -22,7 +22,7 @@ from t3backupd.root.offsite.checks import check_and_record
 from t3backupd.root.offsite.engine import OffsiteError, OffsiteSnapshot
 from t3backupd.root.offsite.lane import choose_copy, run_offsite_pass, stream_restore
 from t3backupd.root.offsite.seal import judged, usable
-from t3backupd.root.output import Output, age_column, listed_time
+from t3backupd.root.output import Output, age_column, listed_time, schema_column
 from t3backupd.root.restore import AtMoment, StreamedCopy, chosen_at
 from t3backupd.root.spawn import ProcessTracker
 from t3backupd.root.usage import human
@@ -156,7 +156,8 @@ def list_offsite(config: Config, users: Sequence[User], as_json: bool, out: Outp
             age = age_column(copy.meta.time, now, future)
             out.result(
                 f"  {copy.meta.name:<52} {listed_time(copy.meta.time)}  {age:>10}  "
-                f"{human(copy.meta.size):>10}  {copy.listed_id}{label}"
+                f"{human(copy.meta.size):>10}{schema_column(copy.meta.schema_version)}  "
+                f"{copy.listed_id}{label}"
             )
     return EXIT_OK
 
