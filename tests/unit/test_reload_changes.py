@@ -11,10 +11,8 @@ from t3backupd.core.usermap import User
 from t3backupd.root.daemon import describe_changes
 from t3backupd.root.served import Served
 
-SECRET = "s3cr3t-in-url"
-OFFSITE = OffsiteConfig(
-    repository=f"rest:https://backup:{SECRET}@offsite.example/t3", password_file="/etc/pw"
-)
+SECRET = "s3cr3t-in-url"  # noqa: S105  # a test's stand-in, what must never be shown
+OFFSITE = OffsiteConfig(repository=f"rest:https://backup:{SECRET}@offsite.example/t3")
 
 
 def served(config: Config, *names: str) -> Served:
