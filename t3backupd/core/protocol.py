@@ -404,6 +404,33 @@ def _schema_version(value: object, where: str) -> int | None:
 
 def parse_report(raw: bytes, expected_action: Action) -> Report:
     """Parse a worker's stdout strictly. Raises ReportError if anything is off."""
+    data = _report_object(raw)
+    action, status, reason = _outcome(data, expected_action)
+    snapshots_raw = _bounded_list(data, "snapshots")
+    pruned = _pruned(_bounded_list(data, "pruned"))
+    verified = _verified(_bounded_list(data, "verified"))
+    extra = _extra(data.get("extra", {}))
+    snapshot_raw = data.get("snapshot")
+    return Report(
+        action=action,
+        status=status,
+        reason=reason,
+        message=_clean_text(data.get("message", ""), "message"),
+        snapshot=None if snapshot_raw is None else _snapshot(snapshot_raw, "snapshot"),
+        source_bytes=_int(data.get("source_bytes", 0), "source_bytes"),
+        duration_s=_float(data.get("duration_s", 0.0), "duration_s"),
+        snapshots=tuple(
+            _snapshot(item, f"snapshots[{index}]") for index, item in enumerate(snapshots_raw)
+        ),
+        pruned=pruned,
+        verified=verified,
+        extra=extra,
+        dir_bytes=_int(data.get("dir_bytes", 0), "dir_bytes"),
+    )
+
+
+def _report_object(raw: bytes) -> dict[str, Any]:
+    """The one bounded JSON line, as an object of known report fields."""
     if len(raw) > MAX_REPORT_BYTES:
         raise ReportError("report too large")
     lines = raw.strip().splitlines()
@@ -415,7 +442,12 @@ def parse_report(raw: bytes, expected_action: Action) -> Report:
         # ValueError covers JSONDecodeError, UnicodeDecodeError and integers past
         # Python's digit limit; RecursionError comes from deeply nested arrays.
         raise ReportError(f"not JSON: {str(error)[:200]}") from None
-    data = _object(data, "report", {field_name for field_name in Report.__dataclass_fields__})
+    return _object(data, "report", {field_name for field_name in Report.__dataclass_fields__})
+
+
+def _outcome(data: dict[str, Any], expected_action: Action) -> tuple[Action, Status, Reason | None]:
+    """(action, status, reason): this protocol, the action asked for, and a status with a
+    reason the worker may give for it."""
     protocol = data.get("protocol")
     # type() check: `true` and `1.0` compare equal to 1 in Python.
     if type(protocol) is not int or protocol != PROTOCOL_VERSION:
@@ -437,22 +469,26 @@ def parse_report(raw: bytes, expected_action: Action) -> Report:
         raise ReportError("reason: not a known failure reason")
     if status == "skipped" and reason not in SKIP_REASONS:
         raise ReportError("reason: not a known skip reason")
-    snapshots_raw = data.get("snapshots", [])
-    if not isinstance(snapshots_raw, list) or len(snapshots_raw) > MAX_SNAPSHOTS_IN_REPORT:
-        raise ReportError("snapshots: expected a list (bounded)")
-    pruned_raw = data.get("pruned", [])
-    if not isinstance(pruned_raw, list) or len(pruned_raw) > MAX_SNAPSHOTS_IN_REPORT:
-        raise ReportError("pruned: expected a list (bounded)")
-    pruned = []
-    for index, name in enumerate(pruned_raw):
+    return expected_action, status, reason
+
+
+def _bounded_list(data: dict[str, Any], key: str) -> list[Any]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or len(value) > MAX_SNAPSHOTS_IN_REPORT:
+        raise ReportError(f"{key}: expected a list (bounded)")
+    return value
+
+
+def _pruned(items: list[Any]) -> tuple[str, ...]:
+    for index, name in enumerate(items):
         if not isinstance(name, str) or parse_name(name) is None:
             raise ReportError(f"pruned[{index}]: not a snapshot name")
-        pruned.append(name)
-    verified_raw = data.get("verified", [])
-    if not isinstance(verified_raw, list) or len(verified_raw) > MAX_SNAPSHOTS_IN_REPORT:
-        raise ReportError("verified: expected a list (bounded)")
+    return tuple(items)
+
+
+def _verified(items: list[Any]) -> tuple[VerifyResult, ...]:
     verified = []
-    for index, item in enumerate(verified_raw):
+    for index, item in enumerate(items):
         entry = _object(item, f"verified[{index}]", {"name", "outcome", "detail"})
         name = entry.get("name")
         if not isinstance(name, str) or parse_name(name) is None:
@@ -462,13 +498,18 @@ def parse_report(raw: bytes, expected_action: Action) -> Report:
         verified.append(
             VerifyResult(name, entry["outcome"], _clean_text(entry.get("detail", ""), "detail"))
         )
+    return tuple(verified)
+
+
+def _extra(value: object) -> dict[str, str]:
+    """The known `extra` keys, as bounded clean texts; digests, counts and names checked."""
     extra_raw = _object(
-        data.get("extra", {}),
+        value,
         "extra",
         {"restored_from", "undo", "target", "pre_restore", "sha256", "skipped_future",
          "pre_restore_bytes", "pre_restore_sha256", "schema_guard"},
     )  # fmt: skip
-    extra = {key: _clean_text(value, f"extra.{key}", 4096) for key, value in extra_raw.items()}
+    extra = {key: _clean_text(item, f"extra.{key}", 4096) for key, item in extra_raw.items()}
     for key in ("sha256", "pre_restore_sha256"):
         if key in extra and not _is_sha256(extra[key]):
             raise ReportError(f"extra.{key}: not a sha256 digest")
@@ -480,20 +521,4 @@ def parse_report(raw: bytes, expected_action: Action) -> Report:
     for key in ("restored_from", "pre_restore", "skipped_future", "schema_guard"):
         if key in extra and parse_name(extra[key]) is None:
             raise ReportError(f"extra.{key}: not a snapshot name")
-    snapshot_raw = data.get("snapshot")
-    return Report(
-        action=action,
-        status=status,
-        reason=reason,
-        message=_clean_text(data.get("message", ""), "message"),
-        snapshot=None if snapshot_raw is None else _snapshot(snapshot_raw, "snapshot"),
-        source_bytes=_int(data.get("source_bytes", 0), "source_bytes"),
-        duration_s=_float(data.get("duration_s", 0.0), "duration_s"),
-        snapshots=tuple(
-            _snapshot(item, f"snapshots[{index}]") for index, item in enumerate(snapshots_raw)
-        ),
-        pruned=tuple(pruned),
-        verified=tuple(verified),
-        extra=extra,
-        dir_bytes=_int(data.get("dir_bytes", 0), "dir_bytes"),
-    )
+    return extra

@@ -287,21 +287,23 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(
         dest="command", required=True, parser_class=_Parser, metavar="COMMAND"
     )
+    for name, add_options in _COMMAND_OPTIONS:
+        add_options(_add_command(commands, name, DOCS[name]))
+    return parser
 
-    def command(name: str) -> argparse.ArgumentParser:
-        return _add_command(commands, name, DOCS[name])
 
-    def users_option(sub: argparse.ArgumentParser, what: str) -> None:
-        sub.add_argument(
-            "--user",
-            action="append",
-            default=[],
-            metavar="U",
-            help=f"only this OS user from the usermap (repeatable; default: {what})",
-        )
+def _users_option(sub: argparse.ArgumentParser, what: str) -> None:
+    sub.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="U",
+        help=f"only this OS user from the usermap (repeatable; default: {what})",
+    )
 
-    snapshot = command("snapshot")
-    users_option(snapshot, "every served user")
+
+def _snapshot_options(snapshot: argparse.ArgumentParser) -> None:
+    _users_option(snapshot, "every served user")
     snapshot.add_argument(
         "--label",
         metavar="L",
@@ -314,29 +316,34 @@ def build_parser() -> argparse.ArgumentParser:
         "of the newer version",
     )
 
-    listing = command("list")
-    users_option(listing, "every served user")
+
+def _list_options(listing: argparse.ArgumentParser) -> None:
+    _users_option(listing, "every served user")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.add_argument(
         "--offsite", action="store_true", help="list the copies in the offsite repository"
     )
 
-    offsite = command("offsite")
+
+def _offsite_options(offsite: argparse.ArgumentParser) -> None:
     offsite_commands = offsite.add_subparsers(
         dest="offsite_command", required=True, parser_class=_Parser, metavar="SUBCOMMAND"
     )
     for name, doc in SUBCOMMAND_DOCS["offsite"].items():
         sub = _add_command(offsite_commands, name, doc)
         if name != "init":
-            users_option(sub, "every served user")
+            _users_option(sub, "every served user")
 
-    check = command("check-config")
+
+def _check_config_options(check: argparse.ArgumentParser) -> None:
     check.add_argument(
         "--strict",
         action="store_true",
         help="exit 1 if a usermap line is skipped or a warning is printed",
     )
-    run = command("run")
+
+
+def _run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--unprivileged",
         action="store_true",
@@ -344,15 +351,17 @@ def build_parser() -> argparse.ArgumentParser:
         "tests, a single-user install); no effect as root",
     )
 
-    verify = command("verify")
-    users_option(verify, "every served user")
+
+def _verify_options(verify: argparse.ArgumentParser) -> None:
+    _users_option(verify, "every served user")
     verify.add_argument("--latest", action="store_true", help="only each user's newest snapshot")
     verify.add_argument(
         "--quick", action="store_true", help="quick_check instead of integrity_check"
     )
     verify.add_argument("--json", action="store_true", help="machine-readable output")
 
-    restore = command("restore")
+
+def _restore_options(restore: argparse.ArgumentParser) -> None:
     restore.add_argument("--user", required=True, metavar="U", help="whose snapshot (required)")
     which = restore.add_mutually_exclusive_group()
     which.add_argument(
@@ -394,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --in-place: even while a process of the user has the database open",
     )
 
-    adopt = command("adopt")
+
+def _adopt_options(adopt: argparse.ArgumentParser) -> None:
     adopt.add_argument(
         "--user",
         action="append",
@@ -402,7 +412,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="U",
         help="whose snapshots (repeatable; required)",
     )
-    return parser
+
+
+# Each command's own options, in the order --help and the man page list the commands.
+_COMMAND_OPTIONS: tuple[tuple[str, Callable[[argparse.ArgumentParser], None]], ...] = (
+    ("snapshot", _snapshot_options),
+    ("list", _list_options),
+    ("offsite", _offsite_options),
+    ("check-config", _check_config_options),
+    ("run", _run_options),
+    ("verify", _verify_options),
+    ("restore", _restore_options),
+    ("adopt", _adopt_options),
+)
 
 
 # --- output ---------------------------------------------------------------------------

@@ -55,6 +55,39 @@ class _UserRecord:
     schema_backwards: int = 0  # 1 while a backwards schema step holds retention
     schema_guards: int = 0  # `--schema-N` snapshots kept (the user's listing)
 
+    def apply(self, result: UserResult) -> None:
+        """Count one snapshot attempt of this user's (`Metrics.record_result`)."""
+        report = result.report
+        self.attempts += 1
+        self.result_at = result.finished
+        self.last_attempt = result.started
+        self.worker_stuck = int(report.reason == "worker_stuck")
+        self.schema_backwards = int(SCHEMA_HOLD in report.extra)
+        if report.dir_bytes:
+            self.dir_bytes = report.dir_bytes
+        self.duration = result.duration_s
+        if report.source_bytes:
+            self.source_size = report.source_bytes
+        if (
+            report.ok
+            and report.snapshot is not None
+            and not is_future_timestamp(report.snapshot.time, time.time())
+        ):
+            # A worker reporting a future time (a forged report) is not the newest.
+            self.last_success = report.snapshot.time
+            self.last_snapshot_size = report.snapshot.bytes
+            if report.snapshot.schema_version is not None:
+                self.schema_version = report.snapshot.schema_version
+        if report.ok or report.snapshots:
+            self.snapshots = len(report.snapshots)
+            self.schema_guards = sum(
+                guard_version(info.label) is not None for info in report.snapshots
+            )
+        if report.status == "failed":
+            # The protocol only admits known reasons; anything else is a crash.
+            reason = report.reason if report.reason in self.failures else "worker_crashed"
+            self.failures[reason] += 1
+
 
 # (name, help, attribute of _UserRecord) for the per-user gauges, in exposition order.
 _USER_GAUGES = (
@@ -212,41 +245,11 @@ class Metrics:
     def record_result(self, result: UserResult) -> None:
         """Count one snapshot attempt. Results for users no longer served are dropped
         (a pass started before a reload must not bring a removed user's series back)."""
-        report = result.report
         with self._lock:
             self._generation += 1
             record = self._users.get(result.user.name)
-            if record is None:
-                return
-            record.attempts += 1
-            record.result_at = result.finished
-            record.last_attempt = result.started
-            record.worker_stuck = int(report.reason == "worker_stuck")
-            record.schema_backwards = int(SCHEMA_HOLD in report.extra)
-            if report.dir_bytes:
-                record.dir_bytes = report.dir_bytes
-            record.duration = result.duration_s
-            if report.source_bytes:
-                record.source_size = report.source_bytes
-            if (
-                report.ok
-                and report.snapshot is not None
-                and not is_future_timestamp(report.snapshot.time, time.time())
-            ):
-                # A worker reporting a future time (a forged report) is not the newest.
-                record.last_success = report.snapshot.time
-                record.last_snapshot_size = report.snapshot.bytes
-                if report.snapshot.schema_version is not None:
-                    record.schema_version = report.snapshot.schema_version
-            if report.ok or report.snapshots:
-                record.snapshots = len(report.snapshots)
-                record.schema_guards = sum(
-                    guard_version(info.label) is not None for info in report.snapshots
-                )
-            if report.status == "failed":
-                # The protocol only admits known reasons; anything else is a crash.
-                reason = report.reason if report.reason in record.failures else "worker_crashed"
-                record.failures[reason] += 1
+            if record is not None:
+                record.apply(result)
 
     def record_dir_bytes(self, user: str, size: int) -> None:
         """The user's directory usage as their inventory worker measured it."""
@@ -296,7 +299,7 @@ class Metrics:
 
     def describe(self) -> Iterator[Metric]:
         """The families without samples (lets the registry detect name clashes)."""
-        yield from self._families(_State({}, 0.0, 0.0, 0.0, 0.0, True, {}, 0, 0, 0.0))
+        yield from build_families(_State({}, 0.0, 0.0, 0.0, 0.0, True, {}, 0, 0, 0.0, self._build))
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
@@ -313,106 +316,11 @@ class Metrics:
                     bind_failures=self._bind_failures,
                     rejected=self._rejected,
                     socket_activated=self._socket_activated,
+                    build=self._build,
                 )
-                self._cached = (self._generation, self._families(state))
+                self._cached = (self._generation, build_families(state))
             families = self._cached[1]
         yield from families
-
-    def _families(self, state: _State) -> list[Metric]:
-        names = sorted(state.users)
-        families: list[Metric] = []
-        for suffix, help_text, attribute in _USER_GAUGES:
-            gauge = GaugeMetricFamily(PREFIX + suffix, help_text, labels=["user"])
-            if attribute == "last_verify" and not state.verify_enabled:
-                families.append(gauge)
-                continue
-            for name in names:
-                gauge.add_metric([name], float(getattr(state.users[name], attribute)))
-            families.append(gauge)
-        attempts = CounterMetricFamily(
-            PREFIX + "attempts_total", "Snapshot attempts.", labels=["user"]
-        )
-        failures = CounterMetricFamily(
-            PREFIX + "failures_total",
-            "Failed snapshot attempts by reason.",
-            labels=["user", "reason"],
-        )
-        verify_failures = CounterMetricFamily(
-            PREFIX + "verify_failures_total",
-            "Snapshots found bad (checksum or integrity) by verification.",
-            labels=["user"],
-        )
-        for name in names:
-            record = state.users[name]
-            attempts.add_metric([name], record.attempts)
-            for reason in FAILURE_REASONS:
-                failures.add_metric([name, reason], record.failures[reason])
-            if state.verify_enabled:
-                verify_failures.add_metric([name], record.verify_failures)
-        families += [attempts, failures, verify_failures]
-        schema = GaugeMetricFamily(
-            PREFIX + "schema_version",
-            "The app's schema version in the newest snapshot (no series while unknown).",
-            labels=["user"],
-        )
-        for name in names:
-            version = state.users[name].schema_version
-            if version is not None:
-                schema.add_metric([name], float(version))
-        families.append(schema)
-        scalars = (
-            ("users", "Users in the usermap that resolved.", len(state.users)),
-            ("next_run_timestamp_seconds", "Time of the next scheduled pass.", state.next_run),
-            (
-                "schedule_interval_seconds",
-                "Longest wait between two scheduled passes (plus jitter); the staleness "
-                "alerts allow this plus 2h.",
-                state.schedule_interval,
-            ),
-            (
-                "config_last_reload_successful",
-                "Whether the last config (re)load succeeded (1) or was refused (0).",
-                state.reload_successful,
-            ),
-            (
-                "config_last_reload_success_timestamp_seconds",
-                "Time of the last successful config (re)load.",
-                state.reload_success_time,
-            ),
-        )
-        for suffix, help_text, value in scalars:
-            families.append(GaugeMetricFamily(PREFIX + suffix, help_text, value=value))
-        errors = CounterMetricFamily(
-            PREFIX + "internal_errors_total",
-            "Unexpected exceptions (bugs) caught and survived, by component.",
-            labels=["component"],
-        )
-        for component in COMPONENTS:
-            errors.add_metric([component], state.internal_errors.get(component, 0))
-        families.append(errors)
-        families.append(CounterMetricFamily(
-            PREFIX + "metrics_bind_failures_total",
-            "Failed attempts to listen on metrics.listen (retried every few seconds).",
-            value=state.bind_failures,
-        ))  # fmt: skip
-        families.append(CounterMetricFamily(
-            PREFIX + "metrics_connections_rejected_total",
-            "Connections to the endpoint dropped or refused at the concurrent-connection bound.",
-            value=state.rejected,
-        ))  # fmt: skip
-        families.append(GaugeMetricFamily(
-            PREFIX + "metrics_socket_activated",
-            "1 if the listening socket came from systemd (t3backupd.socket), 0 if bound here.",
-            value=state.socket_activated,
-        ))  # fmt: skip
-        build = GaugeMetricFamily(
-            PREFIX + "build_info",
-            "Version of t3backupd and of the SQLite library it uses.",
-            labels=["version", "sqlite_version"],
-        )
-        build.add_metric(list(self._build), 1)
-        families.append(build)
-        return families
 
 
 @dataclass(frozen=True)
@@ -429,3 +337,112 @@ class _State:
     bind_failures: int
     rejected: int
     socket_activated: float
+    build: tuple[str, str]
+
+
+# --- the families a scrape reads, built from one consistent copy ------------------------
+
+
+def build_families(state: _State) -> list[Metric]:
+    """Every family, in exposition order: per user, then the daemon's own."""
+    return [*_user_families(state), *_daemon_families(state)]
+
+
+def _user_families(state: _State) -> list[Metric]:
+    """The per-user gauges and counters (verify series only while verify is scheduled)."""
+    names = sorted(state.users)
+    found: list[Metric] = []
+    for suffix, help_text, attribute in _USER_GAUGES:
+        gauge = GaugeMetricFamily(PREFIX + suffix, help_text, labels=["user"])
+        if attribute != "last_verify" or state.verify_enabled:
+            for name in names:
+                gauge.add_metric([name], float(getattr(state.users[name], attribute)))
+        found.append(gauge)
+    attempts = CounterMetricFamily(PREFIX + "attempts_total", "Snapshot attempts.", labels=["user"])
+    failures = CounterMetricFamily(
+        PREFIX + "failures_total",
+        "Failed snapshot attempts by reason.",
+        labels=["user", "reason"],
+    )
+    verify_failures = CounterMetricFamily(
+        PREFIX + "verify_failures_total",
+        "Snapshots found bad (checksum or integrity) by verification.",
+        labels=["user"],
+    )
+    schema = GaugeMetricFamily(
+        PREFIX + "schema_version",
+        "The app's schema version in the newest snapshot (no series while unknown).",
+        labels=["user"],
+    )
+    for name in names:
+        record = state.users[name]
+        attempts.add_metric([name], record.attempts)
+        for reason in FAILURE_REASONS:
+            failures.add_metric([name, reason], record.failures[reason])
+        if state.verify_enabled:
+            verify_failures.add_metric([name], record.verify_failures)
+        if record.schema_version is not None:
+            schema.add_metric([name], float(record.schema_version))
+    return [*found, attempts, failures, verify_failures, schema]
+
+
+def _daemon_families(state: _State) -> list[Metric]:
+    """The daemon's own series: users, schedule, config reloads, errors, endpoint, build."""
+    scalars = (
+        ("users", "Users in the usermap that resolved.", len(state.users)),
+        ("next_run_timestamp_seconds", "Time of the next scheduled pass.", state.next_run),
+        (
+            "schedule_interval_seconds",
+            "Longest wait between two scheduled passes (plus jitter); the staleness "
+            "alerts allow this plus 2h.",
+            state.schedule_interval,
+        ),
+        (
+            "config_last_reload_successful",
+            "Whether the last config (re)load succeeded (1) or was refused (0).",
+            state.reload_successful,
+        ),
+        (
+            "config_last_reload_success_timestamp_seconds",
+            "Time of the last successful config (re)load.",
+            state.reload_success_time,
+        ),
+    )
+    found: list[Metric] = [
+        GaugeMetricFamily(PREFIX + suffix, help_text, value=value)
+        for suffix, help_text, value in scalars
+    ]
+    errors = CounterMetricFamily(
+        PREFIX + "internal_errors_total",
+        "Unexpected exceptions (bugs) caught and survived, by component.",
+        labels=["component"],
+    )
+    for component in COMPONENTS:
+        errors.add_metric([component], state.internal_errors.get(component, 0))
+    build = GaugeMetricFamily(
+        PREFIX + "build_info",
+        "Version of t3backupd and of the SQLite library it uses.",
+        labels=["version", "sqlite_version"],
+    )
+    build.add_metric(list(state.build), 1)
+    return [*found, errors, *_endpoint_families(state), build]
+
+
+def _endpoint_families(state: _State) -> list[Metric]:
+    return [
+        CounterMetricFamily(
+            PREFIX + "metrics_bind_failures_total",
+            "Failed attempts to listen on metrics.listen (retried every few seconds).",
+            value=state.bind_failures,
+        ),
+        CounterMetricFamily(
+            PREFIX + "metrics_connections_rejected_total",
+            "Connections to the endpoint dropped or refused at the concurrent-connection bound.",
+            value=state.rejected,
+        ),
+        GaugeMetricFamily(
+            PREFIX + "metrics_socket_activated",
+            "1 if the listening socket came from systemd (t3backupd.socket), 0 if bound here.",
+            value=state.socket_activated,
+        ),
+    ]

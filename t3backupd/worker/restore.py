@@ -492,46 +492,62 @@ def _restore_in_place(
         )
     if pre is not None:
         extra.update(pre.extra())
-    after = os.stat(live)
-    if before is not None and stat.S_IMODE(after.st_mode) != stat.S_IMODE(before.st_mode):
-        os.chmod(live, stat.S_IMODE(before.st_mode))  # SQLite writes in place; belt and braces
-        after = os.stat(live)
-    failure_reason: Reason | None = None
-    if problems:
-        failure_reason = "verify_failed"
-        message = f"restored database fails quick_check: {'; '.join(problems[:3])}"
-    elif mode != "wal":
-        failure_reason = "sqlite_error"
-        message = f"restored, but journal_mode is {mode}, not wal"
-    if failure_reason is not None:
+    after = _keep_mode(live, before)
+    unsound = _restored_problem(problems, mode)
+    if unsound is not None:
         return Report(
             action="restore",
             status="failed",
-            reason=failure_reason,
-            message=message,
+            reason=unsound[0],
+            message=unsound[1],
             duration_s=round(job.elapsed(), 6),
             verified=(checked.result,),
             extra=extra,
         )
-    kept = "kept" if before is not None else "new file"
-    # Only a database that existed has a pre-restore snapshot to speak of.
-    safety = (
-        "the database's write lock was held from before the pre-restore snapshot to the end"
-        if pre is not None
-        else "no database existed, so no pre-restore snapshot was taken"
-    )
     return Report(
         action="restore",
         status="ok",
-        message=(
-            f"restored {parsed.filename} into {live} (uid {after.st_uid}, gid {after.st_gid}, "
-            f"mode {stat.S_IMODE(after.st_mode):04o} {kept}; journal_mode wal; "
-            f"quick_check ok; {safety}){forced}"
-        ),
+        message=_restored_message(parsed, live, after, before is not None, pre is not None)
+        + forced,
         snapshot=_info(parsed, checked),
         duration_s=round(job.elapsed(), 6),
         verified=(checked.result,),
         extra=extra,
+    )
+
+
+def _keep_mode(live: str, before: os.stat_result | None) -> os.stat_result:
+    """The restored database's stat, with the mode it had before (if it existed)."""
+    after = os.stat(live)
+    if before is not None and stat.S_IMODE(after.st_mode) != stat.S_IMODE(before.st_mode):
+        os.chmod(live, stat.S_IMODE(before.st_mode))  # SQLite writes in place; belt and braces
+        after = os.stat(live)
+    return after
+
+
+def _restored_problem(problems: list[str], mode: str) -> tuple[Reason, str] | None:
+    """(reason, message) if the restored database is not sound and in WAL mode."""
+    if problems:
+        return "verify_failed", f"restored database fails quick_check: {'; '.join(problems[:3])}"
+    if mode != "wal":
+        return "sqlite_error", f"restored, but journal_mode is {mode}, not wal"
+    return None
+
+
+def _restored_message(
+    parsed: SnapshotName, live: str, after: os.stat_result, existed: bool, pre_taken: bool
+) -> str:
+    kept = "kept" if existed else "new file"
+    # Only a database that existed has a pre-restore snapshot to speak of.
+    safety = (
+        "the database's write lock was held from before the pre-restore snapshot to the end"
+        if pre_taken
+        else "no database existed, so no pre-restore snapshot was taken"
+    )
+    return (
+        f"restored {parsed.filename} into {live} (uid {after.st_uid}, gid {after.st_gid}, "
+        f"mode {stat.S_IMODE(after.st_mode):04o} {kept}; journal_mode wal; "
+        f"quick_check ok; {safety})"
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import secrets
 import shutil
 import signal
 import socket
@@ -29,6 +30,7 @@ from support.daemon import (
     scrape,
     snapshot_times,
 )
+from support.offsite import Backend, need_restic, offsite_section, password_file
 from support.snapshots import flip_byte
 from support.system import (
     IS_ROOT,
@@ -302,6 +304,25 @@ def test_reload_moving_dest_restores_every_users_metrics_from_the_new_dest(site:
         after = wait_sample(site.port, "t3backup_snapshots", 1, user=user.name)
     assert sample(after, "t3backup_snapshots", user=user.name) == 1
     assert sample(after, "t3backup_last_success_timestamp_seconds", user=user.name) == taken
+
+
+def test_a_reload_changing_only_offsite_names_its_keys_never_their_values(site: Site) -> None:
+    """Before: "no changes". The repository may carry a credential, so no value is shown
+    (here a token in the path stands for it)."""
+    need_restic()
+    user = site.add_user()
+    secret = "tok" + secrets.token_hex(6)
+    password, cache = password_file(site.root), site.root / "cache"
+    old = Backend("local", str(site.root / f"repo-{secret}"))
+    site.write([user], extra=offsite_section(old, password, cache, keep_daily=7))
+    with daemon(site) as running:
+        moved = Backend("local", str(site.root / f"repo-{secret}-moved"))
+        site.write([user], extra=offsite_section(moved, password, cache, keep_daily=14))
+        status = reload(running)
+        [event] = running.events("reloaded")
+    assert event["changes"] == "changed: offsite.repository, offsite.keep_daily"
+    assert "changed: offsite.repository, offsite.keep_daily" in status
+    assert secret not in str(event) and secret not in status and "14" not in str(event)
 
 
 def test_missing_usermap_at_start_is_one_line_and_exit_2_before_serving(site: Site) -> None:

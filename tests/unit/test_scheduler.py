@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-import t3backupd.root.daemon as daemon_module
+import t3backupd.root.passrunner as passrunner_module
 from t3backupd.core.config import Config, ScheduleConfig
 from t3backupd.root.daemon import Daemon
 from t3backupd.root.notify import Notifier
@@ -295,8 +295,8 @@ def idle_daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Daemon, list[
         ran.append("verify")
         return []
 
-    monkeypatch.setattr(daemon_module, "run_pass", fake_pass)
-    monkeypatch.setattr(daemon_module, "run_verify_pass", fake_verify)
+    monkeypatch.setattr(passrunner_module, "run_pass", fake_pass)
+    monkeypatch.setattr(passrunner_module, "run_verify_pass", fake_verify)
     daemon = Daemon(Path("/nonexistent.toml"), Served(Config(), (), ()), Notifier(None, None))
     yield daemon, ran
     daemon._stopping.set()
@@ -317,7 +317,7 @@ def test_a_scheduled_pass_waits_for_a_running_verify_pass_and_then_runs(
     daemon, ran = idle_daemon
     held_by(daemon, "verify")
     with capture_logs() as logs:
-        waiting = threading.Thread(target=daemon._run_pass, args=[trigger])
+        waiting = threading.Thread(target=daemon._passes.run, args=[trigger])
         waiting.start()
         time.sleep(1.5)
         assert waiting.is_alive() and ran == []  # not dropped: waiting
@@ -335,8 +335,8 @@ def test_a_manual_pass_and_a_verify_pass_are_dropped_while_a_pass_runs(
     daemon, ran = idle_daemon
     held_by(daemon, "schedule")
     with capture_logs() as logs:
-        daemon._run_pass("manual")
-        daemon._run_verify()
+        daemon._passes.run("manual")
+        daemon._passes.verify()
     release(daemon)
     assert ran == []
     assert [log["event"] for log in logs] == [
@@ -350,7 +350,7 @@ def test_a_waiting_pass_gives_up_when_the_daemon_stops(
 ) -> None:
     daemon, ran = idle_daemon
     held_by(daemon, "verify")
-    waiting = threading.Thread(target=daemon._run_pass, args=["schedule"])
+    waiting = threading.Thread(target=daemon._passes.run, args=["schedule"])
     waiting.start()
     daemon._stopping.set()
     waiting.join(5)
@@ -361,5 +361,5 @@ def test_a_waiting_pass_gives_up_when_the_daemon_stops(
 
 def test_the_scheduler_has_a_thread_for_each_waiting_pass_besides_the_running_one() -> None:
     # A waiting scheduled pass and a waiting catch-up pass must not starve a verify pass.
-    assert daemon_module.SCHEDULER_THREADS >= 3
-    assert {"schedule", "catch-up"} == daemon_module.WAITING_TRIGGERS
+    assert passrunner_module.SCHEDULER_THREADS >= 3
+    assert {"schedule", "catch-up"} == passrunner_module.WAITING_TRIGGERS
