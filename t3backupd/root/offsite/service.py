@@ -5,8 +5,9 @@ lane threads take users off the queue and run the per-user offsite job (`sync.py
 the one `t3backupd offsite sync` runs too) through the one per-user runner
 (`run_for_users`). A snapshot pass never waits for the lane, and an offsite failure
 is counted and logged, never a snapshot failure. Prune and the check (with its restore
-drill, `checks.py`, the one the CLI's `offsite check` runs too) run on their own crons. Metrics are restored from the
-repository at start, in the background (the repository may be slow or away).
+drill, `checks.py`, the one the CLI's `offsite check` runs too) run on their own crons.
+Metrics are restored from the repository at start, in the background (the repository
+may be slow or away).
 """
 
 from __future__ import annotations

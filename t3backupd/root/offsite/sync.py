@@ -3,10 +3,13 @@
 upload what root published that is missing offsite, then apply retention to that
 user's copies.
 
-What is offsite is always read from the repository (`Engine.snapshots`), never from a
-local record: a copy uploaded by a run that died is still seen, and a copy removed by
-hand is uploaded again. An offsite problem never raises out of a user's job: it is in
-that user's `UserOffsite.failures`, so one user's failure never ends another's turn.
+The candidates come from root's ledger (what root published, `root.ledger`); the user's
+listing, written by the user's own worker, only ever takes candidates away, so a user
+cannot get a file of their choosing uploaded by naming it. What is offsite is always
+read from the repository (`Engine.snapshots`), never from a local record: a copy
+uploaded by a run that died is still seen, and a copy removed by hand is uploaded
+again. An offsite problem never raises out of a user's job: it is in that user's
+`UserOffsite.failures`, so one user's failure never ends another's turn.
 """
 
 from __future__ import annotations
