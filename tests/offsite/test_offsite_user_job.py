@@ -38,14 +38,14 @@ def failures(text: str, user: str, reason: str) -> float:
 def test_a_refused_listing_reads_alike_from_offsite_sync_and_the_daemons_lane(
     each_engine: Offsite, make_user: MakeUser
 ) -> None:
-    alice, bob = make_user(), make_user()
-    create_state_db(alice, size_mb=1, seed=191)
-    create_state_db(bob, size_mb=1, seed=192)
-    config_path = each_engine.write([alice, bob])
+    users = [make_user(), make_user()]
+    config_path = each_engine.write(users)
     made = t3backupd(config_path, "offsite", "init")
     assert made.returncode == 0, made.stdout + made.stderr
-    take_snapshot(config_path, alice)
-    take_snapshot(config_path, bob)
+    for seed, user in enumerate(users, start=191):
+        create_state_db(user, size_mb=1, seed=seed)
+        take_snapshot(config_path, user)
+    alice, bob = users
     config = load_config(config_path)
     # Bob's directory now belongs to another uid (a user re-created with a new uid
     # looks like this): root hands it to no worker, so bob's listing fails.
@@ -60,7 +60,7 @@ def test_a_refused_listing_reads_alike_from_offsite_sync_and_the_daemons_lane(
 
     take_snapshot(config_path, alice)  # something new for the lane to upload
     tracker, registry = ProcessTracker(), CollectorRegistry()
-    service = OffsiteService(lambda: config, lambda: [alice, bob], tracker, registry)
+    service = OffsiteService(lambda: config, lambda: users, tracker, registry)
     service.start()
     try:
         service.submit(alice)
