@@ -28,7 +28,7 @@ from support.system import create_state_db, t3backupd
 from t3backupd.core.config import load_config
 from t3backupd.core.usermap import User
 from t3backupd.root.offsite import make_engine
-from t3backupd.root.offsite.lane import UserOffsite, run_offsite_pass
+from t3backupd.root.offsite.sync import UserOffsite, run_offsite_pass
 from t3backupd.root.spawn import ProcessTracker
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]

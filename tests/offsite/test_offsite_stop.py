@@ -44,7 +44,7 @@ from t3backupd.core.jobs import restore_spec
 from t3backupd.core.protocol import Report
 from t3backupd.core.usermap import User
 from t3backupd.root.offsite import make_engine
-from t3backupd.root.offsite.lane import stream_restore
+from t3backupd.root.offsite.download import stream_restore
 from t3backupd.root.offsite.process import STOP_GRACE_SECONDS
 from t3backupd.root.spawn import ProcessTracker
 

@@ -17,8 +17,9 @@ from t3backupd.core.usermap import User
 from t3backupd.root.offsite import checkrecord
 from t3backupd.root.offsite.checkrecord import CheckRecord
 from t3backupd.root.offsite.engine import OffsiteSnapshot, SnapshotMeta
-from t3backupd.root.offsite.lane import Uploaded, UserOffsite
 from t3backupd.root.offsite.metrics import OffsiteMetrics
+from t3backupd.root.offsite.sync import UserOffsite
+from t3backupd.root.offsite.upload import Uploaded
 
 NOW = 1_800_000_000.0
 GOOD = {"version": 1, "last_check": NOW, "last_ok": True, "last_passed": NOW,

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from t3backupd.root.offsite.lane import _Stalled, pump
+from t3backupd.root.offsite.pump import Stalled, pump
 
 
 def _reader(command: list[str]) -> tuple[subprocess.Popen[bytes], int]:
@@ -38,7 +38,7 @@ def test_a_stream_that_never_ends_stops_at_its_deadline() -> None:
     process, fd = _reader(["sleep", "60"])
     try:
         started = time.monotonic()
-        with pytest.raises(_Stalled):
+        with pytest.raises(Stalled):
             pump(fd, None, 1 << 20, time.monotonic() + 1.0)
         assert 0.9 <= time.monotonic() - started < 5
     finally:
@@ -83,7 +83,7 @@ def test_a_stream_that_goes_silent_stops_at_its_stall_not_its_deadline() -> None
     process, fd = _reader(["sh", "-c", "echo started; exec sleep 120"])
     deadline = time.monotonic() + 60
     try:
-        with pytest.raises(_Stalled):
+        with pytest.raises(Stalled):
             pump(fd, None, 1 << 20, deadline, stall=1.0)
         assert time.monotonic() < deadline  # the silence ended it, not the deadline
     finally:

@@ -25,16 +25,12 @@ from t3backupd.core.offsite_config import (
 from t3backupd.core.retention import RetentionPolicy
 from t3backupd.core.usermap import User
 from t3backupd.root.ledger import Entry
+from t3backupd.root.offsite.download import choose_copy
 from t3backupd.root.offsite.engine import OffsiteError, OffsiteSnapshot, SnapshotMeta
-from t3backupd.root.offsite.lane import (
-    UserOffsite,
-    choose_copy,
-    expired_copies,
-    quota_problem,
-    to_upload,
-)
 from t3backupd.root.offsite.metrics import OffsiteMetrics
+from t3backupd.root.offsite.policy import expired_copies, quota_problem, to_upload
 from t3backupd.root.offsite.restic import _parse_snapshot, classify, redact
+from t3backupd.root.offsite.sync import UserOffsite
 from t3backupd.root.served import require_offsite_secrets
 
 DIGEST = "ab" * 32
@@ -299,7 +295,7 @@ def test_the_documented_hourly_configuration_parses_and_keeps_two_weeks_offsite(
     # would paste it (its elided [offsite] lines filled in).
     import tomllib
 
-    from t3backupd.root.offsite.lane import offsite_policy
+    from t3backupd.root.offsite.policy import offsite_policy
     from t3backupd.root.scheduler import longest_interval, trigger_for
 
     docs = Path(__file__).parents[2] / "docs" / "operations.md"

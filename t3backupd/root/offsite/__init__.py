@@ -1,5 +1,6 @@
 """Offsite copies: the engine interface (`engine`), restic (`restic`), borg (`borg`), the
-lane (`lane`), the check-plus-drill (`checks`) and root's record of checks (`checkrecord`)."""
+per-user job (`sync`), the check-plus-drill (`checks`) and root's record of checks
+(`checkrecord`); `docs/design.md` names every module."""
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ from t3backupd.core.config import Config
 from t3backupd.core.usermap import User
 from t3backupd.root.offsite import checkrecord
 from t3backupd.root.offsite.checkrecord import CheckRecord
+from t3backupd.root.offsite.download import Drill, drill_user
 from t3backupd.root.offsite.engine import Engine, OffsiteError
-from t3backupd.root.offsite.lane import Drill, drill_user
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,10 @@ from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
 from t3backupd.root.offsite import checkrecord, make_engine
 from t3backupd.root.offsite.checks import check_and_record
+from t3backupd.root.offsite.download import choose_copy, stream_restore
 from t3backupd.root.offsite.engine import OffsiteError, OffsiteSnapshot
-from t3backupd.root.offsite.lane import choose_copy, run_offsite_pass, stream_restore
 from t3backupd.root.offsite.seal import judged, usable
+from t3backupd.root.offsite.sync import run_offsite_pass
 from t3backupd.root.output import Output, age_column, listed_time, schema_column
 from t3backupd.root.restore import AtMoment, StreamedCopy, chosen_at
 from t3backupd.root.spawn import ProcessTracker

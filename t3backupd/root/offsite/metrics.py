@@ -27,7 +27,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from t3backupd.root.offsite.checkrecord import CheckRecord
 from t3backupd.root.offsite.engine import REASONS, OffsiteSnapshot
-from t3backupd.root.offsite.lane import UserOffsite
+from t3backupd.root.offsite.sync import UserOffsite
 
 PREFIX = "t3backup_offsite_"
 

@@ -1,11 +1,13 @@
 """The daemon's offsite lane: uploads beside the snapshot pass, never in its way.
 
 Each user whose snapshot job finished in a pass is queued here; `offsite.concurrency`
-lane threads take users off the queue and run their backfill + retention through the
-one per-user runner (`run_for_users`). A snapshot pass never waits for the lane, and an
-offsite failure is counted and logged, never a snapshot failure. Prune and the check
-(with its restore drill) run on their own crons. Metrics are restored from the
-repository at start, in the background (the repository may be slow or away).
+lane threads take users off the queue and run the per-user offsite job (`sync.py`,
+the one `t3backupd offsite sync` runs too) through the one per-user runner
+(`run_for_users`). A snapshot pass never waits for the lane, and an offsite failure
+is counted and logged, never a snapshot failure. Prune and the check (with its restore
+drill, `checks.py`, the one the CLI's `offsite check` runs too) run on their own crons.
+Metrics are restored from the repository at start, in the background (the repository
+may be slow or away).
 """
 
 from __future__ import annotations
@@ -15,19 +17,19 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from prometheus_client import CollectorRegistry
 
 from t3backupd.core.config import Config
-from t3backupd.core.protocol import Report, UserResult
 from t3backupd.core.usermap import User
 from t3backupd.root.log import get_logger
 from t3backupd.root.offsite import checkrecord, make_engine
 from t3backupd.root.offsite.checkrecord import CheckRecord
 from t3backupd.root.offsite.checks import check_and_record
 from t3backupd.root.offsite.engine import OffsiteError
-from t3backupd.root.offsite.lane import UserOffsite, local_snapshots, sync_user
 from t3backupd.root.offsite.metrics import OffsiteMetrics
+from t3backupd.root.offsite.sync import UserOffsite, user_job
 from t3backupd.root.runner import run_for_users
 from t3backupd.root.spawn import ProcessTracker
 
@@ -129,28 +131,17 @@ class OffsiteService:
         if config.offsite is None or user.name not in {u.name for u in self._users()}:
             return
         engine = make_engine(config, self._tracker)
-
-        def job(one: User) -> UserResult:
-            started, clock = time.time(), time.monotonic()
-            inventory = local_snapshots(config, one, self._tracker)
-            if not inventory.ok:
-                outcome = UserOffsite(one)
-                outcome.failures.append(
-                    OffsiteError("worker", f"cannot list local snapshots: {inventory.message}")
-                )
-            else:
-                outcome = sync_user(
-                    engine, config, one, inventory.snapshots, self._tracker, listed_at=started
-                )
-            if not self._tracker.stopping.is_set():
-                self.metrics.record(outcome)
-            if outcome.uploaded or outcome.snapshots:
-                self._copies_seen(config)
-            self._log_outcome(outcome)
-            report = Report(action="stream", status="ok" if outcome.ok else "failed")
-            return UserResult(one, report, started, time.monotonic() - clock)
-
+        job = user_job(engine, config, self._tracker, partial(self._recorded, config))
         run_for_users([user], job, concurrency=1, tracker=self._tracker, action="stream")
+
+    def _recorded(self, config: Config, outcome: UserOffsite) -> None:
+        """One user's outcome into the metrics (not once a stop has begun: a stopped
+        upload is not the repository's failure) and the log."""
+        if not self._tracker.stopping.is_set():
+            self.metrics.record(outcome)
+        if outcome.uploaded or outcome.snapshots:
+            self._copies_seen(config)
+        self._log_outcome(outcome)
 
     def _log_outcome(self, outcome: UserOffsite) -> None:
         fields = {
