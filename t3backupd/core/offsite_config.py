@@ -32,6 +32,35 @@ _SUBSET = re.compile(r"(\d+)/(\d+)|(\d{1,3}(?:\.\d+)?)%|(\d+[KMGT]?)")
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
+# Variables an engine takes its secret, repository or directories from (see
+# EngineRules.reserved_environment).
+RESTIC_ENVIRONMENT = (
+    "RESTIC_PASSWORD",
+    "RESTIC_PASSWORD_FILE",
+    "RESTIC_PASSWORD_COMMAND",
+    "RESTIC_REPOSITORY",
+    "RESTIC_REPOSITORY_FILE",
+    "RESTIC_CACHE_DIR",
+)
+BORG_ENVIRONMENT = (
+    "BORG_PASSPHRASE",
+    "BORG_PASSCOMMAND",
+    "BORG_PASSPHRASE_FD",
+    "BORG_NEW_PASSPHRASE",
+    "BORG_REPO",
+    "BORG_RSH",
+    "BORG_BASE_DIR",
+    "BORG_CACHE_DIR",
+    "BORG_CONFIG_DIR",
+    "BORG_SECURITY_DIR",
+    "BORG_KEYS_DIR",
+    "BORG_KEY_FILE",
+    "BORG_RELOCATED_REPO_ACCESS_IS_OK",
+    "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK",
+    "BORG_CHECK_I_KNOW_WHAT_I_AM_DOING",
+    "BORG_DELETE_I_KNOW_WHAT_I_AM_DOING",
+)
+
 
 def _printable_url(repository: str) -> bool:
     return not any(ch.isspace() or not ch.isprintable() for ch in repository)
@@ -63,7 +92,7 @@ class EngineRules:
     own_keys: tuple[str, ...]
     repository_ok: Callable[[str], bool]
     repository_hint: str  # what `repository_ok` accepts, for the message
-    option_ok: Callable[[str], bool]  # one item of offsite.options
+    option_pattern: re.Pattern[str]  # one item of offsite.options
     options_hint: str
     # Variables the engine takes its secret, repository or directories from: set by
     # t3backupd alone, never from the environment file.
@@ -82,16 +111,9 @@ ENGINE_RULES: dict[str, EngineRules] = {
             "expected /path, sftp:..., rest:..., s3:..., rclone:..., b2:..., azure:..., "
             "gs:... or swift:..."
         ),
-        option_ok=lambda item: _BACKEND_OPTION.fullmatch(item) is not None,
+        option_pattern=_BACKEND_OPTION,
         options_hint='expected "backend.option=value" strings',
-        reserved_environment=(
-            "RESTIC_PASSWORD",
-            "RESTIC_PASSWORD_FILE",
-            "RESTIC_PASSWORD_COMMAND",
-            "RESTIC_REPOSITORY",
-            "RESTIC_REPOSITORY_FILE",
-            "RESTIC_CACHE_DIR",
-        ),
+        reserved_environment=RESTIC_ENVIRONMENT,
         version_args=("version",),
     ),
     # borg URLs (ssh://user@host/path) carry no password: borg authenticates by ssh key.
@@ -100,26 +122,9 @@ ENGINE_RULES: dict[str, EngineRules] = {
         own_keys=("borg", "encryption"),
         repository_ok=_borg_repository_ok,
         repository_hint="expected /path or ssh://user@host[:port]/path for engine borg",
-        option_ok=lambda item: _SSH_OPTION.fullmatch(item) is not None,
+        option_pattern=_SSH_OPTION,
         options_hint='expected ssh "Key=Value" options for engine borg (e.g. "Port=2222")',
-        reserved_environment=(
-            "BORG_PASSPHRASE",
-            "BORG_PASSCOMMAND",
-            "BORG_PASSPHRASE_FD",
-            "BORG_NEW_PASSPHRASE",
-            "BORG_REPO",
-            "BORG_RSH",
-            "BORG_BASE_DIR",
-            "BORG_CACHE_DIR",
-            "BORG_CONFIG_DIR",
-            "BORG_SECURITY_DIR",
-            "BORG_KEYS_DIR",
-            "BORG_KEY_FILE",
-            "BORG_RELOCATED_REPO_ACCESS_IS_OK",
-            "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK",
-            "BORG_CHECK_I_KNOW_WHAT_I_AM_DOING",
-            "BORG_DELETE_I_KNOW_WHAT_I_AM_DOING",
-        ),
+        reserved_environment=BORG_ENVIRONMENT,
         subset_size_ok=False,
     ),
 }
@@ -271,7 +276,11 @@ def _check_engine_rules(
         for key in row.own_keys:
             if key not in rules.own_keys and key in table:
                 check(key, False, f"means nothing for engine {config.engine!r}; remove it")
-    check("options", all(rules.option_ok(item) for item in config.options), rules.options_hint)
+    check(
+        "options",
+        all(rules.option_pattern.fullmatch(item) for item in config.options),
+        rules.options_hint,
+    )
     subset = config.check_read_data_subset
     check(
         "check_read_data_subset",

@@ -56,7 +56,7 @@ from t3backupd.root.offsite.engine import (
     OffsiteSnapshot,
     SnapshotMeta,
     UploadResult,
-    optional_fields,
+    recorded_meta,
 )
 from t3backupd.root.offsite.process import ERROR_TAIL_BYTES
 
@@ -353,26 +353,8 @@ def _parse_archive(item: object, host: str) -> OffsiteSnapshot | None:
         return None
     values = dict(word.split("=", 1) for word in words[1:] if "=" in word)
     parsed = parse_name(snapshot_name)
-    try:
-        size = int(values.get("size", "-1"))
-        page_size = int(values.get("page_size", "0"))
-    except ValueError:
-        return None
-    optional = optional_fields(values)
-    if parsed is None or not user or optional is None:
-        return None
-    meta = SnapshotMeta(
-        user=user,
-        name=snapshot_name,
-        time=parsed.time.timestamp(),
-        size=size,
-        sha256=values.get("sha256", ""),
-        label=parsed.label,
-        page_size=page_size,
-        schema_version=optional[0],
-        seal=optional[1],
-    )
-    if not meta.valid():
+    meta = recorded_meta(user, snapshot_name, values, parsed.label if parsed else None)
+    if meta is None:
         return None
     archive_id = item.get("id")
     return OffsiteSnapshot(name, meta, host, archive_id if isinstance(archive_id, str) else "")

@@ -334,7 +334,26 @@ class CommandEngine(ABC):
             self._run(command, timeout=min(UNLOCK_TIMEOUT_SECONDS, self.config.timeout_seconds))
 
 
-class EngineUpload:
+class _Transfer:
+    """An upload or download under way: its process and the shared lock it holds."""
+
+    def __init__(self, engine: CommandEngine, process: EngineProcess, lock: Lock, what: str):
+        self.engine = engine
+        self.process = process
+        self.what = what
+        self._lock = lock
+
+    def _end(self, timeout: float) -> None:
+        """Wait for the engine (the lock released either way). Raises OffsiteError."""
+        try:
+            status = self.engine._wait(self.process, timeout)
+        finally:
+            self._lock.__exit__(None, None, None)
+        if status not in self.engine.ok_statuses:
+            raise self.engine._fail(self.what, self.process, status)
+
+
+class EngineUpload(_Transfer):
     """The engine reading the pipe whose write end is `fd` (see engine.Upload)."""
 
     def __init__(
@@ -346,12 +365,9 @@ class EngineUpload:
         what: str,
         expected_id: str,
     ) -> None:
-        self.engine = engine
-        self.process = process
+        super().__init__(engine, process, lock, what)
         self.fd = fd
-        self.what = what
         self.expected_id = expected_id
-        self._lock = lock
         self._closed = False
 
     def _close(self) -> None:
@@ -362,12 +378,7 @@ class EngineUpload:
 
     def commit(self, timeout: float) -> UploadResult:
         self._close()
-        try:
-            status = self.engine._wait(self.process, timeout)
-        finally:
-            self._lock.__exit__(None, None, None)
-        if status not in self.engine.ok_statuses:
-            raise self.engine._fail(self.what, self.process, status)
+        self._end(timeout)
         return self.engine._upload_result(self.process.stdout, self.expected_id)
 
     def abort(self) -> None:
@@ -380,16 +391,13 @@ class EngineUpload:
             self._lock.__exit__(None, None, None)
 
 
-class EngineDownload:
+class EngineDownload(_Transfer):
     """The engine writing a copy's stream to its stdout, read by the caller from `fd`."""
 
     def __init__(
         self, engine: CommandEngine, process: EngineProcess, lock: Lock, what: str
     ) -> None:
-        self.engine = engine
-        self.process = process
-        self.what = what
-        self._lock = lock
+        super().__init__(engine, process, lock, what)
         stdout = process.popen.stdout
         if stdout is None:
             raise RuntimeError("Popen without stdout")
@@ -397,12 +405,7 @@ class EngineDownload:
         self.fd = stdout.fileno()
 
     def finish(self, timeout: float) -> None:
-        try:
-            status = self.engine._wait(self.process, timeout)
-        finally:
-            self._lock.__exit__(None, None, None)
-        if status not in self.engine.ok_statuses:
-            raise self.engine._fail(self.what, self.process, status)
+        self._end(timeout)
 
     def abort(self) -> None:
         try:

@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from t3backupd.core.naming import parse_name
 from t3backupd.core.offsite_config import OffsiteConfig, SecretFileError, read_secret_file
 from t3backupd.root.offsite.cli_engine import CommandEngine
 from t3backupd.root.offsite.engine import (
@@ -31,7 +30,7 @@ from t3backupd.root.offsite.engine import (
     OffsiteSnapshot,
     SnapshotMeta,
     UploadResult,
-    optional_fields,
+    recorded_meta,
 )
 from t3backupd.root.offsite.process import ERROR_TAIL_BYTES
 
@@ -260,27 +259,10 @@ def _parse_snapshot(item: object) -> OffsiteSnapshot | None:
         if isinstance(tag, str) and "=" in tag:
             key, _, value = tag.partition("=")
             values.setdefault(key, value)
-    user, name, digest = values.get("user"), values.get("name"), values.get("sha256")
-    if user is None or name is None or digest is None:
+    user, name = values.get("user"), values.get("name")
+    if user is None or name is None or "sha256" not in values:
         return None
-    parsed = parse_name(name)
-    try:
-        size = int(values.get("size", "-1"))
-    except ValueError:
-        return None
-    optional = optional_fields(values)
-    if parsed is None or optional is None or item.get("paths") != [f"/{user}.sqlite"]:
-        return None
-    meta = SnapshotMeta(
-        user=user,
-        name=name,
-        time=parsed.time.timestamp(),
-        size=size,
-        sha256=digest,
-        label=values.get("label"),
-        schema_version=optional[0],
-        seal=optional[1],
-    )
-    if not meta.valid():
+    meta = recorded_meta(user, name, values, values.get("label"))
+    if meta is None or item.get("paths") != [f"/{user}.sqlite"]:
         return None
     return OffsiteSnapshot(snapshot_id, meta, host if isinstance(host, str) else "")
