@@ -380,6 +380,53 @@ class Offsite:
         return self.config
 
 
+# --- what an engine holds, looked at with the engine itself (not through t3backupd) -----
+
+
+def copies_by_user(site: Offsite) -> dict[str, list[str]]:
+    """Each user's copies in the repository (snapshot names, sorted), on any engine."""
+    found: dict[str, list[str]] = {}
+    for user, name, _ in stored_records(site):
+        found.setdefault(user, []).append(name)
+    return {user: sorted(names) for user, names in found.items()}
+
+
+def stored_records(site: Offsite) -> list[tuple[str, str, dict[str, str]]]:
+    """(user, snapshot name, the other KEY=VALUE words recorded) of every copy, read
+    with the engine itself; what each engine stores per copy is asserted here: restic one
+    constant path per user and tags, borg an archive named after host, user and name
+    with its words in the comment."""
+    if site.backend.engine == "borg":
+        return [_borg_record(archive) for archive in borg_archives(site.backend, site.password)]
+    return [_restic_record(snapshot) for snapshot in restic_snapshots(site.backend, site.password)]
+
+
+def _restic_record(snapshot: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
+    tags = tags_of(snapshot)
+    user, name = tags.pop("user"), tags.pop("name")
+    assert snapshot["paths"] == [f"/{user}.sqlite"], snapshot
+    return user, name, tags
+
+
+def _borg_record(archive: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
+    prefix, host, user, name = str(archive["name"]).split("+", 3)
+    assert prefix == "t3backupd" and host, archive
+    words = str(archive["comment"]).split()
+    assert words[0] == "t3backupd", archive
+    return user, name, dict(word.split("=", 1) for word in words[1:])
+
+
+def engine_check(site: Offsite) -> subprocess.CompletedProcess[str]:
+    """The engine's own check of the whole repository. No engine of t3backupd runs then:
+    a restic lock still listed is stale (a listing that just exited, whose removal the
+    S3 server has not shown yet, or a SIGKILLed upload), as each pass would find it;
+    `unlock` removes only such locks."""
+    if site.backend.engine == "borg":
+        return borg(site.backend, site.password, "check", site.backend.repository)
+    restic(site.backend, site.password, "unlock")
+    return restic(site.backend, site.password, "check")
+
+
 def make_offsite(sandbox: Path, backend: Backend) -> Offsite:
     site = Offsite(sandbox, backend, password_file(sandbox), [], sandbox / "none")
     return site
