@@ -202,10 +202,17 @@ SSHD = "/usr/sbin/sshd"
 
 def borg(backend: Backend, password: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """borg itself on the repository (not through t3backupd), its own scratch base dir."""
+    return subprocess.run(
+        [BORG, *args], capture_output=True, text=True, env=borg_environment(backend, password),
+        timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def borg_environment(backend: Backend, password: Path) -> dict[str, str]:
     base = Path(password).parent / "borg-test-base"
     base.mkdir(mode=0o700, exist_ok=True)
     ssh = ["ssh", *(item for option in backend.options for item in ("-o", option))]
-    environment = {
+    return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(base),
         "BORG_BASE_DIR": str(base),
@@ -213,10 +220,6 @@ def borg(backend: Backend, password: Path, *args: str) -> subprocess.CompletedPr
         "BORG_RSH": " ".join(ssh),
         "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
     }
-    return subprocess.run(
-        [BORG, *args], capture_output=True, text=True, env=environment, timeout=300,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
 
 
 def borg_archives(backend: Backend, password: Path) -> list[dict[str, Any]]:
@@ -425,6 +428,38 @@ def engine_check(site: Offsite) -> subprocess.CompletedProcess[str]:
         return borg(site.backend, site.password, "check", site.backend.repository)
     restic(site.backend, site.password, "unlock")
     return restic(site.backend, site.password, "check")
+
+
+@contextmanager
+def lock_held(site: Offsite) -> Iterator[None]:
+    """A local repository locked by a live process of the engine itself (not
+    t3backupd's): restic reading a backup from a stdin that never ends, `borg with-lock`
+    running a sleep. Its process group is killed when the block ends."""
+    repository = Path(site.backend.repository)
+    if site.backend.engine == "borg":
+        argv = [BORG, "with-lock", str(repository), "sleep", "600"]
+        environment = borg_environment(site.backend, site.password)
+        locked: Callable[[], bool] = (repository / "lock.exclusive").exists
+    else:
+        argv = [RESTIC, "--repo", str(repository), "--password-file", str(site.password),
+                "--no-cache", "backup", "--stdin"]  # fmt: skip
+        environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/root"}
+        locks = repository / "locks"
+        locked = lambda: any(locks.iterdir())  # noqa: E731
+    holder = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=environment, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not locked():
+            assert holder.poll() is None and time.monotonic() < deadline, "no lock taken"
+            time.sleep(0.05)
+        yield
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(30)
 
 
 def make_offsite(sandbox: Path, backend: Backend) -> Offsite:

@@ -142,20 +142,29 @@ def classify(stderr: bytes) -> tuple[str, str]:
     lines = _log_lines(stderr)
     # First: borg reports a lock it cannot write as LockFailed, which is no stale lock
     # (a repository read-only for t3backupd here, or on the server of an ssh:// one).
-    read_only = [m for _, m in lines if "read-only file system" in m.lower()]
-    if read_only:
-        return "read_only", read_only[0]  # the error's line, not the traceback after it
+    read_only = _line_with(lines, "read-only file system")
+    if read_only is not None:
+        return "read_only", read_only
     for msgid, message in lines:
         if msgid in _MSGIDS:
             return _MSGIDS[msgid], message
-    joined = "\n".join(message for _, message in lines).lower()
     for reason, needles in _PATTERNS:
         for needle in needles:
-            if needle in joined:
-                line = next(m for _, m in lines if needle in m.lower())
+            line = _line_with(lines, needle)
+            if line is not None:
                 return reason, line
     meaningful = [m for _, m in lines if not m.startswith("Remote: Traceback")]
     return "failed", (meaningful[-1] if meaningful else "no error output")
+
+
+def _line_with(lines: list[tuple[str, str]], needle: str) -> str | None:
+    """The first line of the messages that says `needle` (case aside): of a traceback
+    (borg logs an unexpected OSError as one message), the line that says why."""
+    for _, message in lines:
+        for line in message.splitlines():
+            if needle in line.lower():
+                return line.strip()
+    return None
 
 
 def archive_name(host: str, meta: SnapshotMeta) -> str:
@@ -223,7 +232,8 @@ class BorgEngine(CommandEngine):
         )
 
     def _arguments(self, command: Sequence[str]) -> list[str]:
-        lock_wait = min(BORG_LOCK_WAIT_SECONDS, self.config.timeout_seconds)
+        # Half the deadline at most: a lock held past it is `locked`, not `timeout`.
+        lock_wait = max(1, min(BORG_LOCK_WAIT_SECONDS, self.config.timeout_seconds // 2))
         argv = [command[0], "--log-json", "--lock-wait", str(lock_wait)]
         if self.config.limit_upload_kib and self.config.repository.startswith("ssh://"):
             argv += ["--upload-ratelimit", str(self.config.limit_upload_kib)]

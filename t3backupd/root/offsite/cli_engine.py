@@ -53,20 +53,29 @@ from t3backupd.root.offsite.process import (
 Lock = AbstractContextManager[None]
 UNLOCK_TIMEOUT_SECONDS = 300
 
-# Engine processes of ours per repository (borg's break-lock waits for none).
-_RUNNING: dict[str, int] = {}
+# How long an engine that stopped reading its stream is given to exit and say why.
+ENDING_WAIT_SECONDS = 30.0
+
+# Engine processes of ours per repository, by pid (borg's break-lock waits for none).
+# A set: a process is forgotten once however many ways its end is seen.
+_RUNNING: dict[str, set[int]] = {}
 _RUNNING_GUARD = threading.Lock()
 
 
 def running(repository: str) -> int:
     """How many engine processes this process runs on `repository` now."""
     with _RUNNING_GUARD:
-        return _RUNNING.get(repository, 0)
+        return len(_RUNNING.get(repository, ()))
 
 
-def _count(repository: str, step: int) -> None:
+def _started(repository: str, process: EngineProcess) -> None:
     with _RUNNING_GUARD:
-        _RUNNING[repository] = max(0, _RUNNING.get(repository, 0) + step)
+        _RUNNING.setdefault(repository, set()).add(process.popen.pid)
+
+
+def _ended(repository: str, process: EngineProcess) -> None:
+    with _RUNNING_GUARD:
+        _RUNNING.get(repository, set()).discard(process.popen.pid)
 
 
 def read_only_problem(path: str) -> str | None:
@@ -214,28 +223,25 @@ class CommandEngine(ABC):
         if binary is None:
             raise OffsiteError("failed", f"cannot run {configured}: not found")
         argv = [*LOW_PRIORITY, binary, *self._arguments(command)]
-        _count(self._repository_key, 1)
-        try:
-            return start_engine(
-                argv, env, self.tracker, self.stop_signal, stdin, drain_stdout, configured,
-                self.location,
-            )  # fmt: skip
-        except OffsiteError:
-            _count(self._repository_key, -1)
-            raise
+        process = start_engine(
+            argv, env, self.tracker, self.stop_signal, stdin, drain_stdout, configured,
+            self.location,
+        )  # fmt: skip
+        _started(self._repository_key, process)
+        return process
 
     def _wait(self, process: EngineProcess, timeout: float) -> int | None:
         """The exit status, or None (the process stopped) on timeout."""
         try:
             return process.wait(timeout)
         finally:
-            _count(self._repository_key, -1)
+            _ended(self._repository_key, process)
 
     def _stop(self, process: EngineProcess) -> None:
         try:
             process.stop()
         finally:
-            _count(self._repository_key, -1)
+            _ended(self._repository_key, process)
 
     def _fail(self, what: str, process: EngineProcess, status: int | None) -> OffsiteError:
         if status is None:
@@ -380,6 +386,18 @@ class EngineUpload(_Transfer):
         self._close()
         self._end(timeout)
         return self.engine._upload_result(self.process.stdout, self.expected_id)
+
+    def stopped_reading(self) -> OffsiteError:
+        """Why the engine stopped reading before the end of the stream (a full
+        repository, a lost server...): its own reason once it has exited, stopped if it
+        has not within ENDING_WAIT_SECONDS. A copy it recorded anyway is not believed:
+        "failed"."""
+        self._close()
+        try:
+            self._end(ENDING_WAIT_SECONDS)
+        except OffsiteError as error:
+            return error
+        return OffsiteError("failed", f"{self.engine.name} stopped reading")
 
     def abort(self) -> None:
         # The engine's stop signal before EOF: the tool stops without recording a copy

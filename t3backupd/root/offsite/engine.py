@@ -188,6 +188,11 @@ class Upload(Protocol):
         """Close the stream and wait for the engine to record the copy. Raises OffsiteError."""
         ...
 
+    def stopped_reading(self) -> OffsiteError:
+        """The engine's own failure once it stopped reading before the end (the pipe
+        broke): it is waited for (briefly), then stopped."""
+        ...
+
     def abort(self) -> None:
         """Stop without recording anything (the engine is told to stop, then killed)."""
         ...
