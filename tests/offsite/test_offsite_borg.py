@@ -22,6 +22,8 @@ from support.offsite import (
     borg_archives,
     copies_by_user,
     make_offsite,
+    one_snapshot,
+    overwrite,
 )
 from support.snapshots import MakeUser, take_snapshot
 from support.system import PYTHON, create_state_db, run_as, state_path, t3backupd
@@ -200,13 +202,8 @@ def test_an_aborted_borg_upload_leaves_no_checkpoint_archive(
     `.checkpoint` archive of what it read (SIGINT would). The shared part (other users
     finish, nothing kept) is test_offsite_hostile.py's, over each engine."""
     site = borg_local
-    mallory = make_user()
-    create_state_db(mallory, size_mb=2, seed=67)
-    site.write([mallory])
-    assert t3backupd(site.config, "offsite", "init").returncode == 0
-    name = take_snapshot(site.config, mallory)
-    script = "import sys; f = open(sys.argv[1], 'r+b'); f.seek(8192); f.write(b'X' * 64); f.close()"
-    run_as(mallory, [PYTHON, "-I", "-c", script, str(site.dest / mallory.name / name)])
+    mallory, name = one_snapshot(site, make_user, seed=67, size_mb=2)
+    overwrite(site, mallory, name, b"X" * 64, offset=8192)
     synced = t3backupd(site.config, "offsite", "sync")
     assert synced.returncode == 1
     assert f"{mallory.name}: FAILED corrupt: {name}: streamed" in synced.stdout, synced.stdout

@@ -15,19 +15,22 @@ from pathlib import Path
 
 import pytest
 from support import need
-from support.offsite import Offsite, copies_by_user, lock_held
+from support.offsite import (
+    ENGINE_FACTS,
+    Offsite,
+    copies_by_user,
+    lock_held,
+    one_snapshot,
+    overwrite,
+)
 from support.snapshots import MakeUser, take_snapshot
-from support.system import PYTHON, create_state_db, run_as, snapshot_files, t3backupd
+from support.system import PYTHON, create_state_db, snapshot_files, t3backupd
 
 from t3backupd.core.config import load_config
 from t3backupd.root.offsite import make_engine
 from t3backupd.root.offsite.engine import OffsiteError
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-# The subcommand each engine lists its copies with, and uploads with.
-LIST = {"restic": "snapshots", "borg": "list"}
-UPLOAD = {"restic": "backup", "borg": "create"}
 
 
 def failed_line(output: str, user: str) -> str:
@@ -38,16 +41,13 @@ def failed_line(output: str, user: str) -> str:
 def test_a_stopped_server_is_unreachable(each_ssh: Offsite, make_user: MakeUser) -> None:
     site = each_ssh
     engine = site.backend.engine
-    user = make_user()
-    create_state_db(user, size_mb=1, seed=65)
-    site.write([user])
-    assert t3backupd(site.config, "offsite", "init").returncode == 0
-    take_snapshot(site.config, user)
+    user, _ = one_snapshot(site, make_user, seed=65)
     site.backend.stop()
     result = t3backupd(site.config, "offsite", "sync")
     assert result.returncode == 1
     line = failed_line(result.stdout, user.name)
-    assert line.startswith(f"{user.name}: FAILED unreachable: {engine} {LIST[engine]} on "), line
+    listing = ENGINE_FACTS[engine].listing
+    assert line.startswith(f"{user.name}: FAILED unreachable: {engine} {listing} on "), line
     site.backend.start()
     synced = t3backupd(site.config, "offsite", "sync")
     assert f"{user.name}: ok 1 uploaded" in synced.stdout, synced.stdout
@@ -100,7 +100,8 @@ def test_a_full_repository_is_no_space(each_engine: Offsite, make_user: MakeUser
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"created {engine} repository" in result.stdout, result.stdout + result.stderr
     line = failed_line(result.stdout, user.name)
-    prefix = f"{user.name}: FAILED no_space: {engine} {UPLOAD[engine]} on {repository}: "
+    upload = ENGINE_FACTS[engine].upload
+    prefix = f"{user.name}: FAILED no_space: {engine} {upload} on {repository}: "
     assert line.startswith(prefix), line
     assert "no space left on device" in line.lower(), line
     assert snapshot_files(site.dest / user.name) == [name]  # the local one is untouched
@@ -108,13 +109,8 @@ def test_a_full_repository_is_no_space(each_engine: Offsite, make_user: MakeUser
 
 def test_a_stream_that_is_not_sqlite_is_corrupt(each_engine: Offsite, make_user: MakeUser) -> None:
     site = each_engine
-    user = make_user()
-    create_state_db(user, size_mb=1, seed=69)
-    site.write([user])
-    assert t3backupd(site.config, "offsite", "init").returncode == 0
-    name = take_snapshot(site.config, user)
-    script = "import sys; f = open(sys.argv[1], 'r+b'); f.write(b'not a database!!'); f.close()"
-    run_as(user, [PYTHON, "-I", "-c", script, str(site.dest / user.name / name)])
+    user, name = one_snapshot(site, make_user, seed=69)
+    overwrite(site, user, name, b"not a database!!")
     synced = t3backupd(site.config, "offsite", "sync")
     assert synced.returncode == 1
     assert f"{user.name}: FAILED corrupt: {name}: the stream does not start with a SQLite" in (
@@ -127,11 +123,7 @@ def test_an_engine_that_does_not_finish_in_time_is_timeout(
     each_engine: Offsite, make_user: MakeUser
 ) -> None:
     site = each_engine
-    user = make_user()
-    create_state_db(user, size_mb=2, seed=72)
-    site.write([user])
-    assert t3backupd(site.config, "offsite", "init").returncode == 0
-    take_snapshot(site.config, user)
+    user, _ = one_snapshot(site, make_user, seed=72, size_mb=2)
     assert t3backupd(site.config, "offsite", "sync").returncode == 0
     engine = make_engine(load_config(site.config))
     (copy,) = engine.snapshots(user.name)

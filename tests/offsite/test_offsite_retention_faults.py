@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from support.offsite import (
     BACKENDS,
+    ENGINE_FACTS,
     Offsite,
     copies_by_user,
     make_offsite,
@@ -90,16 +91,10 @@ def test_backfill_uploads_snapshots_made_while_the_repository_was_away(
     assert copies_by_user(offsite)[user.name] == sorted(made)
 
 
-# What each engine says of a wrong password: the command that met it, and a word of its line.
-WRONG_PASSWORD = {
-    "restic": ("restic snapshots on ", "wrong password"),
-    "borg": ("borg list on ", "incorrect"),
-}
-
-
 def test_wrong_password_is_auth_in_one_line(each_engine: Offsite, make_user: MakeUser) -> None:
     offsite = each_engine
-    command, word = WRONG_PASSWORD[offsite.backend.engine]
+    engine = offsite.backend.engine
+    facts = ENGINE_FACTS[engine]
     user = make_user()
     create_state_db(user, size_mb=1, seed=31)
     offsite.write([user])
@@ -109,9 +104,9 @@ def test_wrong_password_is_auth_in_one_line(each_engine: Offsite, make_user: Mak
     result = t3backupd(offsite.config, "offsite", "sync")
     assert result.returncode == 1
     (line,) = [line for line in result.stdout.splitlines() if line.startswith(user.name)]
-    assert line.startswith(f"{user.name}: FAILED auth: {command}")
+    assert line.startswith(f"{user.name}: FAILED auth: {engine} {facts.listing} on ")
     assert offsite.backend.repository in line
-    assert word in line
+    assert facts.auth_word in line
     listed = t3backupd(offsite.config, "list", "--offsite")
     assert listed.returncode == 1
     assert listed.stderr.count("\n") == 1 and "auth:" in listed.stderr, listed.stderr

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from support import need
-from support.snapshots import json_config
+from support.snapshots import MakeUser, json_config, take_snapshot
+from support.system import PYTHON, create_state_db, run_as, t3backupd
 from t3backupd.core.usermap import User
 
 RESTIC = shutil.which("restic") or "restic"
@@ -383,7 +384,23 @@ class Offsite:
         return self.config
 
 
-# --- what an engine holds, looked at with the engine itself (not through t3backupd) -----
+# --- each engine's own words and what it holds, looked at with the engine itself --------
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    """What the shared tests expect one engine to say: the subcommands named in its
+    failure lines, and a word of its line for a wrong password."""
+
+    listing: str
+    upload: str
+    auth_word: str
+
+
+ENGINE_FACTS = {
+    "restic": EngineFacts(listing="snapshots", upload="backup", auth_word="wrong password"),
+    "borg": EngineFacts(listing="list", upload="create", auth_word="incorrect"),
+}
 
 
 def copies_by_user(site: Offsite) -> dict[str, list[str]]:
@@ -460,6 +477,30 @@ def lock_held(site: Offsite) -> Iterator[None]:
         with suppress(ProcessLookupError):
             os.killpg(holder.pid, signal.SIGKILL)
         holder.wait(30)
+
+
+def one_snapshot(
+    site: Offsite, make_user: MakeUser, seed: int, size_mb: float = 1, **keys: object
+) -> tuple[User, str]:
+    """A new user with a database, the site configured for them (with `keys`), its
+    repository created, and one local snapshot of theirs: (the user, its name)."""
+    user = make_user()
+    create_state_db(user, size_mb=size_mb, seed=seed)
+    site.write([user], **keys)
+    created = t3backupd(site.config, "offsite", "init")
+    assert created.returncode == 0, created.stdout + created.stderr
+    return user, take_snapshot(site.config, user)
+
+
+def overwrite(site: Offsite, user: User, name: str, data: bytes, offset: int = 0) -> None:
+    """`user` rewrites bytes of their own published snapshot `name` (not its .sha256)."""
+    script = (
+        "import sys; f = open(sys.argv[1], 'r+b'); f.seek(int(sys.argv[2])); "
+        "f.write(bytes.fromhex(sys.argv[3])); f.close()"
+    )
+    path = site.dest / user.name / name
+    written = run_as(user, [PYTHON, "-I", "-c", script, str(path), str(offset), data.hex()])
+    assert written.returncode == 0, written.stderr
 
 
 def make_offsite(sandbox: Path, backend: Backend) -> Offsite:
