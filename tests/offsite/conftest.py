@@ -16,7 +16,10 @@ from support.offsite import BACKENDS, Backend, Offsite, make_offsite, need_borg,
 
 def _site(kind: str, sandbox: Path) -> Iterator[Offsite]:
     with BACKENDS[kind](sandbox) as backend:
-        need_borg() if backend.engine == "borg" else need_restic()
+        if backend.engine == "borg":
+            need_borg()
+        else:
+            need_restic()
         yield make_offsite(sandbox, backend)
 
 
