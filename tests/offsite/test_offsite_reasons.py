@@ -50,6 +50,7 @@ def test_a_stopped_server_is_unreachable(each_ssh: Offsite, make_user: MakeUser)
     assert line.startswith(f"{user.name}: FAILED unreachable: {engine} {listing} on "), line
     site.backend.start()
     synced = t3backupd(site.config, "offsite", "sync")
+    assert synced.returncode == 0, synced.stdout + synced.stderr
     assert f"{user.name}: ok 1 uploaded" in synced.stdout, synced.stdout
 
 

@@ -104,8 +104,8 @@ def test_wrong_password_is_auth_in_one_line(each_engine: Offsite, make_user: Mak
     result = t3backupd(offsite.config, "offsite", "sync")
     assert result.returncode == 1
     (line,) = [line for line in result.stdout.splitlines() if line.startswith(user.name)]
-    assert line.startswith(f"{user.name}: FAILED auth: {engine} {facts.listing} on ")
-    assert offsite.backend.repository in line
+    repository = offsite.backend.repository
+    assert line.startswith(f"{user.name}: FAILED auth: {engine} {facts.listing} on {repository}: ")
     assert facts.auth_word in line
     listed = t3backupd(offsite.config, "list", "--offsite")
     assert listed.returncode == 1
