@@ -13,41 +13,36 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 from t3backupd.core.cron import CronError, parse_crontab
 
-ENGINES = ("restic", "borg")
 COMPRESSIONS = ("auto", "max", "off")
 # borg init --encryption: encrypted and authenticated, or authenticated only (restic
 # always encrypts; it has no such key).
 BORG_ENCRYPTIONS = ("repokey-blake2", "repokey", "authenticated", "authenticated-blake2")
 BORG_CACHE_DIR = "/var/cache/t3backupd/borg"
-# Keys that mean something for one engine only: set explicitly for the other engine,
-# they are refused (a silently ignored key would be a surprise).
-ENGINE_ONLY_KEYS = {
-    "restic": ("borg", "encryption"),
-    # borg URLs (ssh://user@host/path) carry no password: borg authenticates by ssh key.
-    "borg": ("restic", "compression", "repository_file"),
-}
 _SSH_OPTION = re.compile(r"[A-Za-z][A-Za-z0-9]*=[^\s]+")
+_BACKEND_OPTION = re.compile(r"[a-z0-9]+\.[a-z0-9.-]+=.*")
+_BORG_SSH_URL = re.compile(r"ssh://(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+(?::\d{1,5})?/.+")
+_RESTIC_SCHEMES = ("sftp", "rest", "s3", "rclone", "b2", "azure", "gs", "swift")
 _SUBSET = re.compile(r"(\d+)/(\d+)|(\d{1,3}(?:\.\d+)?)%|(\d+[KMGT]?)")
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# Variables restic would take the repository secret or location from: never from the
-# environment file (the password comes from password_file only, the repository from
-# `repository`).
-RESERVED_ENV = (
+
+# Variables an engine takes its secret, repository or directories from (see
+# EngineRules.reserved_environment).
+RESTIC_ENVIRONMENT = (
     "RESTIC_PASSWORD",
     "RESTIC_PASSWORD_FILE",
     "RESTIC_PASSWORD_COMMAND",
     "RESTIC_REPOSITORY",
     "RESTIC_REPOSITORY_FILE",
     "RESTIC_CACHE_DIR",
-    # borg: the passphrase, repository, its ssh command (BatchMode) and its directories
-    # are set by t3backupd alone.
+)
+BORG_ENVIRONMENT = (
     "BORG_PASSPHRASE",
     "BORG_PASSCOMMAND",
     "BORG_PASSPHRASE_FD",
@@ -65,6 +60,80 @@ RESERVED_ENV = (
     "BORG_CHECK_I_KNOW_WHAT_I_AM_DOING",
     "BORG_DELETE_I_KNOW_WHAT_I_AM_DOING",
 )
+
+
+def _printable_url(repository: str) -> bool:
+    return not any(ch.isspace() or not ch.isprintable() for ch in repository)
+
+
+def _restic_repository_ok(repository: str) -> bool:
+    scheme, sep, rest = repository.partition(":")
+    return _printable_url(repository) and (
+        repository.startswith("/") or (bool(sep and rest) and scheme in _RESTIC_SCHEMES)
+    )
+
+
+def _borg_repository_ok(repository: str) -> bool:
+    return (
+        _printable_url(repository)
+        and "::" not in repository
+        and (repository.startswith("/") or _BORG_SSH_URL.fullmatch(repository) is not None)
+    )
+
+
+@dataclass(frozen=True)
+class EngineRules:
+    """What `[offsite]` means for one engine: its row of rules. The engine's binary is
+    the key named after it (`offsite.restic`, `offsite.borg`)."""
+
+    cache_dir: str  # offsite.cache_dir when the file sets none
+    # Keys that mean something for this engine only: set for another engine, they are
+    # refused (a silently ignored key would be a surprise).
+    own_keys: tuple[str, ...]
+    repository_ok: Callable[[str], bool]
+    repository_hint: str  # what `repository_ok` accepts, for the message
+    option_pattern: re.Pattern[str]  # one item of offsite.options
+    options_hint: str
+    # Variables the engine takes its secret, repository or directories from: set by
+    # t3backupd alone, never from the environment file.
+    reserved_environment: tuple[str, ...]
+    # Whether check_read_data_subset may be a size ("500M"), not only a share.
+    subset_size_ok: bool = True
+    version_args: tuple[str, ...] = ("--version",)  # how check-config asks its version
+
+
+ENGINE_RULES: dict[str, EngineRules] = {
+    "restic": EngineRules(
+        cache_dir="/var/cache/t3backupd/restic",
+        own_keys=("restic", "compression", "repository_file"),
+        repository_ok=_restic_repository_ok,
+        repository_hint=(
+            "expected /path, sftp:..., rest:..., s3:..., rclone:..., b2:..., azure:..., "
+            "gs:... or swift:..."
+        ),
+        option_pattern=_BACKEND_OPTION,
+        options_hint='expected "backend.option=value" strings',
+        reserved_environment=RESTIC_ENVIRONMENT,
+        version_args=("version",),
+    ),
+    # borg URLs (ssh://user@host/path) carry no password: borg authenticates by ssh key.
+    "borg": EngineRules(
+        cache_dir=BORG_CACHE_DIR,
+        own_keys=("borg", "encryption"),
+        repository_ok=_borg_repository_ok,
+        repository_hint="expected /path or ssh://user@host[:port]/path for engine borg",
+        option_pattern=_SSH_OPTION,
+        options_hint='expected ssh "Key=Value" options for engine borg (e.g. "Port=2222")',
+        reserved_environment=BORG_ENVIRONMENT,
+        subset_size_ok=False,
+    ),
+}
+ENGINES = tuple(ENGINE_RULES)
+# Keys with a fixed set of values (whichever engine is chosen: a typo is refused anyway).
+CHOICES = {"compression": COMPRESSIONS, "encryption": BORG_ENCRYPTIONS}
+# Never from the environment file: the password comes from password_file only, the
+# repository from `repository`, the directories from t3backupd.
+RESERVED_ENV = tuple(name for rules in ENGINE_RULES.values() for name in rules.reserved_environment)
 MAX_SECRET_FILE_BYTES = 1 << 16
 
 
@@ -130,14 +199,41 @@ def parse_offsite(
 ) -> OffsiteConfig:
     """Validate the `[offsite]` table; every problem is appended as "offsite.KEY: ...",
     and each key's origin ("file" or "default") is put in `origins`."""
+    values = _typed_values(table, problems, origins)
+    rules = ENGINE_RULES.get(values["engine"])
+    if rules is not None and "cache_dir" not in table:
+        values["cache_dir"] = rules.cache_dir
+    config = OffsiteConfig(**values)
+
+    def check(name: str, ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(f"offsite.{name}: {message}")
+
+    # Unknown: one line naming the key, and no other engine's rules applied to it.
+    check("engine", rules is not None, f"must be one of {ENGINES}")
+    _check_repository(config, rules, check)
+    if rules is not None:
+        _check_engine_rules(config, table, rules, check)
+    _check_common(config, check)
+    return config
+
+
+Check = Callable[[str, bool, str], None]
+
+
+def _typed_values(
+    table: Mapping[str, Any], problems: list[str], origins: dict[str, str] | None
+) -> dict[str, Any]:
+    """Each key's value from `table` when it has the default's type, else the default
+    (the problem recorded); unknown keys recorded."""
     defaults = OffsiteConfig()
     values: dict[str, Any] = {}
     for name in OFFSITE_KEYS:
         default = getattr(defaults, name)
         if origins is not None:
             origins[f"offsite.{name}"] = "file" if name in table else "default"
+        values[name] = default
         if name not in table:
-            values[name] = default
             continue
         value = table[name]
         if name == "options":
@@ -145,80 +241,68 @@ def parse_offsite(
                 values[name] = tuple(value)
             else:
                 problems.append(f"offsite.{name}: expected a list of strings")
-                values[name] = default
             continue
         kind = type(default)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             problems.append(f"offsite.{name}: expected {kind.__name__}, got {type(value).__name__}")
-            values[name] = default
         else:
             values[name] = value
     for unknown in sorted(set(table) - set(OFFSITE_KEYS)):
         problems.append(f"offsite.{unknown}: unknown key")
-    if values["engine"] == "borg" and "cache_dir" not in table:
-        values["cache_dir"] = BORG_CACHE_DIR
-    config = OffsiteConfig(**values)
+    return values
 
-    def check(name: str, ok: bool, message: str) -> None:
-        if not ok:
-            problems.append(f"offsite.{name}: {message}")
 
-    borg = config.engine == "borg"
-    if borg or not config.repository_file:
+def _check_repository(config: OffsiteConfig, rules: EngineRules | None, check: Check) -> None:
+    """`repository`, or (for an engine that owns the key) `repository_file`."""
+    by_file = rules is not None and "repository_file" in rules.own_keys
+    if not by_file or not config.repository_file:
         check(
             "repository",
             bool(config.repository.strip()),
-            f"required (a {'borg' if borg else 'restic'} repository)",
+            f"required (a {config.engine} repository)",
         )
     else:
-        check(
-            "repository_file",
-            config.repository_file.startswith("/"),
-            "must be an absolute path",
-        )
+        check("repository_file", config.repository_file.startswith("/"), "must be an absolute path")
         check("repository", not config.repository, "set repository or repository_file, not both")
-    if borg:
-        check(
-            "repository",
-            not config.repository or _borg_repository_ok(config.repository),
-            "expected /path or ssh://user@host[:port]/path for engine borg",
-        )
-    else:
-        check(
-            "repository",
-            not config.repository or _repository_ok(config.repository),
-            "expected /path, sftp:..., rest:..., s3:..., rclone:..., b2:..., azure:..., "
-            "gs:... or swift:...",
-        )
+    if rules is not None and config.repository:
+        check("repository", rules.repository_ok(config.repository), rules.repository_hint)
+
+
+def _check_engine_rules(
+    config: OffsiteConfig, table: Mapping[str, Any], rules: EngineRules, check: Check
+) -> None:
+    """The chosen engine's row: other engines' own keys, options, the check subset."""
+    for row in ENGINE_RULES.values():
+        for key in row.own_keys:
+            if key not in rules.own_keys and key in table:
+                check(key, False, f"means nothing for engine {config.engine!r}; remove it")
+    check(
+        "options",
+        all(rules.option_pattern.fullmatch(item) for item in config.options),
+        rules.options_hint,
+    )
+    subset = config.check_read_data_subset
+    check(
+        "check_read_data_subset",
+        rules.subset_size_ok or not _subset_ok(subset) or subset_fraction(subset) is not None,
+        f'expected "n/t" or "P%" for engine {config.engine} (a size means nothing to '
+        f"{config.engine} check)",
+    )
+
+
+def _check_common(config: OffsiteConfig, check: Check) -> None:
+    """The rules every engine shares."""
     check("password_file", config.password_file.startswith("/"), "required, an absolute path")
     check(
         "environment_file",
         not config.environment_file or config.environment_file.startswith("/"),
         "must be an absolute path",
     )
-    check("engine", config.engine in ENGINES, f"must be one of {ENGINES}")
-    check("restic", bool(config.restic), "must name the restic binary")
-    check("borg", bool(config.borg), "must name the borg binary")
-    check(
-        "encryption",
-        config.encryption in BORG_ENCRYPTIONS,
-        f"must be one of {BORG_ENCRYPTIONS}",
-    )
-    for key in ENGINE_ONLY_KEYS.get(config.engine, ()):
-        check(key, key not in table, f"means nothing for engine {config.engine!r}; remove it")
+    for engine in ENGINES:
+        check(engine, bool(getattr(config, engine)), f"must name the {engine} binary")
+    for name, choices in CHOICES.items():
+        check(name, getattr(config, name) in choices, f"must be one of {choices}")
     check("host", not config.host or _HOST.fullmatch(config.host) is not None, "invalid host name")
-    if borg:
-        check(
-            "options",
-            all(_SSH_OPTION.fullmatch(item) for item in config.options),
-            'expected ssh "Key=Value" options for engine borg (e.g. "Port=2222")',
-        )
-    else:
-        check(
-            "options",
-            all(re.fullmatch(r"[a-z0-9]+\.[a-z0-9.-]+=.*", item) for item in config.options),
-            'expected "backend.option=value" strings',
-        )
     check("cache_dir", config.cache_dir.startswith("/"), "must be an absolute path")
     check("ledger_dir", config.ledger_dir.startswith("/"), "must be an absolute path")
     for name in ("max_copies_per_user", "max_bytes_per_user"):
@@ -232,7 +316,6 @@ def parse_offsite(
     )
     check("concurrency", 1 <= config.concurrency <= 16, "must be 1-16")
     check("limit_upload_kib", config.limit_upload_kib >= 0, "must be >= 0 (0 = unlimited)")
-    check("compression", config.compression in COMPRESSIONS, f"must be one of {COMPRESSIONS}")
     for name in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly"):
         check(name, getattr(config, name) >= 0, "must be >= 0")
     check(
@@ -255,14 +338,6 @@ def parse_offsite(
         _subset_ok(config.check_read_data_subset),
         'expected "n/t" (1 <= n <= t), "P%" or a size such as "500M"',
     )
-    check(
-        "check_read_data_subset",
-        not borg
-        or not _subset_ok(config.check_read_data_subset)
-        or subset_fraction(config.check_read_data_subset) is not None,
-        'expected "n/t" or "P%" for engine borg (a size means nothing to borg check)',
-    )
-    return config
 
 
 # user:password@ in a URL (rest:https://u:p@host/, sftp://u:p@host/...): a credential.
@@ -297,36 +372,6 @@ def subset_fraction(text: str) -> float | None:
     if match.group(3) is not None:
         return float(match.group(3)) / 100
     return None
-
-
-def _borg_repository_ok(repository: str) -> bool:
-    if any(ch.isspace() or not ch.isprintable() for ch in repository):
-        return False
-    if repository.startswith("/"):
-        return "::" not in repository
-    return (
-        re.fullmatch(r"ssh://(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.-]+(?::\d{1,5})?/.+", repository)
-        is not None
-        and "::" not in repository
-    )
-
-
-def _repository_ok(repository: str) -> bool:
-    if any(ch.isspace() or not ch.isprintable() for ch in repository):
-        return False
-    if repository.startswith("/"):
-        return True
-    scheme, sep, rest = repository.partition(":")
-    return bool(sep and rest) and scheme in (
-        "sftp",
-        "rest",
-        "s3",
-        "rclone",
-        "b2",
-        "azure",
-        "gs",
-        "swift",
-    )
 
 
 def _subset_ok(text: str) -> bool:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support.offsite import Offsite, restic_snapshots, tags_of
+from support.offsite import Offsite, stored_records
 from support.snapshots import MakeUser, take_snapshot
 from support.system import PYTHON, create_state_db, run_as, t3backupd
 
@@ -84,8 +84,9 @@ def test_user_cannot_read_the_password_or_credentials_anywhere(
 
 
 def test_tampered_snapshot_is_not_kept_and_other_users_finish(
-    offsite: Offsite, make_user: MakeUser
+    each_engine: Offsite, make_user: MakeUser
 ) -> None:
+    offsite = each_engine
     mallory, bob = make_user(), make_user()
     create_state_db(mallory, size_mb=2, seed=41)
     create_state_db(bob, size_mb=2, seed=42)
@@ -102,9 +103,6 @@ def test_tampered_snapshot_is_not_kept_and_other_users_finish(
     assert f"{mallory.name}: FAILED corrupt: {name}: streamed" in synced.stdout, synced.stdout
     assert "sha256 differs; not kept" in synced.stdout
     assert f"{bob.name}: ok 1 uploaded" in synced.stdout
-    users = [
-        tags_of(snapshot)["user"]
-        for snapshot in restic_snapshots(offsite.backend, offsite.password)
-    ]
+    users = [user for user, _, _ in stored_records(offsite)]
     assert users == [bob.name]
     time.sleep(0.1)

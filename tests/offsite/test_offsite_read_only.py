@@ -1,8 +1,8 @@
 """A local-path repository that is read-only for t3backupd (as under the unit's
-ProtectSystem=strict without a ReadWritePaths= drop-in): one clear line, reason
-`read_only` (not `locked`, which restic's own last line suggests), and the local
-snapshot is untouched. The read-only view is a real read-only bind mount in a mount
-namespace of the test's own (`unshare --mount`)."""
+ProtectSystem=strict without a ReadWritePaths= drop-in), on each engine: one clear
+line, reason `read_only` (not `locked`, which restic's last line and borg's LockFailed
+suggest), and the local snapshot is untouched. The read-only view is a real read-only
+bind mount in a mount namespace of the test's own (`unshare --mount`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from support import need
-from support.offsite import Offsite, restic_snapshots
+from support.offsite import Offsite, copies_by_user
 from support.snapshots import MakeUser, take_snapshot
 from support.system import PYTHON, create_state_db, snapshot_files, t3backupd
 
@@ -37,8 +37,9 @@ def in_read_only_view(
 
 
 def test_read_only_repository_is_one_read_only_line_and_the_local_snapshot_stays(
-    offsite: Offsite, make_user: MakeUser
+    each_engine: Offsite, make_user: MakeUser
 ) -> None:
+    offsite = each_engine
     need(os.geteuid() == 0, "needs root (a bind mount in its own mount namespace)")
     need(shutil.which("unshare") is not None, "needs unshare (util-linux)")
     user = make_user()
@@ -63,7 +64,7 @@ def test_read_only_repository_is_one_read_only_line_and_the_local_snapshot_stays
     # Nothing was written; the local snapshot is intact; writable again, it uploads.
     assert sorted(str(path) for path in Path(repository).rglob("*")) == before
     assert snapshot_files(offsite.dest / user.name) == [name]
-    assert restic_snapshots(offsite.backend, offsite.password) == []
+    assert copies_by_user(offsite) == {}
     again = t3backupd(offsite.config, "offsite", "sync")
     assert again.returncode == 0 and f"{user.name}: ok 1 uploaded" in again.stdout, again.stdout
 

@@ -1,5 +1,6 @@
-"""Offsite retention per user, backfill, wrong password, and faults mid-upload (back-end
-stopped, restic SIGKILLed): the real CLI, real users, restic on real back-ends."""
+"""Offsite retention per user, backfill and wrong password on each engine, and faults
+mid-upload (back-end stopped, restic SIGKILLed): the real CLI, real users, real
+repositories."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ from pathlib import Path
 import pytest
 from support.offsite import (
     BACKENDS,
+    ENGINE_FACTS,
     Offsite,
+    copies_by_user,
     make_offsite,
     need_restic,
     restic,
     restic_pids,
-    restic_snapshots,
-    tags_of,
 )
 from support.snapshots import MakeUser, take_snapshot
 from support.system import create_state_db, snapshot_files, t3backupd
@@ -27,14 +28,6 @@ from support.system import create_state_db, snapshot_files, t3backupd
 from t3backupd.core.usermap import User
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-
-def copies_by_user(site: Offsite) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    for snapshot in restic_snapshots(site.backend, site.password):
-        tags = tags_of(snapshot)
-        found.setdefault(tags["user"], []).append(tags["name"])
-    return {user: sorted(names) for user, names in found.items()}
 
 
 def snap(site: Offsite, user: User, label: str | None = None) -> str:
@@ -49,15 +42,16 @@ def sync_ok(site: Offsite) -> str:
 
 
 def test_retention_is_per_user_and_keeps_labelled_copies(
-    offsite: Offsite, make_user: MakeUser
+    each_engine: Offsite, make_user: MakeUser
 ) -> None:
+    offsite = each_engine
     alice, bob = make_user(), make_user()
     for index, user in enumerate((alice, bob)):
         create_state_db(user, size_mb=1, seed=20 + index)
     offsite.write([alice, bob], keep_last=2, keep_daily=0, keep_weekly=0, keep_monthly=0)
     assert t3backupd(offsite.config, "offsite", "init").returncode == 0
-    # Bob's two copies are older than all of Alice's: a forget grouped across users
-    # would take them.
+    # Bob's two copies are older than all of Alice's: a forget (restic) or delete (borg)
+    # grouped across users would take them.
     bob_names = [snap(offsite, bob), snap(offsite, bob)]
     sync_ok(offsite)
     labelled = snap(offsite, alice, label="pre-upgrade")
@@ -79,8 +73,9 @@ def test_retention_is_per_user_and_keeps_labelled_copies(
 
 
 def test_backfill_uploads_snapshots_made_while_the_repository_was_away(
-    offsite: Offsite, make_user: MakeUser
+    each_engine: Offsite, make_user: MakeUser
 ) -> None:
+    offsite = each_engine
     user = make_user()
     create_state_db(user, size_mb=1, seed=30)
     offsite.write([user])
@@ -96,7 +91,10 @@ def test_backfill_uploads_snapshots_made_while_the_repository_was_away(
     assert copies_by_user(offsite)[user.name] == sorted(made)
 
 
-def test_wrong_password_is_auth_in_one_line(offsite: Offsite, make_user: MakeUser) -> None:
+def test_wrong_password_is_auth_in_one_line(each_engine: Offsite, make_user: MakeUser) -> None:
+    offsite = each_engine
+    engine = offsite.backend.engine
+    facts = ENGINE_FACTS[engine]
     user = make_user()
     create_state_db(user, size_mb=1, seed=31)
     offsite.write([user])
@@ -106,8 +104,9 @@ def test_wrong_password_is_auth_in_one_line(offsite: Offsite, make_user: MakeUse
     result = t3backupd(offsite.config, "offsite", "sync")
     assert result.returncode == 1
     (line,) = [line for line in result.stdout.splitlines() if line.startswith(user.name)]
-    assert line.startswith(f"{user.name}: FAILED auth: restic snapshots on ")
-    assert "wrong password" in line
+    repository = offsite.backend.repository
+    assert line.startswith(f"{user.name}: FAILED auth: {engine} {facts.listing} on {repository}: ")
+    assert facts.auth_word in line
     listed = t3backupd(offsite.config, "list", "--offsite")
     assert listed.returncode == 1
     assert listed.stderr.count("\n") == 1 and "auth:" in listed.stderr, listed.stderr

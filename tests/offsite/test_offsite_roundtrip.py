@@ -1,6 +1,7 @@
-"""Offsite copies through restic, end to end on each back-end (a local path, SFTP through
-a real sshd, S3 on `rclone serve s3`, all on loopback): real users, real WAL databases,
-the real CLI spawning real setuid workers, Debian's restic."""
+"""Offsite copies end to end on each engine and back-end (restic on a local path, SFTP
+through a real sshd and S3 on `rclone serve s3`; borg on a local path and ssh:// through
+a real sshd; all on loopback): real users, real WAL databases, the real CLI spawning real
+setuid workers, Debian's restic and borgbackup."""
 
 from __future__ import annotations
 
@@ -12,21 +13,22 @@ import time
 from pathlib import Path
 
 import pytest
-from support.offsite import Offsite, restic, restic_snapshots, tags_of
+from support.offsite import Offsite, engine_check, stored_records
 from support.snapshots import MakeUser, sha256_of, take_snapshot
 from support.system import create_state_db, t3backupd
 
 pytestmark = [pytest.mark.root]
 
 
-def test_round_trip_on_each_backend(any_offsite: Offsite, make_user: MakeUser) -> None:
-    site = any_offsite
+def test_round_trip_on_each_backend(each_backend: Offsite, make_user: MakeUser) -> None:
+    site = each_backend
+    engine = site.backend.engine
     user = make_user()
     create_state_db(user, size_mb=3, seed=11)
     config = site.write([user])
     first = t3backupd(config, "offsite", "init")
-    assert first.returncode == 0, first.stderr
-    assert "created restic repository" in first.stdout
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"created {engine} repository" in first.stdout
     again = t3backupd(config, "offsite", "init")
     assert again.returncode == 0 and "exists already" in again.stdout, again.stderr
 
@@ -42,18 +44,15 @@ def test_round_trip_on_each_backend(any_offsite: Offsite, make_user: MakeUser) -
     assert listed.returncode == 0, listed.stderr
     copies = json.loads(listed.stdout)["users"][0]["snapshots"]
     assert [(c["name"], c["sha256"], c["bytes"]) for c in copies] == [(name, recorded, size)]
-    # What restic itself holds: one snapshot, one constant path per user, tagged.
-    (stored,) = restic_snapshots(site.backend, site.password)
-    assert stored["paths"] == [f"/{user.name}.sqlite"]
-    tags = tags_of(stored)
-    assert re.fullmatch("[0-9a-f]{64}", tags.pop("seal", "")), tags  # root's seal (issue 24)
-    assert tags.pop("schema", "").isdigit(), tags  # the app's schema version (issue 22)
-    assert tags == {
-        "user": user.name,
-        "name": name,
-        "sha256": recorded,
-        "size": str(size),
-    }
+    # What the engine itself holds: one copy, one constant path (restic) or an archive
+    # named after host, user and snapshot (borg), with its record.
+    ((owner, stored_name, words),) = stored_records(site)
+    assert (owner, stored_name) == (user.name, name)
+    assert re.fullmatch("[0-9a-f]{64}", words.pop("seal", "")), words  # root's seal (issue 24)
+    assert words.pop("schema", "").isdigit(), words  # the app's schema version (issue 22)
+    if engine == "borg":  # the page size borg chunks at
+        assert words.pop("page_size", "") == "4096", words
+    assert words == {"sha256": recorded, "size": str(size)}
     # A second sync uploads nothing: what is offsite is read back from the repository.
     again = t3backupd(config, "offsite", "sync")
     assert f"{user.name}: ok 0 uploaded" in again.stdout, again.stdout
@@ -67,12 +66,11 @@ def test_round_trip_on_each_backend(any_offsite: Offsite, make_user: MakeUser) -
     assert sha256_of(target) == recorded
     info = os.stat(target)
     assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (user.uid, user.gid, 0o600)
-    # No restic runs now: a lock still listed is stale (a listing that just exited, whose
-    # removal the S3 server has not shown yet, or a SIGKILLed upload), as each pass
-    # would find it; `unlock` removes only such locks.
-    restic(site.backend, site.password, "unlock")
-    checked = restic(site.backend, site.password, "check")
-    assert checked.returncode == 0, checked.stderr
+    checked = t3backupd(config, "offsite", "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"{user.name}: drill ok {name}" in checked.stdout
+    direct = engine_check(site)
+    assert direct.returncode == 0, direct.stdout + direct.stderr
 
 
 def test_restore_from_offsite_refuses_an_existing_target(

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from support import need
-from support.snapshots import json_config
+from support.snapshots import MakeUser, json_config, take_snapshot
+from support.system import PYTHON, create_state_db, run_as, t3backupd
 from t3backupd.core.usermap import User
 
 RESTIC = shutil.which("restic") or "restic"
@@ -202,10 +203,17 @@ SSHD = "/usr/sbin/sshd"
 
 def borg(backend: Backend, password: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """borg itself on the repository (not through t3backupd), its own scratch base dir."""
+    return subprocess.run(
+        [BORG, *args], capture_output=True, text=True, env=borg_environment(backend, password),
+        timeout=300, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def borg_environment(backend: Backend, password: Path) -> dict[str, str]:
     base = Path(password).parent / "borg-test-base"
     base.mkdir(mode=0o700, exist_ok=True)
     ssh = ["ssh", *(item for option in backend.options for item in ("-o", option))]
-    environment = {
+    return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(base),
         "BORG_BASE_DIR": str(base),
@@ -213,10 +221,6 @@ def borg(backend: Backend, password: Path, *args: str) -> subprocess.CompletedPr
         "BORG_RSH": " ".join(ssh),
         "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
     }
-    return subprocess.run(
-        [BORG, *args], capture_output=True, text=True, env=environment, timeout=300,
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
 
 
 def borg_archives(backend: Backend, password: Path) -> list[dict[str, Any]]:
@@ -378,6 +382,125 @@ class Offsite:
         )
         self.config = json_config(self.sandbox / "etc", users, extra=extra)
         return self.config
+
+
+# --- each engine's own words and what it holds, looked at with the engine itself --------
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    """What the shared tests expect one engine to say: the subcommands named in its
+    failure lines, and a word of its line for a wrong password."""
+
+    listing: str
+    upload: str
+    auth_word: str
+
+
+ENGINE_FACTS = {
+    "restic": EngineFacts(listing="snapshots", upload="backup", auth_word="wrong password"),
+    "borg": EngineFacts(listing="list", upload="create", auth_word="incorrect"),
+}
+
+
+def copies_by_user(site: Offsite) -> dict[str, list[str]]:
+    """Each user's copies in the repository (snapshot names, sorted), on any engine."""
+    found: dict[str, list[str]] = {}
+    for user, name, _ in stored_records(site):
+        found.setdefault(user, []).append(name)
+    return {user: sorted(names) for user, names in found.items()}
+
+
+def stored_records(site: Offsite) -> list[tuple[str, str, dict[str, str]]]:
+    """(user, snapshot name, the other KEY=VALUE words recorded) of every copy, read
+    with the engine itself; what each engine stores per copy is asserted here: restic one
+    constant path per user and tags, borg an archive named after host, user and name
+    with its words in the comment."""
+    if site.backend.engine == "borg":
+        return [_borg_record(archive) for archive in borg_archives(site.backend, site.password)]
+    return [_restic_record(snapshot) for snapshot in restic_snapshots(site.backend, site.password)]
+
+
+def _restic_record(snapshot: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
+    tags = tags_of(snapshot)
+    user, name = tags.pop("user"), tags.pop("name")
+    assert snapshot["paths"] == [f"/{user}.sqlite"], snapshot
+    return user, name, tags
+
+
+def _borg_record(archive: dict[str, Any]) -> tuple[str, str, dict[str, str]]:
+    prefix, host, user, name = str(archive["name"]).split("+", 3)
+    assert prefix == "t3backupd" and host, archive
+    words = str(archive["comment"]).split()
+    assert words[0] == "t3backupd", archive
+    return user, name, dict(word.split("=", 1) for word in words[1:])
+
+
+def engine_check(site: Offsite) -> subprocess.CompletedProcess[str]:
+    """The engine's own check of the whole repository. No engine of t3backupd runs then:
+    a restic lock still listed is stale (a listing that just exited, whose removal the
+    S3 server has not shown yet, or a SIGKILLed upload), as each pass would find it;
+    `unlock` removes only such locks."""
+    if site.backend.engine == "borg":
+        return borg(site.backend, site.password, "check", site.backend.repository)
+    restic(site.backend, site.password, "unlock")
+    return restic(site.backend, site.password, "check")
+
+
+@contextmanager
+def lock_held(site: Offsite) -> Iterator[None]:
+    """A local repository locked by a live process of the engine itself (not
+    t3backupd's): restic reading a backup from a stdin that never ends, `borg with-lock`
+    running a sleep. Its process group is killed when the block ends."""
+    repository = Path(site.backend.repository)
+    if site.backend.engine == "borg":
+        argv = [BORG, "with-lock", str(repository), "sleep", "600"]
+        environment = borg_environment(site.backend, site.password)
+        locked: Callable[[], bool] = (repository / "lock.exclusive").exists
+    else:
+        argv = [RESTIC, "--repo", str(repository), "--password-file", str(site.password),
+                "--no-cache", "backup", "--stdin"]  # fmt: skip
+        environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/root"}
+        locks = repository / "locks"
+        locked = lambda: any(locks.iterdir())  # noqa: E731
+    holder = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=environment, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not locked():
+            assert holder.poll() is None and time.monotonic() < deadline, "no lock taken"
+            time.sleep(0.05)
+        yield
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(30)
+
+
+def one_snapshot(
+    site: Offsite, make_user: MakeUser, seed: int, size_mb: float = 1, **keys: object
+) -> tuple[User, str]:
+    """A new user with a database, the site configured for them (with `keys`), its
+    repository created, and one local snapshot of theirs: (the user, its name)."""
+    user = make_user()
+    create_state_db(user, size_mb=size_mb, seed=seed)
+    site.write([user], **keys)
+    created = t3backupd(site.config, "offsite", "init")
+    assert created.returncode == 0, created.stdout + created.stderr
+    return user, take_snapshot(site.config, user)
+
+
+def overwrite(site: Offsite, user: User, name: str, data: bytes, offset: int = 0) -> None:
+    """`user` rewrites bytes of their own published snapshot `name` (not its .sha256)."""
+    script = (
+        "import sys; f = open(sys.argv[1], 'r+b'); f.seek(int(sys.argv[2])); "
+        "f.write(bytes.fromhex(sys.argv[3])); f.close()"
+    )
+    path = site.dest / user.name / name
+    written = run_as(user, [PYTHON, "-I", "-c", script, str(path), str(offset), data.hex()])
+    assert written.returncode == 0, written.stderr
 
 
 def make_offsite(sandbox: Path, backend: Backend) -> Offsite:

@@ -101,6 +101,17 @@ def _log(msgid: str, message: str) -> bytes:
     return (json.dumps(line) + "\n").encode()
 
 
+READ_ONLY_LOCK = _log(
+    "LockFailed",
+    "Failed to create/acquire the lock /r/lock.exclusive ([Errno 30] Read-only file system: "
+    "'/r/lock.exclusive.wln0h09_.tmp').",
+) + _log(
+    "",
+    "Traceback (most recent call last):\n  ...\n"
+    "OSError: [Errno 30] Read-only file system: '/r/lock.exclusive.wln0h09_.tmp'",
+)
+
+
 @pytest.mark.parametrize(
     ("stderr", "reason"),
     [
@@ -116,10 +127,20 @@ def _log(msgid: str, message: str) -> bytes:
         (b"Host key verification failed.\n", "auth"),
         (_log("", "[Errno 28] No space left on device"), "no_space"),
         (_log("Something", "odd"), "failed"),
+        (READ_ONLY_LOCK, "read_only"),
     ],
 )
 def test_classify(stderr: bytes, reason: str) -> None:
     assert classify(stderr)[0] == reason
+
+
+def test_a_lock_on_a_read_only_file_system_is_read_only_not_locked() -> None:
+    # What borg 1.2 says when it cannot write its lock: LockFailed, then the traceback.
+    assert classify(READ_ONLY_LOCK) == (
+        "read_only",
+        "Failed to create/acquire the lock /r/lock.exclusive ([Errno 30] Read-only file "
+        "system: '/r/lock.exclusive.wln0h09_.tmp').",
+    )
 
 
 def test_archives_parse_back_and_foreign_ones_are_ignored() -> None:

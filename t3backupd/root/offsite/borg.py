@@ -44,40 +44,21 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import signal
-import socket
-import threading
 from collections.abc import Sequence
-from contextlib import suppress
 from datetime import UTC, datetime
-from typing import Any
 
 from t3backupd.core.naming import parse_name
-from t3backupd.core.offsite_config import (
-    OffsiteConfig,
-    SecretFileError,
-    parse_environment,
-    read_secret_file,
-    subset_fraction,
-)
+from t3backupd.core.offsite_config import subset_fraction
+from t3backupd.root.offsite.cli_engine import CommandEngine, printable, running
 from t3backupd.root.offsite.engine import (
-    LOW_PRIORITY,
     OffsiteError,
     OffsiteSnapshot,
     SnapshotMeta,
     UploadResult,
-    optional_fields,
+    recorded_meta,
 )
-from t3backupd.root.offsite.process import (
-    BASE_ENVIRONMENT,
-    ERROR_TAIL_BYTES,
-    LOCK_WAIT_SECONDS,
-    EngineProcess,
-    cache_directory,
-    lock_for,
-    start_engine,
-)
+from t3backupd.root.offsite.process import ERROR_TAIL_BYTES
 
 ARCHIVE_PREFIX = "t3backupd"
 COMMENT_MARKER = "t3backupd"
@@ -129,10 +110,6 @@ _PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("no_repository", ("does not exist", "is not a valid repository")),
 )
 
-# Borg processes of ours per repository (break-lock waits for none).
-_RUNNING: dict[str, int] = {}
-_RUNNING_GUARD = threading.Lock()
-
 
 def _log_lines(stderr: bytes) -> list[tuple[str, str]]:
     """(msgid, message) of each error line in borg's --log-json stderr (plain lines too:
@@ -163,21 +140,31 @@ def _log_lines(stderr: bytes) -> list[tuple[str, str]]:
 def classify(stderr: bytes) -> tuple[str, str]:
     """The failure reason and the one line to show for borg's error output."""
     lines = _log_lines(stderr)
+    # First: borg reports a lock it cannot write as LockFailed, which is no stale lock
+    # (a repository read-only for t3backupd here, or on the server of an ssh:// one).
+    read_only = _line_with(lines, "read-only file system")
+    if read_only is not None:
+        return "read_only", read_only
     for msgid, message in lines:
         if msgid in _MSGIDS:
             return _MSGIDS[msgid], message
-    joined = "\n".join(message for _, message in lines).lower()
     for reason, needles in _PATTERNS:
         for needle in needles:
-            if needle in joined:
-                line = next(m for _, m in lines if needle in m.lower())
+            line = _line_with(lines, needle)
+            if line is not None:
                 return reason, line
     meaningful = [m for _, m in lines if not m.startswith("Remote: Traceback")]
     return "failed", (meaningful[-1] if meaningful else "no error output")
 
 
-def _printable(line: str) -> str:
-    return "".join(ch if ch.isprintable() else "?" for ch in line.strip())[:240]
+def _line_with(lines: list[tuple[str, str]], needle: str) -> str | None:
+    """The first line of the messages that says `needle` (case aside): of a traceback
+    (borg logs an unexpected OSError as one message), the line that says why."""
+    for _, message in lines:
+        for line in message.splitlines():
+            if needle in line.lower():
+                return line.strip()
+    return None
 
 
 def archive_name(host: str, meta: SnapshotMeta) -> str:
@@ -211,31 +198,17 @@ def _root_processes_naming(repository: str) -> int:
     return count
 
 
-class BorgEngine:
+class BorgEngine(CommandEngine):
     """borg on one repository (see the module docstring)."""
 
     name = "borg"
+    # SIGTERM, never SIGINT: on SIGINT borg 1.2 commits a `.checkpoint` archive of what
+    # it read; on SIGTERM it exits without one.
+    stop_signal = signal.SIGTERM
+    ok_statuses = (0, 1)  # 1: finished with warnings
+    cache_subdirectories = ("base", "cache", "config", "security")
 
-    def __init__(self, config: OffsiteConfig, tracker: Any = None) -> None:
-        self.config = config
-        self.location = config.repository  # borg URLs carry no password
-        self.host = config.host or socket.gethostname().split(".")[0] or "localhost"
-        self.tracker = tracker
-        self._lock = lock_for(config.repository)
-        self._owner = 0 if os.geteuid() == 0 else os.geteuid()
-
-    # --- running borg -------------------------------------------------------------------
-
-    def _environment(self) -> dict[str, str]:
-        env = dict(BASE_ENVIRONMENT)
-        if self.config.environment_file:
-            try:
-                raw = read_secret_file(self.config.environment_file, self._owner)
-                env.update(parse_environment(raw.decode("utf-8")))
-            except (SecretFileError, ValueError, UnicodeDecodeError) as error:
-                raise OffsiteError(
-                    "auth", f"offsite.environment_file {self.config.environment_file}: {error}"
-                ) from None
+    def _engine_environment(self, env: dict[str, str]) -> None:
         base = os.path.join(self.config.cache_dir, "base")
         ssh = ["ssh"]
         for option in (*SSH_FORCED, *self.config.options, *SSH_OPTIONS):
@@ -257,116 +230,39 @@ class BorgEngine:
                 "BORG_DISPLAY_PASSPHRASE": "no",
             }
         )
-        return env
 
-    def _argv(self, borg: str, command: str, args: Sequence[str]) -> list[str]:
-        argv = [
-            *LOW_PRIORITY,
-            borg,
-            command,
-            "--log-json",
-            "--lock-wait",
-            str(min(BORG_LOCK_WAIT_SECONDS, self.config.timeout_seconds)),
-        ]
+    def _arguments(self, command: Sequence[str]) -> list[str]:
+        # Half the deadline at most: a lock held past it is `locked`, not `timeout`.
+        lock_wait = max(1, min(BORG_LOCK_WAIT_SECONDS, self.config.timeout_seconds // 2))
+        argv = [command[0], "--log-json", "--lock-wait", str(lock_wait)]
         if self.config.limit_upload_kib and self.config.repository.startswith("ssh://"):
             argv += ["--upload-ratelimit", str(self.config.limit_upload_kib)]
-        return argv + list(args)
+        return argv + list(command[1:])
 
-    def _start(
-        self,
-        command: str,
-        args: Sequence[str],
-        stdin: int | None = None,
-        drain_stdout: bool = True,
-    ) -> EngineProcess:
-        if self.tracker is not None and self.tracker.stopping.is_set():
-            raise OffsiteError("failed", f"not started on {self.location}: stopping")
-        try:
-            read_secret_file(self.config.password_file, self._owner)
-        except SecretFileError as error:
-            raise OffsiteError(
-                "auth", f"offsite.password_file {self.config.password_file}: {error}"
-            ) from None
-        environment = self._environment()
-        # Resolved here, so a missing binary is this one line, not the wrapper's error.
-        borg = shutil.which(self.config.borg, path=environment.get("PATH"))
-        if borg is None:
-            raise OffsiteError("failed", f"cannot run {self.config.borg}: not found")
-        # Root's all the way up, made and chmodded without following a link.
-        os.close(cache_directory(self.config.cache_dir, ("base", "cache", "config", "security")))
-        with _RUNNING_GUARD:
-            _RUNNING[self.config.repository] = _RUNNING.get(self.config.repository, 0) + 1
-        try:
-            # SIGTERM, never SIGINT: on SIGINT borg 1.2 commits a `.checkpoint` archive of
-            # what it read; on SIGTERM it exits without one.
-            return start_engine(
-                self._argv(borg, command, args), environment, self.tracker, signal.SIGTERM,
-                stdin, drain_stdout, self.config.borg, self.location,
-            )  # fmt: skip
-        except OffsiteError:
-            self._ended()
-            raise
+    def _local_path(self) -> str | None:
+        repository = self.config.repository
+        return repository if repository.startswith("/") else None
 
-    def _ended(self) -> None:
-        with _RUNNING_GUARD:
-            _RUNNING[self.config.repository] = max(0, _RUNNING.get(self.config.repository, 1) - 1)
+    def _explain(self, stderr: bytes) -> tuple[str, str]:
+        reason, line = classify(stderr)
+        return reason, printable(line)
 
-    def _wait(self, process: EngineProcess, timeout: float) -> int | None:
-        """The exit status, or None (borg stopped) on timeout."""
-        try:
-            return process.wait(timeout)
-        finally:
-            self._ended()
+    def _create(self) -> bool:
+        encryption = f"--encryption={self.config.encryption}"
+        process = self._start(["init", encryption, "--make-parent-dirs", self.config.repository])
+        status = self._wait(process, self.config.timeout_seconds)
+        if status == 0:
+            return True
+        if status is not None and any(
+            msgid == "Repository.AlreadyExists" for msgid, _ in _log_lines(process.stderr)
+        ):
+            return False
+        raise self._fail("init", process, status)
 
-    def _stop(self, process: EngineProcess) -> None:
-        try:
-            process.stop()
-        finally:
-            self._ended()
-
-    def _fail(self, what: str, process: EngineProcess, status: int | None) -> OffsiteError:
-        if status is None:
-            return OffsiteError(
-                "timeout",
-                f"borg {what} on {self.location}: no result after {self.config.timeout_seconds}s",
-            )
-        reason, line = classify(process.stderr)
-        line = _printable(line)
-        return OffsiteError(reason, f"borg {what} on {self.location}: {line}")
-
-    def _run(
-        self, command: str, args: Sequence[str], what: str = "", timeout: float | None = None
-    ) -> bytes:
-        process = self._start(command, args)
-        status = self._wait(process, self.config.timeout_seconds if timeout is None else timeout)
-        if status not in (0, 1):  # 1: finished with warnings
-            raise self._fail(what or command, process, status)
-        return process.stdout
-
-    # --- Engine -------------------------------------------------------------------------
-
-    def init(self) -> bool:
-        with self._lock.exclusive(LOCK_WAIT_SECONDS):
-            process = self._start(
-                "init",
-                [
-                    f"--encryption={self.config.encryption}",
-                    "--make-parent-dirs",
-                    self.config.repository,
-                ],
-            )
-            status = self._wait(process, self.config.timeout_seconds)
-            if status == 0:
-                return True
-            if status is not None and any(
-                msgid == "Repository.AlreadyExists" for msgid, _ in _log_lines(process.stderr)
-            ):
-                return False
-            raise self._fail("init", process, status)
-
-    def snapshots(self, user: str | None = None) -> list[OffsiteSnapshot]:
+    def _list_command(self, user: str | None) -> list[str]:
         prefix = f"{ARCHIVE_PREFIX}+{self.host}+" + (f"{user}+" if user is not None else "")
-        args = [
+        return [
+            "list",
             "--json",
             "--format",
             "{comment}{hostname}",
@@ -374,36 +270,24 @@ class BorgEngine:
             f"{prefix}*",
             self.config.repository,
         ]
-        with self._lock.shared(LOCK_WAIT_SECONDS):
-            raw = self._run("list", args)
-        try:
-            listing = json.loads(raw or b"{}")
-        except ValueError:
-            raise OffsiteError(
-                "failed", f"borg list on {self.location}: output is not JSON"
-            ) from None
-        items = listing.get("archives") if isinstance(listing, dict) else None
-        found = []
-        for item in items if isinstance(items, list) else []:
-            snapshot = _parse_archive(item, self.host)
-            if snapshot is not None and (user is None or snapshot.meta.user == user):
-                found.append(snapshot)
-        found.sort(key=lambda s: (s.meta.time, s.meta.name, s.id))
-        return found
 
-    def start_upload(self, meta: SnapshotMeta) -> BorgUpload:
-        page_size = meta.page_size
-        if page_size < 512 or page_size > 65536 or page_size & (page_size - 1):
-            raise OffsiteError("corrupt", f"{meta.name}: no valid SQLite page size ({page_size})")
+    def _listed(self, listing: object) -> list[OffsiteSnapshot]:
+        items = listing.get("archives") if isinstance(listing, dict) else None
+        found = (_parse_archive(item, self.host) for item in items or [])
+        return [snapshot for snapshot in found if snapshot is not None]
+
+    def _upload_command(self, meta: SnapshotMeta) -> tuple[list[str], str]:
         when = datetime.fromtimestamp(meta.time, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        args = [
+        name = archive_name(self.host, meta)
+        command = [
+            "create",
             "--json",
             "--stdin-name",
             f"{meta.user}.sqlite",
             "--timestamp",
             when,
             "--chunker-params",
-            f"fixed,{page_size}",
+            f"fixed,{meta.page_size}",
             "--compression",
             COMPRESSION,
             # No checkpoint archive within an upload's deadline: an aborted upload leaves
@@ -412,154 +296,55 @@ class BorgEngine:
             str(self.config.timeout_seconds + 3600),
             "--comment",
             _comment(meta),
-            f"{self.config.repository}::{archive_name(self.host, meta)}",
+            f"{self.config.repository}::{name}",
             "-",
         ]
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
-        lock = self._lock.shared(LOCK_WAIT_SECONDS)
-        lock.__enter__()
+        return command, name
+
+    def _upload_result(self, stdout: bytes, expected_id: str) -> UploadResult:
         try:
-            process = self._start("create", args, stdin=read_end)
-        except BaseException:
-            os.close(write_end)
-            lock.__exit__(None, None, None)
-            raise
-        finally:
-            os.close(read_end)
-        return BorgUpload(self, process, write_end, lock, archive_name(self.host, meta))
-
-    def start_download(self, snapshot: OffsiteSnapshot) -> BorgDownload:
-        lock = self._lock.shared(LOCK_WAIT_SECONDS)
-        lock.__enter__()
-        try:
-            process = self._start(
-                "extract",
-                ["--stdout", f"{self.config.repository}::{snapshot.id}"],
-                drain_stdout=False,
-            )
-        except BaseException:
-            lock.__exit__(None, None, None)
-            raise
-        return BorgDownload(self, process, lock)
-
-    def forget(self, ids: Sequence[str]) -> None:
-        if not ids:
-            return
-        for archive in ids:
-            # Never a glob, never the whole repository: exact names of our archives.
-            if not archive.startswith(f"{ARCHIVE_PREFIX}+") or "*" in archive:
-                raise OffsiteError("failed", f"borg delete on {self.location}: bad id {archive}")
-        with self._lock.exclusive(LOCK_WAIT_SECONDS):
-            self._run("delete", [self.config.repository, *ids])
-
-    def prune(self) -> None:
-        with self._lock.exclusive(LOCK_WAIT_SECONDS):
-            self._run("compact", [self.config.repository], "compact")
-
-    def check(self, read_data_subset: str) -> None:
-        fraction = subset_fraction(read_data_subset) if read_data_subset else 0.0
-        with self._lock.exclusive(LOCK_WAIT_SECONDS):
-            if fraction is not None and fraction >= 1.0:
-                self._run("check", ["--verify-data", self.config.repository])
-                return
-            if fraction:
-                seconds = max(60, int(fraction * self.config.timeout_seconds))
-                self._run(
-                    "check",
-                    ["--repository-only", "--max-duration", str(seconds), self.config.repository],
-                )
-            else:
-                self._run("check", ["--repository-only", self.config.repository])
-            self._run("check", ["--archives-only", self.config.repository])
-
-    def unlock_stale(self) -> None:
-        with _RUNNING_GUARD:
-            ours = _RUNNING.get(self.config.repository, 0)
-        if ours or _root_processes_naming(self.config.repository):
-            return  # a live borg of ours may hold the lock; borg clears dead local ones
-        self._run(
-            "break-lock",
-            [self.config.repository],
-            timeout=min(300, self.config.timeout_seconds),
-        )
-
-
-class BorgUpload:
-    """`borg create ... -` reading the pipe whose write end is `fd`."""
-
-    def __init__(
-        self, engine: BorgEngine, process: EngineProcess, fd: int, lock: Any, archive: str
-    ) -> None:
-        self.engine = engine
-        self.process = process
-        self.fd = fd
-        self.archive = archive
-        self._lock = lock
-        self._closed = False
-
-    def _close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            with suppress(OSError):
-                os.close(self.fd)
-
-    def commit(self, timeout: float) -> UploadResult:
-        self._close()
-        try:
-            status = self.engine._wait(self.process, timeout)
-        finally:
-            self._lock.__exit__(None, None, None)
-        if status not in (0, 1):
-            raise self.engine._fail("create", self.process, status)
-        try:
-            summary = json.loads(self.process.stdout)
+            summary = json.loads(stdout)
             archive = summary["archive"]
             added = archive["stats"]["deduplicated_size"]
         except (ValueError, KeyError, TypeError):
             raise OffsiteError(
-                "failed", f"borg create on {self.engine.location}: no summary in its output"
+                "failed", f"borg create on {self.location}: no summary in its output"
             ) from None
-        if archive.get("name") != self.archive or not isinstance(added, int):
-            raise OffsiteError(
-                "failed", f"borg create on {self.engine.location}: unexpected summary"
-            )
-        return UploadResult(self.archive, max(0, added))
+        if archive.get("name") != expected_id or not isinstance(added, int):
+            raise OffsiteError("failed", f"borg create on {self.location}: unexpected summary")
+        return UploadResult(expected_id, max(0, added))
 
-    def abort(self) -> None:
-        # SIGTERM before EOF: borg stops without committing an archive (its transaction
-        # is rolled back at the next access); SIGINT would commit a checkpoint archive.
-        try:
-            self.engine._stop(self.process)
-        finally:
-            self._close()
-            self._lock.__exit__(None, None, None)
+    def _download_command(self, snapshot: OffsiteSnapshot) -> list[str]:
+        return ["extract", "--stdout", f"{self.config.repository}::{snapshot.id}"]
 
+    def _forget_command(self, ids: Sequence[str]) -> list[str]:
+        for archive in ids:
+            # Never a glob, never the whole repository: exact names of our archives.
+            if not archive.startswith(f"{ARCHIVE_PREFIX}+") or "*" in archive:
+                raise OffsiteError("failed", f"borg delete on {self.location}: bad id {archive}")
+        return ["delete", self.config.repository, *ids]
 
-class BorgDownload:
-    """`borg extract --stdout REPO::NAME`, its stdout read by the caller from `fd`."""
+    def _prune_command(self) -> list[str]:
+        return ["compact", self.config.repository]
 
-    def __init__(self, engine: BorgEngine, process: EngineProcess, lock: Any) -> None:
-        self.engine = engine
-        self.process = process
-        self._lock = lock
-        stdout = process.popen.stdout
-        if stdout is None:
-            raise RuntimeError("Popen without stdout")
-        self.fd = stdout.fileno()
+    def _check_commands(self, read_data_subset: str) -> list[list[str]]:
+        repository = self.config.repository
+        fraction = subset_fraction(read_data_subset) if read_data_subset else 0.0
+        if fraction is not None and fraction >= 1.0:
+            return [["check", "--verify-data", repository]]
+        partial = []
+        if fraction:
+            seconds = max(60, int(fraction * self.config.timeout_seconds))
+            partial = ["--max-duration", str(seconds)]
+        return [
+            ["check", "--repository-only", *partial, repository],
+            ["check", "--archives-only", repository],
+        ]
 
-    def finish(self, timeout: float) -> None:
-        try:
-            status = self.engine._wait(self.process, timeout)
-        finally:
-            self._lock.__exit__(None, None, None)
-        if status not in (0, 1):
-            raise self.engine._fail("extract", self.process, status)
-
-    def abort(self) -> None:
-        try:
-            self.engine._stop(self.process)
-        finally:
-            self._lock.__exit__(None, None, None)
+    def _unlock_command(self) -> list[str] | None:
+        if running(self.config.repository) or _root_processes_naming(self.config.repository):
+            return None  # a live borg of ours may hold the lock; borg clears dead local ones
+        return ["break-lock", self.config.repository]
 
 
 def _parse_archive(item: object, host: str) -> OffsiteSnapshot | None:
@@ -578,26 +363,8 @@ def _parse_archive(item: object, host: str) -> OffsiteSnapshot | None:
         return None
     values = dict(word.split("=", 1) for word in words[1:] if "=" in word)
     parsed = parse_name(snapshot_name)
-    try:
-        size = int(values.get("size", "-1"))
-        page_size = int(values.get("page_size", "0"))
-    except ValueError:
-        return None
-    optional = optional_fields(values)
-    if parsed is None or not user or optional is None:
-        return None
-    meta = SnapshotMeta(
-        user=user,
-        name=snapshot_name,
-        time=parsed.time.timestamp(),
-        size=size,
-        sha256=values.get("sha256", ""),
-        label=parsed.label,
-        page_size=page_size,
-        schema_version=optional[0],
-        seal=optional[1],
-    )
-    if not meta.valid():
+    meta = recorded_meta(user, snapshot_name, values, parsed.label if parsed else None)
+    if meta is None:
         return None
     archive_id = item.get("id")
     return OffsiteSnapshot(name, meta, host, archive_id if isinstance(archive_id, str) else "")

@@ -13,7 +13,7 @@ secret).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -98,12 +98,41 @@ class SnapshotMeta:
         return extra + ([f"seal={self.seal}"] if self.seal else [])
 
 
-def optional_fields(values: dict[str, str]) -> tuple[int | None, str] | None:
+def optional_fields(values: Mapping[str, str]) -> tuple[int | None, str] | None:
     """(schema_version, seal) from a copy's KEY=VALUE words (None: malformed)."""
     schema = values.get("schema")
     if schema is not None and not (schema.isdigit() and len(schema) <= 10):
         return None
     return (None if schema is None else int(schema)), values.get("seal", "")
+
+
+def recorded_meta(
+    user: str, name: str, values: Mapping[str, str], label: str | None
+) -> SnapshotMeta | None:
+    """A copy's record read back from the repository: its user and snapshot name, and
+    the KEY=VALUE words it was stored with (restic tags, a borg comment): sha256, size,
+    page_size and the optional ones. None when malformed or not valid."""
+    parsed = parse_name(name)
+    optional = optional_fields(values)
+    try:
+        size = int(values.get("size", "-1"))
+        page_size = int(values.get("page_size", "0"))
+    except ValueError:
+        return None
+    if parsed is None or not user or optional is None:
+        return None
+    meta = SnapshotMeta(
+        user=user,
+        name=name,
+        time=parsed.time.timestamp(),
+        size=size,
+        sha256=values.get("sha256", ""),
+        label=label,
+        page_size=page_size,
+        schema_version=optional[0],
+        seal=optional[1],
+    )
+    return meta if meta.valid() else None
 
 
 # How far a copy's record is to be believed (offsite/seal.py): "unchecked" until judged.
@@ -157,6 +186,11 @@ class Upload(Protocol):
 
     def commit(self, timeout: float) -> UploadResult:
         """Close the stream and wait for the engine to record the copy. Raises OffsiteError."""
+        ...
+
+    def stopped_reading(self) -> OffsiteError:
+        """The engine's own failure once it stopped reading before the end (the pipe
+        broke): it is waited for (briefly), then stopped."""
         ...
 
     def abort(self) -> None:

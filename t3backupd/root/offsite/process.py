@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import IO
 
 from t3backupd.root.offsite.engine import OffsiteError
@@ -39,24 +39,23 @@ class RepositoryLock:
         self._readers = 0
         self._writer = False
 
-    @contextmanager
-    def shared(self, timeout: float) -> Iterator[None]:
-        self._acquire(False, timeout)
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._readers -= 1
-                self._condition.notify_all()
+    def shared(self, timeout: float) -> AbstractContextManager[None]:
+        return self._held(False, timeout)
+
+    def exclusive(self, timeout: float) -> AbstractContextManager[None]:
+        return self._held(True, timeout)
 
     @contextmanager
-    def exclusive(self, timeout: float) -> Iterator[None]:
-        self._acquire(True, timeout)
+    def _held(self, exclusive: bool, timeout: float) -> Iterator[None]:
+        self._acquire(exclusive, timeout)
         try:
             yield
         finally:
             with self._condition:
-                self._writer = False
+                if exclusive:
+                    self._writer = False
+                else:
+                    self._readers -= 1
                 self._condition.notify_all()
 
     def _acquire(self, exclusive: bool, timeout: float) -> None:

@@ -16,14 +16,13 @@ import stat
 from datetime import datetime
 
 from t3backupd.core.config import Config
-from t3backupd.core.offsite_config import OffsiteConfig, secret_file_problems
+from t3backupd.core.offsite_config import ENGINE_RULES, OffsiteConfig, secret_file_problems
 from t3backupd.root.offsite.engine import OffsiteError
 from t3backupd.root.offsite.process import BASE_ENVIRONMENT, start_engine
 from t3backupd.root.trusted import directory_problem
 
 VERSION_TIMEOUT_SECONDS = 10.0
 SECRET_KEYS = ("password_file", "repository_file", "environment_file")
-VERSION_ARGS = {"restic": ("version",), "borg": ("--version",)}
 
 
 def key_lines(config: Config, offsite: OffsiteConfig) -> list[str]:
@@ -42,18 +41,18 @@ def key_lines(config: Config, offsite: OffsiteConfig) -> list[str]:
 
 def binary(offsite: OffsiteConfig) -> tuple[str, str | None]:
     """(line, warning) for the engine binary: where it is and its version."""
-    name = offsite.borg if offsite.engine == "borg" else offsite.restic
+    name = getattr(offsite, offsite.engine)  # the key named after the engine
     path = shutil.which(name, path=BASE_ENVIRONMENT["PATH"])
     if path is None:
         return (
             f"engine {offsite.engine}: {name} not found",
             f"offsite.{offsite.engine}: {name} not found; offsite copies will fail",
         )
+    version = [path, *ENGINE_RULES[offsite.engine].version_args]
     try:
         process = start_engine(
-            [path, *VERSION_ARGS[offsite.engine]], BASE_ENVIRONMENT, None, signal.SIGTERM,
-            None, True, name, "-",
-        )  # fmt: skip
+            version, BASE_ENVIRONMENT, None, signal.SIGTERM, None, True, name, "-"
+        )
     except OffsiteError as error:
         return f"engine {offsite.engine}: {path}", f"offsite.{offsite.engine}: {error.message}"
     status = process.wait(VERSION_TIMEOUT_SECONDS)

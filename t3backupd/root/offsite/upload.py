@@ -173,7 +173,8 @@ def _send(engine: Engine, meta: SnapshotMeta, spooled: int, timeout: float,
                 "timeout", f"{meta.name}: {engine.name} took no end of it after {timeout:.0f}s"
             ) from None
         except BrokenPipeError:
-            raise OffsiteError("failed", f"{meta.name}: {engine.name} stopped reading") from None
+            # The engine's own reason (no_space, unreachable...), not a guess.
+            raise upload.stopped_reading() from None
         _check_pumped(meta, pumped, "the spool held")
         result = upload.commit(max(1.0, deadline - time.monotonic()))
         committed = True
