@@ -28,7 +28,6 @@ import fcntl
 import json
 import math
 import os
-import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -40,7 +39,7 @@ from t3backupd.core.offsite_config import DEFAULT_LEDGER_DIR
 from t3backupd.core.protocol import SnapshotInfo
 from t3backupd.root.log import get_logger
 from t3backupd.root.statefile import replace_file
-from t3backupd.root.trusted import UntrustedFile, check_owner_and_mode
+from t3backupd.root.trusted import UntrustedFile, check_owner_and_mode, read_own_file_at
 
 VERSION = 1
 MAX_ENTRIES = 10_000  # a worker report's bound on snapshots
@@ -207,22 +206,9 @@ def _read_bytes(dir_fd: int, name: str, path: str) -> bytes | None:
     """The bytes of root's file `name` in the open directory (None: no such file).
     Raises OSError or LedgerRefused (a link, not root's, readable by others, too large)."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
-                     dir_fd=dir_fd)  # fmt: skip
-    except FileNotFoundError:
-        return None
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise LedgerRefused(f"{path}: not a regular file")
-        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
-            raise LedgerRefused(
-                f"{path}: owned by uid {info.st_uid} with mode {stat.S_IMODE(info.st_mode):o}; "
-                f"expected uid {os.geteuid()}, 0600"
-            )
-        if info.st_size > MAX_BYTES:
-            raise LedgerRefused(f"{path}: larger than {MAX_BYTES} bytes")
-        return file.read(MAX_BYTES + 1)
+        return read_own_file_at(dir_fd, name, path, MAX_BYTES, private=True)
+    except UntrustedFile as error:
+        raise LedgerRefused(str(error)) from None
 
 
 def _read(dir_fd: int, path: str, user: str) -> tuple[Entries, bool]:

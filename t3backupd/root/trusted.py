@@ -99,6 +99,31 @@ def read_trusted_file(path: str) -> tuple[bytes, os.stat_result]:
         os.close(fd)
 
 
+def read_own_file_at(dir_fd: int, name: str, path: str, limit: int, private: bool) -> bytes | None:
+    """The bytes of this process's own file `name` in an open directory it trusts (None:
+    no such file), opened without following a link and without blocking on a FIFO.
+    Refused (UntrustedFile) unless it is a regular file owned by this uid, not writable
+    by group or others (nor readable, when `private`), and at most `limit` bytes: the
+    one way root reads back a record it wrote itself (the ledger, the check record)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     dir_fd=dir_fd)  # fmt: skip
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise UntrustedFile(f"{path}: not a regular file")
+        if info.st_uid != os.geteuid():
+            raise UntrustedFile(f"{path}: owned by uid {info.st_uid}, not {os.geteuid()}")
+        if info.st_mode & (0o077 if private else 0o022):
+            expected = "0600" if private else "not writable by group or others"
+            raise UntrustedFile(f"{path}: mode {stat.S_IMODE(info.st_mode):o}; expected {expected}")
+        if info.st_size > limit:
+            raise UntrustedFile(f"{path}: larger than {limit} bytes")
+        return file.read(limit + 1)
+
+
 def trusted_directory(path: str, mode: int = 0o700) -> int:
     """An open descriptor of directory `path`, created (`mode`) where missing, after
     checking every directory from `/` like a trusted file's: root's (or, not as root, the

@@ -20,13 +20,12 @@ import json
 import math
 import os
 import re
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from t3backupd.root.log import get_logger
 from t3backupd.root.statefile import replace_file
-from t3backupd.root.trusted import UntrustedFile, trusted_directory
+from t3backupd.root.trusted import UntrustedFile, read_own_file_at, trusted_directory
 
 FILE_NAME = "t3backupd-last-check"
 VERSION = 2  # 2 added first_copy_seen; a version 1 record is read as never seen
@@ -135,28 +134,13 @@ def _open_dir(directory: str) -> int:
         raise ValueError(str(error)) from None
 
 
-def _trusted(info: os.stat_result, path: str) -> None:
-    if info.st_uid != os.geteuid():
-        raise ValueError(f"{path}: owned by uid {info.st_uid}, not {os.geteuid()}")
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ValueError(f"{path}: group/other-writable")
-
-
 def _read(dir_fd: int, path: str, now: float) -> CheckRecord | None:
     """The record in the open directory (None if there is none). Raises OSError/ValueError."""
     try:
-        fd = os.open(FILE_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
-                     dir_fd=dir_fd)  # fmt: skip
-    except FileNotFoundError:
-        return None
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{path}: not a regular file")
-        _trusted(info, path)
-        if info.st_size > MAX_BYTES:
-            raise ValueError(f"{path}: larger than {MAX_BYTES} bytes")
-        return parse(file.read(MAX_BYTES + 1), now)
+        data = read_own_file_at(dir_fd, FILE_NAME, path, MAX_BYTES, private=False)
+    except UntrustedFile as error:
+        raise ValueError(str(error)) from None
+    return None if data is None else parse(data, now)
 
 
 def _warn(event: str, path: str, error: OSError | ValueError) -> None:
