@@ -52,9 +52,10 @@ NAME_SLACK_SECONDS = 300
 SOURCE_MMAP_BYTES = 1 << 34
 # The copy is written with synchronous=OFF and written back by us in FLUSH_STEP_BYTES
 # steps, at most two of them in flight: the app's own commit fsyncs share the disk's queue
-# with us and wait behind whatever we have queued, so that is kept to ~2 MiB (one 8 MiB
-# step per 20 ms poll queued 10-20 MiB at a time: p99 2x idle). See DirtyFlusher.
-FLUSH_STEP_BYTES = 1 << 20
+# with us and wait behind whatever we have queued, so that is kept to ~512 KiB. (Starting
+# writeback of all the copy made in each 20 ms poll queued 10-20 MiB at a time: a 200/s
+# writer's p99 was 2-3x idle; bench/RESULTS.md, issue 23.) See DirtyFlusher.
+FLUSH_STEP_BYTES = 256 << 10
 FLUSH_POLL_SECONDS = 0.02
 SYNC_FILE_RANGE_WAIT_BEFORE = 1
 SYNC_FILE_RANGE_WRITE = 2
