@@ -21,45 +21,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from run import Writer, log, make_db, median, remove_db, warm  # bench/run.py
+from pipeline import Timed
+from pipeline import timed as run_timed
+from run import Writer, bench_user, log, make_db, median, print_and_save, remove_db, warm
 
 USER = "t3bench-pass"
-MB = 1_000_000
 SIZES_MIB = (20, 100, 1000)
 PYTHON = [sys.executable, "-I"]
 
 
-@dataclass
-class Timed:
-    wall: float
-    cpu: float  # user + system seconds of the command (its waited-for children included)
-
-
 def timed(*commands: list[str]) -> Timed:
     """Run the commands one after another; their wall and CPU time together."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    clock = time.monotonic()
-    for command in commands:
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"{command[-3:]}: {(result.stderr or result.stdout)[-400:]}")
-    wall = time.monotonic() - clock
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    return Timed(wall, cpu)
+    each = [run_timed(command) for command in commands]
+    return Timed(sum(t.wall for t in each), sum(t.cpu for t in each), "")
 
 
 def load() -> str:
@@ -91,11 +74,6 @@ class Setup:
         self.dest = work / "dest"
         self.out = work / "out"
         self.config = work / "config.toml"
-        subprocess.run(
-            ["useradd", "--create-home", "--home-dir", str(self.home), "--shell",
-             "/usr/sbin/nologin", USER],
-            check=True, capture_output=True,
-        )  # fmt: skip
         self.dest.mkdir(mode=0o755)
         self.out.mkdir(mode=0o700)
         self.writer_dir = work / "writer"  # the writer (as the user) writes its stats here
@@ -329,20 +307,13 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/pass.py: needs root (it creates a real user)", file=sys.stderr)
         return 2
     args.dbdir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="t3bench-pass-", dir="/var/tmp"))
-    work.chmod(0o755)  # the worker (as the user) reaches dest through it
     try:
-        setup = Setup(work)
-        results = measure(args, setup)
+        with bench_user(USER, "t3bench-pass-") as work:
+            results = measure(args, Setup(work))
     finally:
-        subprocess.run(["userdel", USER], check=False, capture_output=True)
-        shutil.rmtree(work, ignore_errors=True)
         if not args.reuse:
             shutil.rmtree(args.dbdir, ignore_errors=True)
-    print(markdown(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return print_and_save(markdown(results), results, args.json)
 
 
 if __name__ == "__main__":
