@@ -38,12 +38,13 @@ DEBEMAIL ?= maintainers@t3backupd.example
 export DEB_MAINTAINER := $(DEBFULLNAME) <$(DEBEMAIL)>
 
 .PHONY: help apt apt-deb apt-vm venv install test lint typecheck unit demo demo-clean bench \
-	bench-tools bench-history bench-pipeline man deb deb-source wheels test-systemd
+	bench-tools bench-history bench-pipeline bench-pass man deb deb-source wheels test-systemd
 
 help:
 	@echo "make demo   - sandbox with a live T3-shaped database, daemon in the foreground"
 	@echo "make test   - ruff, mypy --strict, pytest (as root: real users, real daemon)"
 	@echo "make bench  - benchmarks (prints a Markdown table, writes bench/results.json)"
+	@echo "make bench-pass - the pass vs the old VACUUM INTO and cp+sync, writer p99, memory (root)"
 	@echo "make bench-history - offsite history per engine (restic, borg) over simulated days"
 	@echo "make bench-pipeline - offsite through the real CLI per engine (root; ~1 GB database)"
 	@echo "make man    - regenerate docs/t3backupd.8 from the command line definitions"
@@ -117,6 +118,11 @@ man: install
 
 bench: install
 	$(PY) bench/run.py --json bench/results.json $(BENCH_ARGS)
+
+# The pass through the real CLI (as root: it creates a user) against the old script's
+# command and cp + sync at 20 MB, 100 MB and 1 GB, idle and beside a busy core (issue 23).
+bench-pass: install
+	$(PY) bench/pass.py --json bench/pass.json $(BENCH_ARGS)
 
 # Engines and compressors the offsite benchmarks compare (Debian's own packages).
 bench-tools: install

@@ -39,14 +39,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from history import database_bytes, grow, tree_bytes
-from run import Writer, make_db
+from run import Writer, bench_user, make_db, print_and_save
 
 MIB = 1 << 20
 USER = "t3bench-pipeline"
@@ -277,23 +276,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/pipeline.py: needs root (it creates a real user)", file=sys.stderr)
         return 2
-    work = Path(tempfile.mkdtemp(prefix="t3bench-pipeline-", dir="/var/tmp"))
-    work.chmod(0o755)
-    home = work / "home"
-    subprocess.run(
-        ["useradd", "--create-home", "--home-dir", str(home), "--shell", "/usr/sbin/nologin",
-         USER],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    try:
-        results = measure(args, work, home)
-    finally:
-        subprocess.run(["userdel", USER], check=False, capture_output=True)
-        shutil.rmtree(work, ignore_errors=True)
-    print(table(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    with bench_user(USER, "t3bench-pipeline-") as work:
+        results = measure(args, work, work / "home")
+    return print_and_save(table(results), results, args.json)
 
 
 if __name__ == "__main__":

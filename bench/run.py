@@ -198,6 +198,33 @@ def run_our_worker(source: Path, dest_dir: Path, method: str, timeout: float = 9
     return run_worker(worker_spec(source, dest_dir, method, timeout), user, timeout + 10)
 
 
+@contextlib.contextmanager
+def bench_user(name: str, prefix: str) -> Iterator[Path]:
+    """A real user `name` (useradd; root only) whose home is `<work>/home`, in a fresh
+    0755 work directory under /var/tmp (a worker, as the user, reaches files through it).
+    Yields the work directory; the user and the directory are removed afterwards."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    work.chmod(0o755)
+    try:
+        subprocess.run(
+            ["useradd", "--create-home", "--home-dir", str(work / "home"), "--shell",
+             "/usr/sbin/nologin", name],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        yield work
+    finally:
+        subprocess.run(["userdel", name], check=False, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def print_and_save(text: str, results: dict[str, Any], path: Path | None) -> int:
+    """Print the Markdown tables, keep the raw numbers in `path` (if given); exit 0."""
+    print(text)
+    if path is not None:
+        path.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
 def clear_dir(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)

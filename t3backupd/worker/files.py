@@ -17,8 +17,6 @@ import errno
 import fcntl
 import hashlib
 import os
-import platform
-import secrets
 import sqlite3
 import stat
 import threading
@@ -52,10 +50,12 @@ from t3backupd.core.protocol import (
 NAME_SLACK_SECONDS = 300
 # The source is mapped read-only: fewer syscalls and copies for the one-pass backup.
 SOURCE_MMAP_BYTES = 1 << 34
-# The copy is written with synchronous=OFF and flushed by us: every FLUSH_EVERY_BYTES of
-# growth during the copy (so dirty pages never pile up into one burst that stalls the
-# app's own commits), then once more before verification. See DirtyFlusher.
-FLUSH_EVERY_BYTES = 8 << 20
+# The copy is written with synchronous=OFF and written back by us in FLUSH_STEP_BYTES
+# steps, at most two of them in flight: the app's own commit fsyncs share the disk's queue
+# with us and wait behind whatever we have queued, so that is kept to ~512 KiB. (Starting
+# writeback of all the copy made in each 20 ms poll queued 10-20 MiB at a time: a 200/s
+# writer's p99 was 2-3x idle; bench/RESULTS.md, issue 23.) See DirtyFlusher.
+FLUSH_STEP_BYTES = 256 << 10
 FLUSH_POLL_SECONDS = 0.02
 SYNC_FILE_RANGE_WAIT_BEFORE = 1
 SYNC_FILE_RANGE_WRITE = 2
@@ -239,7 +239,7 @@ def check_free_space(dest_dir: str, needed: int, min_free_bytes: int) -> None:
 
 def create_temp(dest_dir: str) -> str:
     """Create an empty, hidden, 0600 temp file (O_EXCL) in `dest_dir`; return its path."""
-    path = os.path.join(dest_dir, f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}")
+    path = os.path.join(dest_dir, f"{TEMP_PREFIX}{os.urandom(8).hex()}{TEMP_SUFFIX}")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     os.close(fd)
     return path
@@ -265,7 +265,7 @@ def lower_priority() -> None:
     """
     with suppress(OSError):
         os.nice(WORKER_NICE)
-    number = IOPRIO_SET_SYSCALL.get(platform.machine())
+    number = IOPRIO_SET_SYSCALL.get(os.uname().machine)
     if number is None:
         return
     with suppress(OSError, AttributeError):
@@ -293,49 +293,75 @@ def _sync_file_range() -> Callable[[int, int, int, int], None] | None:
 
 
 class DirtyFlusher:
-    """While a copy writes `path`, push it to the disk in FLUSH_EVERY_BYTES steps.
+    """While a copy writes `path`, push it to the disk in FLUSH_STEP_BYTES steps.
 
     Without this the whole copy sits dirty in the page cache (vm.dirty_ratio is a share
     of RAM) and the fsync before publishing sends it to the disk in one burst, during
-    which the app's own commit fsyncs queue behind it. Each step starts writeback of the
-    newest range (sync_file_range WRITE, no journal commit) and waits for the previous
-    one, so at most about two steps are ever dirty or in flight; the I/O is submitted
-    by this thread, with the worker's (low) I/O priority. Where sync_file_range is
-    missing, fdatasync does the same job coarser. Only our own temp file is touched;
-    the fsync before publishing is still what makes the copy durable.
+    which the app's own commit fsyncs queue behind it. Each step starts writeback of one
+    FLUSH_STEP_BYTES range (sync_file_range WRITE, no journal commit) and then waits for
+    the step before it, so never more than two steps are in flight; the I/O is submitted
+    by this thread, with the worker's (low) I/O priority. What the copy has not yet
+    written back when it ends is written the same way by `write_back` (the seal). Where
+    sync_file_range is missing, fdatasync does the job coarser. Only our own temp file
+    is touched; the fsync before publishing is still what makes the copy durable.
     """
 
     def __init__(self, path: str) -> None:
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        self._range = _sync_file_range()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="flusher", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        started = 0  # writeback started up to here
-        previous = 0  # ... and of the step before, which the next step waits for
-        while not self._stop.wait(FLUSH_POLL_SECONDS):
-            try:
-                size = os.fstat(self._fd).st_size
-                if size - started < FLUSH_EVERY_BYTES:
-                    continue
-                if self._range is None:
-                    os.fdatasync(self._fd)
-                else:
-                    wait = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE
-                    wait |= SYNC_FILE_RANGE_WAIT_AFTER
-                    if started > previous:  # (a count of 0 would mean "to the end")
-                        self._range(self._fd, previous, started - previous, wait)
-                    self._range(self._fd, started, size - started, SYNC_FILE_RANGE_WRITE)
-                previous, started = started, size
-            except OSError:
-                return  # e.g. ENOSPC: the copy itself reports it; the final fsync re-checks
+        steps = _Steps(self._fd)
+        try:
+            while not self._stop.wait(FLUSH_POLL_SECONDS):
+                steps.follow(os.fstat(self._fd).st_size, self._stop)
+        except OSError:
+            return  # e.g. ENOSPC: the copy itself reports it; the final fsync re-checks
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
         os.close(self._fd)
+
+
+class _Steps:
+    """Writeback of one file in FLUSH_STEP_BYTES steps, at most two in flight."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._range = _sync_file_range()
+        self.started = 0  # writeback started up to here
+        self._previous = 0  # ... and of the step before, which the next step waits for
+
+    def follow(self, size: int, stop: threading.Event | None = None) -> None:
+        """Start writeback of every whole step below `size` (all of it when `stop` is
+        None: the end of the file), each after the step before it is written."""
+        whole = size if stop is None else size - size % FLUSH_STEP_BYTES
+        while self.started < whole and (stop is None or not stop.is_set()):
+            if self._range is None:
+                os.fdatasync(self._fd)
+                self.started = whole
+                return
+            end = min(whole, self.started + FLUSH_STEP_BYTES)
+            self._range(self._fd, self.started, end - self.started, SYNC_FILE_RANGE_WRITE)
+            if self.started > self._previous:  # (a count of 0 would mean "to the end")
+                wait = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE
+                wait |= SYNC_FILE_RANGE_WAIT_AFTER
+                self._range(self._fd, self._previous, self.started - self._previous, wait)
+            self._previous, self.started = self.started, end
+
+
+def write_back(path: str) -> None:
+    """Make `path` durable: its dirty pages written in paced steps (see DirtyFlusher;
+    pages already written cost nothing), then fsync, which also writes its metadata."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _Steps(fd).follow(os.fstat(fd).st_size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def copy_database(
@@ -461,7 +487,7 @@ def seal_and_verify(path: str, mode: str) -> tuple[list[str], str]:
 
     def sync_it() -> None:
         try:
-            fsync_path(path)
+            write_back(path)
         except OSError as error:
             errors.append(error)
 

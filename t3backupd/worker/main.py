@@ -15,7 +15,6 @@ import sqlite3
 import sys
 import threading
 import time
-import traceback
 from contextlib import suppress
 from dataclasses import replace
 from types import FrameType
@@ -32,13 +31,7 @@ from t3backupd.core.protocol import (
     failed,
 )
 from t3backupd.worker import files as ops
-from t3backupd.worker.adopt import adopt_job
-from t3backupd.worker.inventory import inventory_job
 from t3backupd.worker.job import Job
-from t3backupd.worker.restore import restore_job
-from t3backupd.worker.snapshot import snapshot_job
-from t3backupd.worker.stream import stream_job
-from t3backupd.worker.verify import verify_job
 
 MAX_SPEC_BYTES = 1 << 16
 EXIT_STOPPED = 3
@@ -47,19 +40,33 @@ JOB_STOP_WAIT_SECONDS = 2.0
 
 
 def dispatch(job: Job) -> Report:
-    """Run the job its spec's type names."""
+    """Run the job its spec's type names. Each job's module is imported here, on use: a
+    worker starts per user and pass, and a snapshot worker (the common case) starts
+    faster without the others (bench/pass.py, fixed cost)."""
     match job.spec:
         case SnapshotSpec() as spec:
+            from t3backupd.worker.snapshot import snapshot_job
+
             return snapshot_job(job, spec)
         case InventorySpec() as spec:
+            from t3backupd.worker.inventory import inventory_job
+
             return inventory_job(job, spec)
         case VerifySpec() as spec:
+            from t3backupd.worker.verify import verify_job
+
             return verify_job(job, spec)
         case RestoreSpec() as spec:
+            from t3backupd.worker.restore import restore_job
+
             return restore_job(job, spec)
         case AdoptSpec() as spec:
+            from t3backupd.worker.adopt import adopt_job
+
             return adopt_job(job, spec)
         case StreamSpec() as spec:
+            from t3backupd.worker.stream import stream_job
+
             return stream_job(job, spec)
     raise ValueError(f"no job for action {job.spec.action!r}")  # from_json refuses these
 
@@ -112,7 +119,9 @@ def main() -> int:
             result.append(run_job(job))
         except Exception:
             # A bug: leave the traceback on stderr and no report, so the parent counts
-            # worker_crashed and logs the stderr tail.
+            # worker_crashed and logs the stderr tail. (Imported only then: start-up.)
+            import traceback
+
             traceback.print_exc()
             job.temps.remove_all()
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import stat
+import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 from support.snapshots import MakeUser, json_config, snapshot_events, snapshot_outcomes
 from support.system import (
+    PYTHON,
     create_state_db,
     live_writer,
     run_as,
@@ -111,6 +114,38 @@ def test_snapshot_under_live_writer_is_consistent_verified_and_checksummed(
     assert os.stat(database).st_uid == user.uid
     allowed = {database.name, database.name + "-wal", database.name + "-shm"}
     assert set(os.listdir(database.parent)) <= allowed
+
+
+OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+
+
+def documented_data_limit_mib() -> int:
+    """The data memory a pass needs, as docs/operations.md ("What a pass needs") says."""
+    found = re.search(r"under (\d+) MiB of data memory per process", OPERATIONS.read_text())
+    assert found is not None, "docs/operations.md no longer says what memory a pass needs"
+    return int(found.group(1))
+
+
+@pytest.mark.root
+def test_a_pass_runs_within_the_documented_data_memory_on_a_larger_database(
+    sandbox: Path, make_user: MakeUser
+) -> None:
+    # RLIMIT_DATA counts anonymous memory and thread stacks, not file mappings: a pass that
+    # held the database (or a copy's pages) in its own memory would fail here, in the CLI
+    # or in the worker, which inherits the limit.
+    limit = documented_data_limit_mib()
+    user = make_user()
+    database = create_state_db(user, size_mb=limit * 1.5, seed=3)
+    assert database.stat().st_size > limit << 20
+    config = config_for(sandbox, [user])
+    result = subprocess.run(
+        ["prlimit", f"--data={limit << 20}", "--", PYTHON, "-I", "-m", "t3backupd", "-c",
+         str(config), "snapshot"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "T3BACKUPD_CONFIG": ""},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    name = published(result.stdout, user)
+    assert integrity(sandbox / "dest" / user.name / name) == ["ok"]
 
 
 @pytest.mark.root
